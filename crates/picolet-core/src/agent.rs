@@ -1,0 +1,1526 @@
+//! The node agent: a sans-IO state machine that does what a kubelet does for a node that runs
+//! no containers.
+//!
+//! The platform drives it over two connections to the API server:
+//! - the **control connection**, one request at a time: [`Agent::poll_request`] writes the next
+//!   request into a buffer (or says nothing is due before [`Agent::next_wakeup`]), and
+//!   [`Agent::on_response`] / [`Agent::on_transport_error`] tell it what came back;
+//! - the **watch connection** for the ConfigMap: [`Agent::poll_watch_request`], then
+//!   [`Agent::on_watch_head`], [`Agent::on_watch_data`] as bytes arrive and
+//!   [`Agent::on_watch_closed`].
+//!
+//! Time is always an argument (monotonic milliseconds); wall-clock time comes from
+//! [`Agent::sync_clock`] or the responses' `Date` headers.
+
+use core::fmt;
+
+use heapless::String;
+
+use crate::backoff::Backoff;
+use crate::http::{self, BodyType, HttpError, Method, ResponseHead};
+use crate::lines::{Line, LineFramer};
+use crate::memory::{self, MemoryImage, MemoryRegion};
+use crate::metrics::{Gauges, Metrics};
+use crate::objects::{self as obj, Crc32Hex};
+use crate::time::{ClockSource, MicroTime, Millis, Rfc3339, WallClock};
+
+/// Namespace of node Leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration the node announces, as the kubelet does.
+pub const LEASE_DURATION_S: u32 = 40;
+/// How often the Lease is renewed (a quarter of its duration).
+pub const LEASE_RENEW_MS: Millis = 10_000;
+/// How often node status is evaluated.
+pub const STATUS_EVAL_MS: Millis = 10_000;
+/// Default longest time between two status PATCHes, as the kubelet's.
+pub const STATUS_REPORT_DEFAULT_MS: Millis = 300_000;
+/// How often the ConfigMap is listed when it cannot be watched.
+pub const CONFIG_POLL_MS: Millis = 30_000;
+/// How long polling lasts before a watch is tried again, after a watch was refused.
+pub const WATCH_RETRY_AFTER_FALLBACK_MS: Millis = 300_000;
+/// How often pods bound to this node are looked for (to fail them).
+pub const POD_CHECK_MS: Millis = 20_000;
+/// The longest watch line (one ConfigMap event) the agent holds. Larger ConfigMaps are rejected.
+pub const WATCH_LINE_MAX: usize = 16 * 1024;
+/// Taint put on the Node at creation: nothing can run here.
+pub const NO_CONTAINERS_TAINT: &str = "picolet.dev/no-containers";
+/// The version the node reports as `kubeletVersion`: semver, with build metadata naming picolet.
+pub const KUBELET_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "+picolet");
+
+const EVENT_QUEUE: usize = 4;
+const MESSAGE_MAX: usize = 256;
+type Rv = String<32>;
+
+/// How the ConfigMap is followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigMode {
+    /// The Watch API, falling back to polling when the server refuses watches.
+    Watch,
+    /// Poll with a list every [`CONFIG_POLL_MS`].
+    Poll,
+}
+
+/// What the node tells about itself; fixed for a boot.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeFacts<'a> {
+    /// `kubernetes.io/os` and `nodeInfo.operatingSystem`.
+    pub operating_system: &'a str,
+    /// `kubernetes.io/arch` and `nodeInfo.architecture`.
+    pub architecture: &'a str,
+    /// `node.kubernetes.io/instance-type`.
+    pub instance_type: &'a str,
+    /// Resources the hardware has.
+    pub capacity: obj::Resources<'a>,
+    /// Resources offered to pods (pods `0`: none are).
+    pub allocatable: obj::Resources<'a>,
+    pub machine_id: &'a str,
+    pub system_uuid: &'a str,
+    /// New on every boot.
+    pub boot_id: &'a str,
+    pub kernel_version: &'a str,
+    pub os_image: &'a str,
+}
+
+impl<'a> NodeFacts<'a> {
+    /// The RP2040 as it is: 2 Cortex-M0+ cores, 264 KiB SRAM, 2 MiB flash, and no pods.
+    pub const PICO_W_CAPACITY: obj::Resources<'static> = obj::Resources {
+        cpu: "2",
+        memory: "264Ki",
+        pods: "0",
+        ephemeral_storage: "2Mi",
+    };
+}
+
+/// Everything the agent needs to know at start.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentConfig<'a> {
+    /// Node name (`pico-node-1` by default); also the Lease name and the `hostname` label.
+    pub node_name: &'a str,
+    /// Namespace of the followed ConfigMap.
+    pub config_namespace: &'a str,
+    /// Name of the followed ConfigMap.
+    pub config_map: &'a str,
+    /// `Host` header for API requests (the server name the TLS certificate is checked against).
+    pub api_host: &'a str,
+    /// Port of the kubelet endpoints, published in `daemonEndpoints`.
+    pub kubelet_port: u16,
+    /// Longest time between status PATCHes when nothing changed (at least 10 s).
+    pub status_report_interval_ms: Millis,
+    /// Watch or poll.
+    pub config_mode: ConfigMode,
+    /// `timeoutSeconds` asked for each watch.
+    pub watch_timeout_s: u32,
+    /// Static node facts.
+    pub facts: NodeFacts<'a>,
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A name is not a valid lowercase DNS label (at most 63 characters).
+    BadName { field: &'static str },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadName { field } => write!(
+                f,
+                "{field} must be 1-63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit"
+            ),
+        }
+    }
+}
+
+/// Errors the agent reports to its driver; none of them is fatal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentError {
+    /// The request buffer is too small for the request to `what`.
+    RequestTooLarge { what: &'static str },
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RequestTooLarge { what } => write!(f, "request buffer too small for {what}"),
+        }
+    }
+}
+
+/// What the Node says about the followed ConfigMap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigState {
+    /// Nothing read yet.
+    Pending,
+    /// The region holds the ConfigMap's values.
+    Applied,
+    /// The last update was invalid; the region is unchanged.
+    Rejected,
+    /// The ConfigMap was deleted; the region keeps the last applied values.
+    Deleted,
+    /// The ConfigMap does not exist (yet); the region keeps its contents.
+    Missing,
+    /// The ConfigMap cannot be read (for example RBAC forbids it).
+    Error,
+}
+
+impl ConfigState {
+    /// The annotation value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Applied => "Applied",
+            Self::Rejected => "Rejected",
+            Self::Deleted => "Deleted",
+            Self::Missing => "Missing",
+            Self::Error => "Error",
+        }
+    }
+}
+
+/// The request in flight on the control connection, so its response can be routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    NodeCreate,
+    NodeGet,
+    NodeAdopt,
+    LeaseGet,
+    LeaseCreate,
+    LeaseRenew,
+    StatusPatch(StatusFingerprint),
+    ConfigReport(u32),
+    EventCreate,
+    ConfigList,
+    PodList,
+    PodFail,
+}
+
+impl Pending {
+    fn method(self) -> Method {
+        match self {
+            Self::NodeCreate | Self::LeaseCreate | Self::EventCreate => Method::Post,
+            Self::NodeGet | Self::LeaseGet | Self::ConfigList | Self::PodList => Method::Get,
+            Self::LeaseRenew => Method::Put,
+            Self::NodeAdopt | Self::StatusPatch(_) | Self::ConfigReport(_) | Self::PodFail => {
+                Method::Patch
+            }
+        }
+    }
+}
+
+/// The parts of node status that, when they change, make a PATCH due before the interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StatusFingerprint {
+    ip_crc: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Registration {
+    Create,
+    Get,
+    Adopt,
+    Done,
+}
+
+/// Where the node Lease stands: renewals are PUTs from the last known resourceVersion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LeaseStep {
+    Get,
+    Create,
+    Renew(Rv),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchState {
+    Idle,
+    Requested,
+    Streaming,
+}
+
+/// A timer plus backoff for one kind of request.
+#[derive(Clone, Copy, Debug, Default)]
+struct Schedule {
+    at: Millis,
+    backoff: Backoff,
+}
+
+impl Schedule {
+    fn due(&self, now: Millis) -> bool {
+        now >= self.at
+    }
+    fn ok_then(&mut self, at: Millis) {
+        self.backoff.reset();
+        self.at = at;
+    }
+    fn retry(&mut self, now: Millis) {
+        self.at = now + self.backoff.fail();
+    }
+}
+
+struct QueuedEvent {
+    reason: &'static str,
+    warning: bool,
+    message: String<MESSAGE_MAX>,
+    /// About the node (true) or the ConfigMap (false).
+    about_node: bool,
+    object_rv: Rv,
+    unix_ms: u64,
+}
+
+struct ConfigReport {
+    state: ConfigState,
+    applied_rv: Rv,
+    message: String<MESSAGE_MAX>,
+    /// Bumped on every change; the annotation PATCH is due while `sent != generation`.
+    generation: u32,
+    sent: u32,
+}
+
+/// The node agent. See the module documentation for how a platform drives it.
+pub struct Agent<'a> {
+    cfg: AgentConfig<'a>,
+    clock: WallClock,
+    started_at: Millis,
+    metrics: Metrics,
+    region: MemoryRegion<'a>,
+    internal_ip: String<48>,
+
+    in_flight: Option<Pending>,
+    registration: Registration,
+    registration_sched: Schedule,
+    node_uid: String<48>,
+
+    lease: LeaseStep,
+    lease_sched: Schedule,
+
+    ready_since_unix_ms: Option<u64>,
+    status_sent: Option<(StatusFingerprint, Millis)>,
+    status_sched: Schedule,
+
+    report: ConfigReport,
+    report_sched: Schedule,
+    events: heapless::Deque<QueuedEvent, EVENT_QUEUE>,
+    event_seq: u32,
+    event_sched: Schedule,
+
+    /// resourceVersion to watch from; `None` means a list is needed first.
+    config_rv: Option<Rv>,
+    /// resourceVersion of the last ConfigMap content handled (applied or rejected).
+    handled_rv: Option<Rv>,
+    list_sched: Schedule,
+    polling_until: Option<Millis>,
+    watch: WatchState,
+    watch_sched: Schedule,
+    watch_decoder: http::ResponseDecoder,
+
+    pod_sched: Schedule,
+    pods_to_fail: heapless::Vec<(String<64>, String<256>), 4>,
+}
+
+fn valid_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn rv_from(s: &str) -> Option<Rv> {
+    String::try_from(s).ok()
+}
+
+/// Formats into a bounded string, cutting at the capacity (messages may be long, never fatal).
+fn bounded<const N: usize>(args: fmt::Arguments<'_>) -> String<N> {
+    struct Cut<'s, const N: usize>(&'s mut String<N>);
+    impl<const N: usize> fmt::Write for Cut<'_, N> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if self.0.push(c).is_err() {
+                    return Err(fmt::Error);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = String::new();
+    let _ = fmt::write(&mut Cut(&mut out), args);
+    out
+}
+
+impl<'a> Agent<'a> {
+    /// Creates an agent that starts at monotonic time `now`, writing into `region`.
+    pub fn new(
+        cfg: AgentConfig<'a>,
+        region: &'a mut [u8; memory::REGION_SIZE],
+        now: Millis,
+    ) -> Result<Self, ConfigError> {
+        for (field, value) in [
+            ("node name", cfg.node_name),
+            ("ConfigMap namespace", cfg.config_namespace),
+            ("ConfigMap name", cfg.config_map),
+        ] {
+            if !valid_label(value) {
+                return Err(ConfigError::BadName { field });
+            }
+        }
+        let mut cfg = cfg;
+        cfg.status_report_interval_ms = cfg.status_report_interval_ms.max(STATUS_EVAL_MS);
+        cfg.watch_timeout_s = cfg.watch_timeout_s.max(1);
+        let start = Schedule {
+            at: now,
+            backoff: Backoff::default(),
+        };
+        Ok(Self {
+            cfg,
+            clock: WallClock::default(),
+            started_at: now,
+            metrics: Metrics::default(),
+            region: MemoryRegion::new(region),
+            internal_ip: String::new(),
+            in_flight: None,
+            registration: Registration::Create,
+            registration_sched: start,
+            node_uid: String::new(),
+            lease: LeaseStep::Get,
+            lease_sched: start,
+            ready_since_unix_ms: None,
+            status_sent: None,
+            status_sched: start,
+            report: ConfigReport {
+                state: ConfigState::Pending,
+                applied_rv: String::new(),
+                message: bounded(format_args!(
+                    "waiting for ConfigMap {}/{}",
+                    cfg.config_namespace, cfg.config_map
+                )),
+                generation: 0,
+                sent: 0,
+            },
+            report_sched: start,
+            events: heapless::Deque::new(),
+            event_seq: 0,
+            event_sched: start,
+            config_rv: None,
+            handled_rv: None,
+            list_sched: start,
+            polling_until: None,
+            watch: WatchState::Idle,
+            watch_sched: start,
+            watch_decoder: http::ResponseDecoder::new(),
+            pod_sched: start,
+            pods_to_fail: heapless::Vec::new(),
+        })
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Gives the agent wall-clock time from a precise source (SNTP or the host clock).
+    pub fn sync_clock(&mut self, now: Millis, unix_ms: u64) {
+        self.clock.sync(now, unix_ms, ClockSource::Precise);
+    }
+
+    /// Sets the node's InternalIP (after DHCP); a change makes a status PATCH due.
+    pub fn set_internal_ip(&mut self, ip: &str) {
+        self.internal_ip = bounded(format_args!("{ip}"));
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The memory region's current contents.
+    pub fn region(&self) -> &[u8; memory::REGION_SIZE] {
+        self.region.bytes()
+    }
+
+    /// What the agent last concluded about the ConfigMap, with the applied resourceVersion.
+    pub fn config_state(&self) -> (ConfigState, &str, &str) {
+        (
+            self.report.state,
+            self.report.applied_rv.as_str(),
+            self.report.message.as_str(),
+        )
+    }
+
+    /// True once the Node exists and has been adopted.
+    pub fn registered(&self) -> bool {
+        self.registration == Registration::Done
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &AgentConfig<'a> {
+        &self.cfg
+    }
+
+    /// Unix milliseconds now, once the clock is known.
+    pub fn unix_ms(&self, now: Millis) -> Option<u64> {
+        self.clock.unix_ms(now)
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn gauges(&self, now: Millis) -> Gauges {
+        Gauges {
+            uptime_seconds: now.saturating_sub(self.started_at) as f64 / 1000.0,
+            memory_crc32: self.region.checksum(),
+            registered: self.registered(),
+            watching: self.watch == WatchState::Streaming,
+        }
+    }
+
+    // ------------------------------------------------------------------ control connection
+
+    /// The earliest time at which [`Agent::poll_request`] may have something to send.
+    /// The driver may sleep until then (or until a watch event arrives).
+    pub fn next_wakeup(&self, now: Millis) -> Millis {
+        if self.in_flight.is_some() {
+            return Millis::MAX;
+        }
+        if self.registration != Registration::Done {
+            return self.registration_sched.at;
+        }
+        let mut t = self
+            .lease_sched
+            .at
+            .min(self.status_due_at(now))
+            .min(self.pod_sched.at);
+        if self.report.sent != self.report.generation {
+            t = t.min(self.report_sched.at);
+        }
+        if !self.events.is_empty() {
+            t = t.min(self.event_sched.at);
+        }
+        if self.list_wanted(now) {
+            t = t.min(self.list_sched.at);
+        }
+        if !self.pods_to_fail.is_empty() {
+            t = t.min(self.pod_sched.at);
+        }
+        t.max(now)
+    }
+
+    /// Writes the next request for the control connection into `out` and returns its length,
+    /// or `None` when nothing is due. At most one request is in flight.
+    pub fn poll_request(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, AgentError> {
+        if self.in_flight.is_some() {
+            return Ok(None);
+        }
+        let Some(pending) = self.next_due(now) else {
+            return Ok(None);
+        };
+        let n = self
+            .encode(pending, now, out)
+            .map_err(|_| AgentError::RequestTooLarge {
+                what: pending_name(pending),
+            })?;
+        self.in_flight = Some(pending);
+        Ok(Some(n))
+    }
+
+    fn next_due(&self, now: Millis) -> Option<Pending> {
+        match self.registration {
+            Registration::Create if self.registration_sched.due(now) => {
+                return Some(Pending::NodeCreate);
+            }
+            Registration::Get if self.registration_sched.due(now) => return Some(Pending::NodeGet),
+            Registration::Adopt if self.registration_sched.due(now) => {
+                return Some(Pending::NodeAdopt);
+            }
+            Registration::Done => {}
+            _ => return None,
+        }
+        if self.lease_sched.due(now) {
+            return Some(match self.lease {
+                LeaseStep::Get => Pending::LeaseGet,
+                LeaseStep::Create => Pending::LeaseCreate,
+                LeaseStep::Renew(_) => Pending::LeaseRenew,
+            });
+        }
+        if now >= self.status_due_at(now) {
+            return Some(Pending::StatusPatch(self.fingerprint()));
+        }
+        if self.report.sent != self.report.generation && self.report_sched.due(now) {
+            return Some(Pending::ConfigReport(self.report.generation));
+        }
+        if !self.events.is_empty() && self.event_sched.due(now) {
+            return Some(Pending::EventCreate);
+        }
+        if self.list_wanted(now) && self.list_sched.due(now) {
+            return Some(Pending::ConfigList);
+        }
+        if self.pod_sched.due(now) {
+            return Some(if self.pods_to_fail.is_empty() {
+                Pending::PodList
+            } else {
+                Pending::PodFail
+            });
+        }
+        None
+    }
+
+    fn status_due_at(&self, _now: Millis) -> Millis {
+        let by_schedule = self.status_sched.at;
+        match self.status_sent {
+            None => by_schedule,
+            Some((fp, at)) if fp != self.fingerprint() => by_schedule.max(at.min(by_schedule)),
+            Some((_, at)) => by_schedule.max(at + self.cfg.status_report_interval_ms),
+        }
+    }
+
+    fn fingerprint(&self) -> StatusFingerprint {
+        const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+        StatusFingerprint {
+            ip_crc: CRC.checksum(self.internal_ip.as_bytes()),
+        }
+    }
+
+    /// Whether the ConfigMap should be listed: before the first watch, after a 410, and
+    /// periodically while polling.
+    fn list_wanted(&self, now: Millis) -> bool {
+        self.config_rv.is_none() || self.polling(now)
+    }
+
+    fn polling(&self, now: Millis) -> bool {
+        self.cfg.config_mode == ConfigMode::Poll || self.polling_until.is_some_and(|t| now < t)
+    }
+
+    /// Tells the agent the response to the request in flight. `body` is the body, or its
+    /// first part when `body_len` says it was longer than the driver's buffer.
+    pub fn on_response(&mut self, now: Millis, head: &ResponseHead, body: &[u8], body_len: usize) {
+        let Some(pending) = self.in_flight.take() else {
+            return;
+        };
+        if let Some(date) = head.date {
+            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+        }
+        self.metrics.count_api(pending.method(), head.status);
+        let complete = body_len <= body.len();
+        let ok = (200..300).contains(&head.status);
+        let status = head.status;
+        match pending {
+            Pending::NodeCreate => match status {
+                _ if ok => self.registered_with(now, body),
+                409 => self.registration = Registration::Get,
+                _ => self.registration_sched.retry(now),
+            },
+            Pending::NodeGet => match status {
+                _ if ok => {
+                    let uid = obj::from_json::<obj::ObjectLite>(body).and_then(|o| o.metadata.uid);
+                    self.node_uid = bounded(format_args!("{}", uid.unwrap_or("")));
+                    self.registration = Registration::Adopt;
+                    self.registration_sched.ok_then(now);
+                }
+                404 => {
+                    self.registration = Registration::Create;
+                    self.registration_sched.ok_then(now);
+                }
+                _ => self.registration_sched.retry(now),
+            },
+            Pending::NodeAdopt => match status {
+                _ if ok => self.registered_with(now, body),
+                404 => {
+                    self.registration = Registration::Create;
+                    self.registration_sched.retry(now);
+                }
+                _ => self.registration_sched.retry(now),
+            },
+            Pending::LeaseGet => match status {
+                _ if ok => match self.read_rv(body) {
+                    // Renew at once from the object just read.
+                    Some(rv) => {
+                        self.lease = LeaseStep::Renew(rv);
+                        self.lease_sched.ok_then(now);
+                    }
+                    None => self.lease_failed(now),
+                },
+                404 => {
+                    self.lease = LeaseStep::Create;
+                    self.lease_sched.ok_then(now);
+                }
+                _ => self.lease_failed(now),
+            },
+            Pending::LeaseCreate | Pending::LeaseRenew => match status {
+                _ if ok => {
+                    self.lease = match self.read_rv(body) {
+                        Some(rv) => LeaseStep::Renew(rv),
+                        None => LeaseStep::Get,
+                    };
+                    self.metrics.heartbeats_ok += 1;
+                    self.lease_sched.ok_then(now + LEASE_RENEW_MS);
+                }
+                // Changed by someone else, or created meanwhile: re-read, then renew.
+                409 => {
+                    self.lease = LeaseStep::Get;
+                    self.lease_failed(now);
+                }
+                404 => {
+                    self.lease = LeaseStep::Create;
+                    self.lease_failed(now);
+                }
+                _ => self.lease_failed(now),
+            },
+            Pending::StatusPatch(fp) => match status {
+                _ if ok => {
+                    self.metrics.status_updates += 1;
+                    self.status_sent = Some((fp, now));
+                    self.status_sched.ok_then(now + STATUS_EVAL_MS);
+                }
+                404 => self.node_vanished(now),
+                _ => self.status_sched.retry(now),
+            },
+            Pending::ConfigReport(generation) => match status {
+                _ if ok => {
+                    self.report.sent = generation;
+                    self.report_sched.ok_then(now);
+                }
+                404 => self.node_vanished(now),
+                _ => self.report_sched.retry(now),
+            },
+            Pending::EventCreate => match status {
+                _ if ok => {
+                    self.events.pop_front();
+                    self.event_sched.ok_then(now);
+                }
+                // The server will never take this event: drop it rather than block the rest.
+                400..=499 if status != 429 => {
+                    self.events.pop_front();
+                    self.metrics.events_dropped += 1;
+                    self.event_sched.ok_then(now);
+                }
+                _ => self.event_sched.retry(now),
+            },
+            Pending::ConfigList => self.on_config_list(now, status, body, complete, body_len),
+            Pending::PodList => match status {
+                _ if ok => {
+                    let more = self.read_pods(body);
+                    self.pod_sched
+                        .ok_then(if more || !self.pods_to_fail.is_empty() {
+                            now
+                        } else {
+                            now + POD_CHECK_MS
+                        });
+                }
+                _ => self.pod_sched.retry(now),
+            },
+            Pending::PodFail => match status {
+                _ if ok || status == 404 || status == 409 => {
+                    if ok {
+                        self.metrics.pods_rejected += 1;
+                    }
+                    self.pods_to_fail.pop();
+                    self.pod_sched.ok_then(now);
+                }
+                _ => self.pod_sched.retry(now),
+            },
+        }
+    }
+
+    /// Tells the agent the request in flight got no response (connection refused, reset,
+    /// TLS failure, timeout). It will be retried with backoff.
+    pub fn on_transport_error(&mut self, now: Millis) {
+        let Some(pending) = self.in_flight.take() else {
+            return;
+        };
+        self.metrics.count_api(pending.method(), 0);
+        match pending {
+            Pending::NodeCreate | Pending::NodeGet | Pending::NodeAdopt => {
+                self.registration_sched.retry(now)
+            }
+            Pending::LeaseGet | Pending::LeaseCreate | Pending::LeaseRenew => {
+                self.lease_failed(now)
+            }
+            Pending::StatusPatch(_) => self.status_sched.retry(now),
+            Pending::ConfigReport(_) => self.report_sched.retry(now),
+            Pending::EventCreate => self.event_sched.retry(now),
+            Pending::ConfigList => self.list_sched.retry(now),
+            Pending::PodList | Pending::PodFail => self.pod_sched.retry(now),
+        }
+    }
+
+    fn read_rv(&self, body: &[u8]) -> Option<Rv> {
+        obj::from_json::<obj::ObjectLite>(body)
+            .and_then(|o| o.metadata.resource_version)
+            .or_else(|| obj::scan_resource_version(body))
+            .and_then(rv_from)
+    }
+
+    fn registered_with(&mut self, now: Millis, body: &[u8]) {
+        if let Some(uid) = obj::from_json::<obj::ObjectLite>(body).and_then(|o| o.metadata.uid) {
+            self.node_uid = bounded(format_args!("{uid}"));
+        }
+        self.registration = Registration::Done;
+        self.registration_sched.ok_then(now);
+        // The node body carried the current config annotations.
+        self.report.sent = self.report.generation;
+        // Conditions go out in a status PATCH right away; the Lease follows.
+        self.status_sent = None;
+        self.status_sched.ok_then(now);
+        self.lease_sched.ok_then(now);
+        let boot_id = self.cfg.facts.boot_id;
+        self.queue_event(
+            now,
+            "Starting",
+            false,
+            true,
+            format_args!("Starting picolet {KUBELET_VERSION} (boot ID {boot_id})"),
+        );
+    }
+
+    fn node_vanished(&mut self, now: Millis) {
+        // The Node was deleted under us: register again, like a restarted kubelet would.
+        self.registration = Registration::Create;
+        self.registration_sched.retry(now);
+        self.lease = LeaseStep::Get;
+    }
+
+    fn lease_failed(&mut self, now: Millis) {
+        self.metrics.heartbeats_failed += 1;
+        self.lease_sched.retry(now);
+    }
+}
+
+/// A body writer for [`http::encode_request`] that serializes `value` as JSON.
+fn json<T: serde::Serialize>(value: &T) -> impl FnMut(&mut [u8]) -> Option<usize> + '_ {
+    move |buf| obj::to_json(value, buf).ok()
+}
+
+fn pending_name(p: Pending) -> &'static str {
+    match p {
+        Pending::NodeCreate => "node create",
+        Pending::NodeGet => "node get",
+        Pending::NodeAdopt => "node adopt",
+        Pending::LeaseGet => "lease get",
+        Pending::LeaseCreate => "lease create",
+        Pending::LeaseRenew => "lease renew",
+        Pending::StatusPatch(_) => "node status",
+        Pending::ConfigReport(_) => "config report",
+        Pending::EventCreate => "event",
+        Pending::ConfigList => "configmap list",
+        Pending::PodList => "pod list",
+        Pending::PodFail => "pod status",
+    }
+}
+
+const CONDITION_TEXT: [(&str, &str, &str, &str); 4] = [
+    (
+        "Ready",
+        "True",
+        "KubeletReady",
+        "picolet is posting ready status; this node runs no containers",
+    ),
+    (
+        "MemoryPressure",
+        "False",
+        "KubeletHasSufficientMemory",
+        "picolet uses static memory only; there is no heap to exhaust",
+    ),
+    (
+        "DiskPressure",
+        "False",
+        "KubeletHasNoDiskPressure",
+        "picolet writes no disk; its only storage is firmware flash",
+    ),
+    (
+        "PIDPressure",
+        "False",
+        "KubeletHasSufficientPID",
+        "picolet runs a fixed set of firmware tasks, not processes",
+    ),
+];
+
+impl<'a> Agent<'a> {
+    fn labels(&self) -> obj::NodeLabels<'a> {
+        obj::NodeLabels {
+            hostname: self.cfg.node_name,
+            os: self.cfg.facts.operating_system,
+            arch: self.cfg.facts.architecture,
+            instance_type: self.cfg.facts.instance_type,
+        }
+    }
+
+    fn annotations(&self) -> obj::ConfigAnnotations<'_> {
+        obj::ConfigAnnotations {
+            state: self.report.state.as_str(),
+            applied_resource_version: &self.report.applied_rv,
+            memory_crc32: Crc32Hex(self.region.checksum()),
+            message: &self.report.message,
+        }
+    }
+
+    fn node_info(&self) -> obj::NodeSystemInfo<'a> {
+        let f = &self.cfg.facts;
+        obj::NodeSystemInfo {
+            machine_id: f.machine_id,
+            system_uuid: f.system_uuid,
+            boot_id: f.boot_id,
+            kernel_version: f.kernel_version,
+            os_image: f.os_image,
+            container_runtime_version: "none://",
+            kubelet_version: KUBELET_VERSION,
+            kube_proxy_version: "",
+            operating_system: f.operating_system,
+            architecture: f.architecture,
+        }
+    }
+
+    fn encode(
+        &mut self,
+        pending: Pending,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<usize, HttpError> {
+        let unix = self.clock.unix_ms(now);
+        if unix.is_some() && self.ready_since_unix_ms.is_none() {
+            self.ready_since_unix_ms = unix;
+        }
+        let name = self.cfg.node_name;
+        let host = self.cfg.api_host;
+        let addresses = [
+            obj::NodeAddress {
+                kind: "InternalIP",
+                address: &self.internal_ip,
+            },
+            obj::NodeAddress {
+                kind: "Hostname",
+                address: name,
+            },
+        ];
+        let addresses: &[obj::NodeAddress<'_>] = if self.internal_ip.is_empty() {
+            &addresses[1..]
+        } else {
+            &addresses
+        };
+        let conditions: [obj::NodeCondition<'_>; 4] =
+            CONDITION_TEXT.map(|(kind, status, reason, message)| obj::NodeCondition {
+                kind,
+                status,
+                last_heartbeat_time: unix.map(Rfc3339),
+                last_transition_time: self.ready_since_unix_ms.map(Rfc3339),
+                reason,
+                message,
+            });
+        let status = obj::NodeStatus {
+            capacity: self.cfg.facts.capacity,
+            allocatable: self.cfg.facts.allocatable,
+            conditions: unix.map(|_| &conditions[..]),
+            addresses,
+            daemon_endpoints: obj::DaemonEndpoints {
+                kubelet_endpoint: obj::KubeletEndpoint {
+                    port: self.cfg.kubelet_port,
+                },
+            },
+            node_info: self.node_info(),
+        };
+        let meta = obj::NodeMeta {
+            name: None,
+            labels: self.labels(),
+            annotations: self.annotations(),
+        };
+        let lease_path =
+            format_args!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}");
+        match pending {
+            Pending::NodeCreate => {
+                let node = obj::Node {
+                    api_version: "v1",
+                    kind: "Node",
+                    metadata: obj::NodeMeta {
+                        name: Some(name),
+                        ..meta
+                    },
+                    spec: obj::NodeSpec {
+                        taints: [obj::Taint {
+                            key: NO_CONTAINERS_TAINT,
+                            value: "true",
+                            effect: "NoSchedule",
+                        }],
+                    },
+                    status,
+                };
+                http::encode_request(
+                    out,
+                    Method::Post,
+                    host,
+                    format_args!("/api/v1/nodes"),
+                    Some((BodyType::Json, &mut json(&node))),
+                )
+            }
+            Pending::NodeGet => http::encode_request(
+                out,
+                Method::Get,
+                host,
+                format_args!("/api/v1/nodes/{name}"),
+                None,
+            ),
+            Pending::NodeAdopt | Pending::ConfigReport(_) => {
+                let patch = obj::NodeMetaPatch { metadata: meta };
+                http::encode_request(
+                    out,
+                    Method::Patch,
+                    host,
+                    format_args!("/api/v1/nodes/{name}"),
+                    Some((BodyType::MergePatch, &mut json(&patch))),
+                )
+            }
+            Pending::StatusPatch(_) => {
+                let patch = obj::NodeStatusPatch { status };
+                http::encode_request(
+                    out,
+                    Method::Patch,
+                    host,
+                    format_args!("/api/v1/nodes/{name}/status"),
+                    Some((BodyType::MergePatch, &mut json(&patch))),
+                )
+            }
+            Pending::LeaseGet => http::encode_request(out, Method::Get, host, lease_path, None),
+            Pending::LeaseCreate | Pending::LeaseRenew => {
+                let rv = match &self.lease {
+                    LeaseStep::Renew(rv) => Some(rv.as_str()),
+                    _ => None,
+                };
+                let lease = obj::Lease {
+                    api_version: "coordination.k8s.io/v1",
+                    kind: "Lease",
+                    metadata: obj::LeaseMeta {
+                        name,
+                        namespace: LEASE_NAMESPACE,
+                        resource_version: rv,
+                        owner_references: [obj::OwnerReference {
+                            api_version: "v1",
+                            kind: "Node",
+                            name,
+                            uid: &self.node_uid,
+                        }],
+                    },
+                    spec: obj::LeaseSpec {
+                        holder_identity: name,
+                        lease_duration_seconds: LEASE_DURATION_S,
+                        renew_time: MicroTime(unix.unwrap_or(0)),
+                    },
+                };
+                if pending == Pending::LeaseCreate {
+                    http::encode_request(
+                        out,
+                        Method::Post,
+                        host,
+                        format_args!(
+                            "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
+                        ),
+                        Some((BodyType::Json, &mut json(&lease))),
+                    )
+                } else {
+                    http::encode_request(
+                        out,
+                        Method::Put,
+                        host,
+                        lease_path,
+                        Some((BodyType::Json, &mut json(&lease))),
+                    )
+                }
+            }
+            Pending::EventCreate => {
+                let ev = self.events.front().ok_or(HttpError::BufferTooSmall)?;
+                let seq = self.event_seq;
+                let (object_name, namespace) = if ev.about_node {
+                    (name, "default")
+                } else {
+                    (self.cfg.config_map, self.cfg.config_namespace)
+                };
+                let event_name: String<96> =
+                    bounded(format_args!("{object_name}.{:x}{seq:04x}", ev.unix_ms));
+                let event = obj::Event {
+                    api_version: "v1",
+                    kind: "Event",
+                    metadata: obj::EventMeta {
+                        name: &event_name,
+                        namespace,
+                    },
+                    involved_object: obj::ObjectReference {
+                        api_version: "v1",
+                        kind: if ev.about_node { "Node" } else { "ConfigMap" },
+                        name: object_name,
+                        namespace: (!ev.about_node).then_some(namespace),
+                        uid: ev
+                            .about_node
+                            .then_some(self.node_uid.as_str())
+                            .filter(|u| !u.is_empty()),
+                        resource_version: (!ev.object_rv.is_empty())
+                            .then_some(ev.object_rv.as_str()),
+                    },
+                    reason: ev.reason,
+                    message: &ev.message,
+                    kind_of_event: if ev.warning { "Warning" } else { "Normal" },
+                    source: obj::EventSource {
+                        component: "picolet",
+                        host: name,
+                    },
+                    first_timestamp: Rfc3339(ev.unix_ms),
+                    last_timestamp: Rfc3339(ev.unix_ms),
+                    count: 1,
+                    reporting_component: "picolet",
+                    reporting_instance: name,
+                };
+                self.event_seq = self.event_seq.wrapping_add(1);
+                http::encode_request(
+                    out,
+                    Method::Post,
+                    host,
+                    format_args!("/api/v1/namespaces/{namespace}/events"),
+                    Some((BodyType::Json, &mut json(&event))),
+                )
+            }
+            Pending::ConfigList => http::encode_request(
+                out,
+                Method::Get,
+                host,
+                format_args!(
+                    "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
+                    self.cfg.config_namespace, self.cfg.config_map
+                ),
+                None,
+            ),
+            Pending::PodList => http::encode_request(
+                out,
+                Method::Get,
+                host,
+                format_args!(
+                    "/api/v1/pods?fieldSelector=spec.nodeName%3D{name}%2Cstatus.phase%21%3DFailed%2Cstatus.phase%21%3DSucceeded&limit=4"
+                ),
+                None,
+            ),
+            Pending::PodFail => {
+                let (ns, pod) = self.pods_to_fail.last().ok_or(HttpError::BufferTooSmall)?;
+                let message: String<200> = bounded(format_args!(
+                    "node {name} is a picolet node ({}): it cannot run containers",
+                    self.cfg.facts.instance_type
+                ));
+                let patch = obj::PodStatusPatch {
+                    status: obj::PodFailure {
+                        phase: "Failed",
+                        reason: "NodeCannotRunContainers",
+                        message: &message,
+                    },
+                };
+                http::encode_request(
+                    out,
+                    Method::Patch,
+                    host,
+                    format_args!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
+                    Some((BodyType::MergePatch, &mut json(&patch))),
+                )
+            }
+        }
+    }
+
+    fn read_pods(&mut self, body: &[u8]) -> bool {
+        let Some(list) = obj::from_json::<obj::PodListLite>(body) else {
+            return false;
+        };
+        for pod in &list.items {
+            if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
+                if let (Ok(ns), Ok(name)) = (String::try_from(ns), String::try_from(name)) {
+                    let _ = self.pods_to_fail.push((ns, name));
+                }
+            }
+        }
+        list.metadata.continue_token.is_some_and(|c| !c.is_empty())
+    }
+
+    fn queue_event(
+        &mut self,
+        now: Millis,
+        reason: &'static str,
+        warning: bool,
+        about_node: bool,
+        message: fmt::Arguments<'_>,
+    ) {
+        let object_rv = if about_node {
+            String::new()
+        } else {
+            self.handled_rv.clone().unwrap_or_default()
+        };
+        let ev = QueuedEvent {
+            reason,
+            warning,
+            message: bounded(message),
+            about_node,
+            object_rv,
+            unix_ms: self.clock.unix_ms(now).unwrap_or(0),
+        };
+        if self.events.is_full() {
+            // Keep the newest: drop the oldest.
+            self.events.pop_front();
+            self.metrics.events_dropped += 1;
+        }
+        let _ = self.events.push_back(ev);
+    }
+
+    fn set_report(&mut self, state: ConfigState, message: fmt::Arguments<'_>) {
+        self.report.state = state;
+        self.report.message = bounded(message);
+        self.report.generation = self.report.generation.wrapping_add(1);
+    }
+
+    // ------------------------------------------------------------------ ConfigMap
+
+    fn on_config_list(
+        &mut self,
+        now: Millis,
+        status: u16,
+        body: &[u8],
+        complete: bool,
+        body_len: usize,
+    ) {
+        let ns = self.cfg.config_namespace;
+        let cm = self.cfg.config_map;
+        if !(200..300).contains(&status) {
+            if self.report.state != ConfigState::Error {
+                let reason = obj::from_json::<obj::StatusLite>(body)
+                    .and_then(|s| s.message)
+                    .unwrap_or("");
+                self.set_report(
+                    ConfigState::Error,
+                    format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
+                );
+                self.queue_event(
+                    now,
+                    "ConfigReadFailed",
+                    true,
+                    true,
+                    format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
+                );
+            }
+            self.list_sched.retry(now);
+            return;
+        }
+        let next = if self.polling(now) {
+            now + CONFIG_POLL_MS
+        } else {
+            now
+        };
+        if !complete {
+            let rv = obj::scan_resource_version(body).and_then(rv_from);
+            if let Some(rv) = rv.clone() {
+                self.reject_oversized(now, rv.as_str(), body_len);
+            }
+            self.config_rv = rv;
+            self.list_sched.ok_then(next);
+            if self.config_rv.is_none() {
+                self.list_sched.retry(now);
+            }
+            return;
+        }
+        let Some(list) = obj::from_json::<obj::ConfigMapListLite>(body) else {
+            self.list_sched.retry(now);
+            return;
+        };
+        match list.items.first() {
+            Some(item) => {
+                let rv = item.metadata.resource_version.unwrap_or("");
+                let values = item.data.and_then(|d| d.memory_values);
+                self.handle_config(now, rv, values);
+            }
+            None => {
+                if !matches!(
+                    self.report.state,
+                    ConfigState::Missing | ConfigState::Deleted
+                ) {
+                    self.set_report(
+                        ConfigState::Missing,
+                        format_args!("ConfigMap {ns}/{cm} not found; memory keeps its contents"),
+                    );
+                }
+            }
+        }
+        self.config_rv = list.metadata.resource_version.and_then(rv_from);
+        self.list_sched.ok_then(next);
+        if self.config_rv.is_none() {
+            self.list_sched.retry(now);
+        }
+    }
+
+    /// Validates and applies one version of the ConfigMap (once per resourceVersion).
+    fn handle_config(&mut self, now: Millis, rv: &str, values: Option<&str>) {
+        if self.handled_rv.as_deref() == Some(rv) {
+            return;
+        }
+        self.handled_rv = rv_from(rv);
+        let ns = self.cfg.config_namespace;
+        let cm = self.cfg.config_map;
+        let Some(values) = values else {
+            self.reject(
+                now,
+                rv,
+                format_args!("ConfigMap {ns}/{cm} has no data.memory_values key"),
+            );
+            return;
+        };
+        match memory::parse_memory_values(values.as_bytes()) {
+            Ok(image) => self.apply(now, rv, &image),
+            Err(e) => self.reject(now, rv, format_args!("invalid data.memory_values in {ns}/{cm} (resourceVersion {rv}): {e}; memory unchanged")),
+        }
+    }
+
+    fn apply(&mut self, now: Millis, rv: &str, image: &MemoryImage) {
+        self.region.apply(image);
+        self.metrics.config_applies += 1;
+        self.report.applied_rv = rv_from(rv).unwrap_or_default();
+        let crc = self.region.checksum();
+        let (ns, cm, n) = (
+            self.cfg.config_namespace,
+            self.cfg.config_map,
+            image.entries,
+        );
+        self.set_report(
+            ConfigState::Applied,
+            format_args!(
+                "applied {n} values from {ns}/{cm} (resourceVersion {rv}); memory crc32 0x{crc:08x}"
+            ),
+        );
+        let node = self.cfg.node_name;
+        self.queue_event(
+            now,
+            "ConfigApplied",
+            false,
+            false,
+            format_args!("applied {n} values to node {node} memory; crc32 0x{crc:08x}"),
+        );
+    }
+
+    fn reject(&mut self, now: Millis, _rv: &str, why: fmt::Arguments<'_>) {
+        self.metrics.config_rejects += 1;
+        self.set_report(ConfigState::Rejected, why);
+        let message: String<MESSAGE_MAX> = bounded(format_args!("{}", self.report.message));
+        self.queue_event(
+            now,
+            "ConfigRejected",
+            true,
+            false,
+            format_args!("{message}"),
+        );
+    }
+
+    fn reject_oversized(&mut self, now: Millis, rv: &str, len: usize) {
+        if self.handled_rv.as_deref() == Some(rv) {
+            return;
+        }
+        self.handled_rv = rv_from(rv);
+        let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        self.reject(
+            now,
+            rv,
+            format_args!(
+                "ConfigMap {ns}/{cm} (resourceVersion {rv}) is {len} bytes, over the {WATCH_LINE_MAX}-byte limit; memory unchanged"
+            ),
+        );
+    }
+
+    fn config_deleted(&mut self, now: Millis, rv: &str) {
+        self.handled_rv = rv_from(rv);
+        let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        self.set_report(
+            ConfigState::Deleted,
+            format_args!("ConfigMap {ns}/{cm} was deleted; memory keeps the last applied values"),
+        );
+        self.queue_event(
+            now,
+            "ConfigDeleted",
+            false,
+            false,
+            format_args!(
+                "ConfigMap {ns}/{cm} was deleted; node memory keeps the last applied values"
+            ),
+        );
+    }
+
+    // ------------------------------------------------------------------ watch connection
+
+    /// Writes the watch request for the watch connection when one should be open.
+    pub fn poll_watch_request(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, AgentError> {
+        if self.watch != WatchState::Idle
+            || self.polling(now)
+            || !self.watch_sched.due(now)
+            || !self.registered()
+        {
+            return Ok(None);
+        }
+        if self.polling_until.is_some() {
+            self.polling_until = None;
+        }
+        let Some(rv) = self.config_rv.as_ref() else {
+            return Ok(None);
+        };
+        let n = http::encode_request(
+            out,
+            Method::Get,
+            self.cfg.api_host,
+            format_args!(
+                "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}&watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
+                self.cfg.config_namespace, self.cfg.config_map, rv, self.cfg.watch_timeout_s
+            ),
+            None,
+        )
+        .map_err(|_| AgentError::RequestTooLarge { what: "watch" })?;
+        self.watch = WatchState::Requested;
+        self.watch_decoder = http::ResponseDecoder::new();
+        Ok(Some(n))
+    }
+
+    /// The earliest time [`Agent::poll_watch_request`] may return a request.
+    pub fn next_watch_wakeup(&self, now: Millis) -> Millis {
+        if self.watch != WatchState::Idle || self.config_rv.is_none() || !self.registered() {
+            return Millis::MAX;
+        }
+        match self.polling_until {
+            _ if self.cfg.config_mode == ConfigMode::Poll => Millis::MAX,
+            Some(t) if now < t => t,
+            _ => self.watch_sched.at.max(now),
+        }
+    }
+
+    /// Feeds raw bytes from the watch connection (HTTP framing included). Returns `false` when
+    /// the driver should close the connection (the response ended or was refused).
+    pub fn on_watch_bytes(
+        &mut self,
+        now: Millis,
+        lines: &mut WatchLines,
+        mut input: &[u8],
+    ) -> (usize, bool) {
+        let mut used = 0;
+        loop {
+            let (n, decoded) = match self.watch_decoder.decode(input) {
+                Ok(x) => x,
+                Err(_) => {
+                    self.on_watch_closed(now, true);
+                    return (used, false);
+                }
+            };
+            used += n;
+            input = &input[n..];
+            match decoded {
+                http::Decoded::NeedMore if n == 0 => return (used, true),
+                http::Decoded::NeedMore => {}
+                http::Decoded::Head(head) => {
+                    lines.reset();
+                    self.on_watch_head(now, &head);
+                    if self.watch != WatchState::Streaming {
+                        return (used, false);
+                    }
+                }
+                http::Decoded::Data(data) => {
+                    self.on_watch_data(now, lines, data);
+                    if self.config_rv.is_none() {
+                        // The stream said to start over: close it and re-list.
+                        self.on_watch_closed(now, false);
+                        return (used, false);
+                    }
+                }
+                http::Decoded::Done => {
+                    self.on_watch_closed(now, false);
+                    return (used, false);
+                }
+            }
+        }
+    }
+
+    fn on_watch_head(&mut self, now: Millis, head: &ResponseHead) {
+        self.metrics.count_api(Method::Get, head.status);
+        if let Some(date) = head.date {
+            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+        }
+        match head.status {
+            200 => self.watch = WatchState::Streaming,
+            410 => {
+                self.watch = WatchState::Idle;
+                self.config_rv = None;
+            }
+            // The server (or a proxy) will not watch: poll for a while, then try again.
+            400 | 403 | 404 | 405 | 501 => {
+                self.watch = WatchState::Idle;
+                self.polling_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                self.list_sched.ok_then(now);
+            }
+            _ => {
+                self.watch = WatchState::Idle;
+                self.watch_sched.retry(now);
+            }
+        }
+    }
+
+    fn on_watch_data(&mut self, now: Millis, lines: &mut WatchLines, mut data: &[u8]) {
+        while !data.is_empty() {
+            let (n, line) = lines.push(data);
+            data = &data[n..];
+            match line {
+                None => {}
+                Some(Line::Complete(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+                Some(Line::Complete(bytes)) => {
+                    self.metrics.watch_events += 1;
+                    self.on_watch_event(now, bytes);
+                }
+                Some(Line::Oversized { prefix, len }) => {
+                    self.metrics.watch_events += 1;
+                    if let Some(rv) = obj::scan_resource_version(prefix) {
+                        self.reject_oversized(now, rv, len);
+                        self.config_rv = rv_from(rv);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_watch_event(&mut self, now: Millis, line: &[u8]) {
+        let Some(ev) = obj::from_json::<obj::WatchEventLite>(line) else {
+            // Not a watch event we understand: start over from a fresh list.
+            self.config_rv = None;
+            return;
+        };
+        let rv = ev.object.metadata.resource_version;
+        match ev.kind {
+            "ADDED" | "MODIFIED" => {
+                let values = ev.object.data.and_then(|d| d.memory_values);
+                self.handle_config(now, rv.unwrap_or(""), values);
+            }
+            "DELETED" => self.config_deleted(now, rv.unwrap_or("")),
+            "BOOKMARK" => {}
+            // ERROR: 410 Gone (resourceVersion too old) or anything else: re-list, then re-watch.
+            _ => {
+                self.config_rv = None;
+                return;
+            }
+        }
+        if let Some(rv) = rv.and_then(rv_from) {
+            self.config_rv = Some(rv);
+        }
+        self.watch_sched.backoff.reset();
+    }
+
+    /// Tells the agent the watch connection closed (`error`: it broke rather than ended).
+    pub fn on_watch_closed(&mut self, now: Millis, error: bool) {
+        if self.watch == WatchState::Streaming {
+            self.metrics.watch_restarts += 1;
+        }
+        if self.watch != WatchState::Idle {
+            if error {
+                self.watch_sched.retry(now);
+            } else {
+                self.watch_sched.ok_then(now);
+            }
+        }
+        self.watch = WatchState::Idle;
+    }
+}
+
+/// The caller-owned buffer for watch lines: one ConfigMap event at most [`WATCH_LINE_MAX`] bytes.
+pub type WatchLines = LineFramer<WATCH_LINE_MAX>;

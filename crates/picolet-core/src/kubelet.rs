@@ -1,0 +1,245 @@
+//! The kubelet endpoints on :10250, rendered from the agent's state into a caller buffer.
+//!
+//! The platform reads a request head (bounded, with a timeout), calls [`parse_request`], then
+//! [`respond`]. Routes: `/healthz`, `/metrics`, `/metrics/resource`, `/pods`, `/memory`.
+
+use core::fmt::{self, Write};
+
+use crate::agent::Agent;
+use crate::memory::REGION_SIZE;
+use crate::metrics::{self, PlatformStats};
+use crate::time::Millis;
+use crate::write::SliceWriter;
+
+/// The endpoints picolet serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Metrics,
+    MetricsResource,
+    Pods,
+    Memory,
+}
+
+/// A request that cannot be served, with the status to answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: not HTTP/1.x.
+    BadRequest,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 405: only GET (and HEAD) are served.
+    MethodNotAllowed,
+    /// 431: the head does not fit in the server's buffer.
+    HeadTooLarge,
+}
+
+impl Refusal {
+    fn status(self) -> (u16, &'static str) {
+        match self {
+            Self::BadRequest => (400, "Bad Request"),
+            Self::NotFound => (404, "Not Found"),
+            Self::MethodNotAllowed => (405, "Method Not Allowed"),
+            Self::HeadTooLarge => (431, "Request Header Fields Too Large"),
+        }
+    }
+}
+
+/// A parsed request: the route, and whether only the head is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub route: Route,
+    pub head_only: bool,
+}
+
+/// Parses a request head. `Ok(None)`: incomplete, read more (a full buffer means
+/// [`Refusal::HeadTooLarge`]).
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; 24];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
+        Err(_) => return Err(Refusal::BadRequest),
+    }
+    let path = req.path.ok_or(Refusal::BadRequest)?;
+    let path = path.split('?').next().unwrap_or(path);
+    let route = match path {
+        "/healthz" => Route::Healthz,
+        "/metrics" => Route::Metrics,
+        "/metrics/resource" => Route::MetricsResource,
+        "/pods" | "/pods/" => Route::Pods,
+        "/memory" => Route::Memory,
+        _ => return Err(Refusal::NotFound),
+    };
+    match req.method {
+        Some("GET") => Ok(Some(Request {
+            route,
+            head_only: false,
+        })),
+        Some("HEAD") => Ok(Some(Request {
+            route,
+            head_only: true,
+        })),
+        _ => Err(Refusal::MethodNotAllowed),
+    }
+}
+
+const HEAD_RESERVE: usize = 256;
+const TEXT: &str = "text/plain; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// Writes a whole response; `body` renders into the writer it is given.
+fn write_response(
+    out: &mut [u8],
+    status: (u16, &str),
+    content_type: &str,
+    head_only: bool,
+    body: &mut dyn FnMut(&mut SliceWriter<'_>) -> fmt::Result,
+) -> usize {
+    if out.len() <= HEAD_RESERVE {
+        return 0;
+    }
+    let (mut status, mut content_type) = (status, content_type);
+    let mut body_len = {
+        let mut w = SliceWriter::new(&mut out[HEAD_RESERVE..]);
+        match body(&mut w) {
+            Ok(()) => w.len(),
+            Err(_) => usize::MAX,
+        }
+    };
+    if body_len == usize::MAX {
+        // The page did not fit: say so rather than send half a metrics page.
+        status = (500, "Internal Server Error");
+        content_type = TEXT;
+        let msg = b"response too large for the server buffer\n";
+        out[HEAD_RESERVE..HEAD_RESERVE + msg.len()].copy_from_slice(msg);
+        body_len = msg.len();
+    }
+    let mut head = [0u8; HEAD_RESERVE];
+    let mut w = SliceWriter::new(&mut head);
+    let _ = write!(
+        w,
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n",
+        status.0, status.1
+    );
+    let head_len = w.len();
+    let sent_body = if head_only { 0 } else { body_len };
+    out.copy_within(HEAD_RESERVE..HEAD_RESERVE + sent_body, head_len);
+    out[..head_len].copy_from_slice(&head[..head_len]);
+    head_len + sent_body
+}
+
+/// Writes the error response for a refused request.
+pub fn refuse(refusal: Refusal, out: &mut [u8]) -> usize {
+    let status = refusal.status();
+    write_response(out, status, TEXT, false, &mut |w| {
+        writeln!(w, "{}", status.1)
+    })
+}
+
+/// Writes the response to `req` from the agent's current state.
+pub fn respond(
+    agent: &Agent<'_>,
+    now: Millis,
+    stats: &PlatformStats,
+    extra_metrics: &dyn Fn(&mut dyn Write) -> fmt::Result,
+    req: Request,
+    out: &mut [u8],
+) -> usize {
+    let ok = (200, "OK");
+    match req.route {
+        Route::Healthz => write_response(out, ok, TEXT, req.head_only, &mut |w| w.write_str("ok")),
+        Route::Metrics => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
+            agent.metrics().render(w, &agent.gauges(now))?;
+            extra_metrics(w)
+        }),
+        Route::MetricsResource => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
+            metrics::render_resource(w, stats, agent.unix_ms(now).unwrap_or(0))
+        }),
+        Route::Pods => write_response(out, ok, JSON, req.head_only, &mut |w| {
+            w.write_str(r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#)
+        }),
+        Route::Memory => write_response(out, ok, TEXT, req.head_only, &mut |w| {
+            render_memory(agent, w)
+        }),
+    }
+}
+
+/// `/memory`: a header line, then 16 bytes per line as `OFFSET: HEX…`.
+fn render_memory(agent: &Agent<'_>, w: &mut dyn Write) -> fmt::Result {
+    let region = agent.region();
+    let (state, rv, _) = agent.config_state();
+    writeln!(
+        w,
+        "# picolet memory region: {REGION_SIZE} bytes, crc32 0x{:08x}, config {} (resourceVersion {})",
+        crate::memory::checksum(region),
+        state.as_str(),
+        if rv.is_empty() { "none" } else { rv }
+    )?;
+    for (i, row) in region.chunks(16).enumerate() {
+        write!(w, "{:04x}:", i * 16)?;
+        for b in row {
+            write!(w, " {b:02x}")?;
+        }
+        w.write_str("\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_refuses() {
+        assert_eq!(
+            parse_request(b"GET /healthz HTTP/1.1\r\n\r\n"),
+            Ok(Some(Request {
+                route: Route::Healthz,
+                head_only: false
+            }))
+        );
+        assert_eq!(
+            parse_request(b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Some(Request {
+                route: Route::Metrics,
+                head_only: true
+            }))
+        );
+        assert_eq!(parse_request(b"GET /healthz HTTP/1.1\r\nHost:"), Ok(None));
+        assert_eq!(
+            parse_request(b"POST /pods HTTP/1.1\r\n\r\n"),
+            Err(Refusal::MethodNotAllowed)
+        );
+        assert_eq!(
+            parse_request(b"GET /exec HTTP/1.1\r\n\r\n"),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Err(Refusal::BadRequest)
+        );
+        let mut many = std::vec::Vec::new();
+        many.extend_from_slice(b"GET /healthz HTTP/1.1\r\n");
+        for i in 0..40 {
+            many.extend_from_slice(std::format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_request(&many), Err(Refusal::HeadTooLarge));
+    }
+
+    extern crate std;
+
+    #[test]
+    fn refusals_are_complete_responses() {
+        let mut out = [0u8; 512];
+        let n = refuse(Refusal::NotFound, &mut out);
+        let text = core::str::from_utf8(&out[..n]).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.ends_with("\r\n\r\nNot Found\n"));
+        assert!(text.contains("Content-Length: 10\r\n"));
+    }
+}

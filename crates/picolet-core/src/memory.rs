@@ -1,0 +1,434 @@
+//! The 1 KB memory region and the `data.memory_values` grammar that fills it.
+//!
+//! Grammar: comma-separated `OFFSET=VALUE` entries. Each number is decimal (`42`) or hex with a
+//! `0x`/`0X` prefix (`0x2A`); offsets are 0–1023, values 0–255. Spaces, tabs and newlines are
+//! allowed around numbers, `=` and `,`. An empty (or all-whitespace) string is valid and sets
+//! nothing.
+//!
+//! Semantics (chosen here, documented in the README):
+//! - **Declarative**: the ConfigMap describes the whole region. Offsets not listed are 0, so the
+//!   same ConfigMap always yields the same bytes and the same checksum.
+//! - **Duplicate offsets are an error**: `1=2,1=3` has no single obvious meaning, so the update
+//!   is rejected rather than guessing "last wins".
+//! - **Empty entries are errors** (`1=2,,3=4` or a trailing comma): they are usually typos.
+//! - Anything else (non-ASCII bytes, JSON escapes, signs, overflow) is rejected with the byte
+//!   position, and the region keeps its old contents: parsing finishes before anything is written.
+
+use core::fmt;
+
+/// Size of the region in bytes: offsets run from 0 to `REGION_SIZE - 1`.
+pub const REGION_SIZE: usize = 1024;
+
+/// Why a `memory_values` string was rejected. Positions are byte offsets into the string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValuesError {
+    /// A byte that cannot appear at that point of the grammar.
+    Unexpected {
+        position: usize,
+        byte: u8,
+        expected: &'static str,
+    },
+    /// The string ended in the middle of an entry.
+    UnexpectedEnd { expected: &'static str },
+    /// An entry with nothing in it (`,,` or a trailing comma).
+    EmptyEntry { position: usize },
+    /// An offset outside 0–1023 (saturates at `u32::MAX` for huge numbers).
+    OffsetOutOfRange { position: usize, offset: u32 },
+    /// A value outside 0–255.
+    ValueOutOfRange { position: usize, value: u32 },
+    /// The same offset appears twice.
+    DuplicateOffset { position: usize, offset: u16 },
+}
+
+impl fmt::Display for ValuesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Unexpected {
+                position,
+                byte,
+                expected,
+            } if byte.is_ascii_graphic() || byte == b' ' => {
+                write!(
+                    f,
+                    "unexpected '{}' at byte {position}, expected {expected}",
+                    byte as char
+                )
+            }
+            Self::Unexpected {
+                position,
+                byte,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "unexpected byte 0x{byte:02x} at byte {position}, expected {expected}"
+                )
+            }
+            Self::UnexpectedEnd { expected } => {
+                write!(f, "unexpected end of input, expected {expected}")
+            }
+            Self::EmptyEntry { position } => write!(f, "empty entry at byte {position}"),
+            Self::OffsetOutOfRange { position, offset } => write!(
+                f,
+                "offset {offset} at byte {position} is outside the region (0-{})",
+                REGION_SIZE - 1
+            ),
+            Self::ValueOutOfRange { position, value } => {
+                write!(
+                    f,
+                    "value {value} at byte {position} does not fit in a byte (0-255)"
+                )
+            }
+            Self::DuplicateOffset { position, offset } => {
+                write!(f, "offset {offset} at byte {position} is set twice")
+            }
+        }
+    }
+}
+
+/// A fully validated region image: what the region will hold once applied.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MemoryImage {
+    /// The bytes of the region.
+    pub bytes: [u8; REGION_SIZE],
+    /// How many entries the string had.
+    pub entries: u16,
+}
+
+impl fmt::Debug for MemoryImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MemoryImage {{ entries: {}, crc32: {:08x} }}",
+            self.entries,
+            checksum(&self.bytes)
+        )
+    }
+}
+
+/// Parses and validates a whole `memory_values` string. Memory use is fixed (one image and a
+/// 128-byte bitmap) whatever the input's length, and the input is read once.
+pub fn parse_memory_values(input: &[u8]) -> Result<MemoryImage, ValuesError> {
+    let mut image = MemoryImage {
+        bytes: [0; REGION_SIZE],
+        entries: 0,
+    };
+    let mut seen = [0u32; REGION_SIZE / 32];
+    let mut cur = Cursor { input, pos: 0 };
+    cur.skip_ws();
+    if cur.at_end() {
+        return Ok(image);
+    }
+    loop {
+        cur.skip_ws();
+        if cur.peek() == Some(b',') || cur.at_end() {
+            return Err(ValuesError::EmptyEntry { position: cur.pos });
+        }
+        let offset_pos = cur.pos;
+        let offset = cur.number("an offset")?;
+        if offset as usize >= REGION_SIZE {
+            return Err(ValuesError::OffsetOutOfRange {
+                position: offset_pos,
+                offset,
+            });
+        }
+        cur.skip_ws();
+        cur.expect(b'=', "'='")?;
+        cur.skip_ws();
+        let value_pos = cur.pos;
+        let value = cur.number("a value")?;
+        let byte = u8::try_from(value).map_err(|_| ValuesError::ValueOutOfRange {
+            position: value_pos,
+            value,
+        })?;
+        let (word, bit) = (offset as usize / 32, 1u32 << (offset % 32));
+        if seen[word] & bit != 0 {
+            return Err(ValuesError::DuplicateOffset {
+                position: offset_pos,
+                offset: offset as u16,
+            });
+        }
+        seen[word] |= bit;
+        image.bytes[offset as usize] = byte;
+        // At most REGION_SIZE distinct offsets exist, so this cannot overflow.
+        image.entries += 1;
+        cur.skip_ws();
+        match cur.peek() {
+            None => return Ok(image),
+            Some(b',') => cur.pos += 1,
+            Some(byte) => {
+                return Err(ValuesError::Unexpected {
+                    position: cur.pos,
+                    byte,
+                    expected: "',' or end",
+                });
+            }
+        }
+    }
+}
+
+struct Cursor<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.pos).copied()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.input.len()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, want: u8, expected: &'static str) -> Result<(), ValuesError> {
+        match self.peek() {
+            Some(b) if b == want => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(byte) => Err(ValuesError::Unexpected {
+                position: self.pos,
+                byte,
+                expected,
+            }),
+            None => Err(ValuesError::UnexpectedEnd { expected }),
+        }
+    }
+
+    /// Decimal or `0x` hex; saturates at `u32::MAX` so that range errors report a number.
+    fn number(&mut self, what: &'static str) -> Result<u32, ValuesError> {
+        let hex =
+            self.peek() == Some(b'0') && matches!(self.input.get(self.pos + 1), Some(b'x' | b'X'));
+        if hex {
+            self.pos += 2;
+        }
+        let radix = if hex { 16 } else { 10 };
+        let start = self.pos;
+        let mut n: u32 = 0;
+        while let Some(d) = self.peek().and_then(|b| (b as char).to_digit(radix)) {
+            n = n.saturating_mul(radix).saturating_add(d);
+            self.pos += 1;
+        }
+        if self.pos == start {
+            let expected = if hex { "hex digits after 0x" } else { what };
+            return match self.peek() {
+                Some(byte) => Err(ValuesError::Unexpected {
+                    position: self.pos,
+                    byte,
+                    expected,
+                }),
+                None => Err(ValuesError::UnexpectedEnd { expected }),
+            };
+        }
+        Ok(n)
+    }
+}
+
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// CRC-32 (IEEE, as in zlib and `crc32` tools) of the region: the figure the Node annotation,
+/// `/metrics` and `/memory` report, so a user can check a device against a ConfigMap.
+pub fn checksum(bytes: &[u8; REGION_SIZE]) -> u32 {
+    CRC32.checksum(bytes)
+}
+
+/// The live region. Writes only ever happen as a whole validated [`MemoryImage`].
+pub struct MemoryRegion<'r> {
+    bytes: &'r mut [u8; REGION_SIZE],
+}
+
+impl<'r> MemoryRegion<'r> {
+    /// Wraps the storage the platform provides (a linker-placed static on the Pico).
+    pub fn new(bytes: &'r mut [u8; REGION_SIZE]) -> Self {
+        Self { bytes }
+    }
+
+    /// Replaces the whole region with a validated image.
+    pub fn apply(&mut self, image: &MemoryImage) {
+        self.bytes.copy_from_slice(&image.bytes);
+    }
+
+    /// The current contents.
+    pub fn bytes(&self) -> &[u8; REGION_SIZE] {
+        self.bytes
+    }
+
+    /// CRC-32 of the current contents.
+    pub fn checksum(&self) -> u32 {
+        checksum(self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::ToString;
+
+    fn ok(s: &str) -> MemoryImage {
+        parse_memory_values(s.as_bytes()).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    fn err(s: &[u8]) -> ValuesError {
+        parse_memory_values(s).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let img = ok("0=0x42,1=0x43,2=0xFF");
+        assert_eq!(&img.bytes[..4], &[0x42, 0x43, 0xff, 0]);
+        assert_eq!(img.entries, 3);
+        assert!(img.bytes[3..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn accepts_decimal_hex_whitespace_and_the_edges() {
+        let img = ok(" 1023 = 255 ,\n0X0a=0xfF,\t7=007 ");
+        assert_eq!(img.bytes[1023], 255);
+        assert_eq!(img.bytes[10], 0xff);
+        assert_eq!(img.bytes[7], 7);
+        assert_eq!(ok("").entries, 0);
+        assert_eq!(ok("  \n ").entries, 0);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_positions() {
+        assert_eq!(
+            err(b"1024=1"),
+            ValuesError::OffsetOutOfRange {
+                position: 0,
+                offset: 1024
+            }
+        );
+        assert_eq!(
+            err(b"1=256"),
+            ValuesError::ValueOutOfRange {
+                position: 2,
+                value: 256
+            }
+        );
+        assert_eq!(
+            err(b"1=1,2=2,1=3"),
+            ValuesError::DuplicateOffset {
+                position: 8,
+                offset: 1
+            }
+        );
+        assert_eq!(err(b"1=1,,2=2"), ValuesError::EmptyEntry { position: 4 });
+        assert_eq!(err(b"1=1,"), ValuesError::EmptyEntry { position: 4 });
+        assert_eq!(err(b"1"), ValuesError::UnexpectedEnd { expected: "'='" });
+        assert_eq!(
+            err(b"1="),
+            ValuesError::UnexpectedEnd {
+                expected: "a value"
+            }
+        );
+        assert_eq!(
+            err(b"0x=1"),
+            ValuesError::Unexpected {
+                position: 2,
+                byte: b'=',
+                expected: "hex digits after 0x"
+            }
+        );
+        assert_eq!(
+            err(b"-1=2"),
+            ValuesError::Unexpected {
+                position: 0,
+                byte: b'-',
+                expected: "an offset"
+            }
+        );
+        assert_eq!(
+            err(b"1=2 3=4"),
+            ValuesError::Unexpected {
+                position: 4,
+                byte: b'3',
+                expected: "',' or end"
+            }
+        );
+        assert_eq!(
+            err(b"1=\xff"),
+            ValuesError::Unexpected {
+                position: 2,
+                byte: 0xff,
+                expected: "a value"
+            }
+        );
+        assert_eq!(
+            err(b"\\u0031=1"),
+            ValuesError::Unexpected {
+                position: 0,
+                byte: b'\\',
+                expected: "an offset"
+            }
+        );
+        assert_eq!(
+            err(b"99999999999999999999=1"),
+            ValuesError::OffsetOutOfRange {
+                position: 0,
+                offset: u32::MAX
+            }
+        );
+    }
+
+    #[test]
+    fn error_messages_are_readable() {
+        assert_eq!(
+            err(b"1=256").to_string(),
+            "value 256 at byte 2 does not fit in a byte (0-255)"
+        );
+        assert_eq!(
+            err(b"5=1,5=2").to_string(),
+            "offset 5 at byte 4 is set twice"
+        );
+        assert_eq!(
+            err(b"1=\xff").to_string(),
+            "unexpected byte 0xff at byte 2, expected a value"
+        );
+    }
+
+    #[test]
+    fn hostile_sizes_are_handled_in_fixed_memory() {
+        // Every offset once: the largest valid input.
+        let mut all = std::string::String::new();
+        for i in 0..REGION_SIZE {
+            if i > 0 {
+                all.push(',');
+            }
+            all.push_str(&std::format!("{i}=0x{:02x}", i % 256));
+        }
+        let img = ok(&all);
+        assert_eq!(img.entries as usize, REGION_SIZE);
+        // One entry more must repeat an offset.
+        all.push_str(",0=1");
+        assert!(matches!(
+            err(all.as_bytes()),
+            ValuesError::DuplicateOffset { offset: 0, .. }
+        ));
+        // A megabyte of digits saturates instead of overflowing.
+        let huge = std::vec![b'9'; 1 << 20];
+        assert!(matches!(err(&huge), ValuesError::OffsetOutOfRange { .. }));
+    }
+
+    #[test]
+    fn region_applies_whole_images_and_checksums_like_zlib() {
+        let mut storage = [0xEEu8; REGION_SIZE];
+        let mut region = MemoryRegion::new(&mut storage);
+        region.apply(&ok("0=0x42"));
+        assert_eq!(region.bytes()[0], 0x42);
+        assert!(
+            region.bytes()[1..].iter().all(|&b| b == 0),
+            "unlisted offsets are zero"
+        );
+        // zlib.crc32(bytes(1024)) == 0xefb5af2e
+        assert_eq!(checksum(&[0; REGION_SIZE]), 0xefb5_af2e);
+    }
+}

@@ -1,0 +1,327 @@
+//! Counters the agent keeps and their Prometheus text rendering (format 0.0.4).
+
+use core::fmt::{self, Write};
+
+use crate::http::Method;
+
+/// How many distinct (verb, code) pairs are tracked; others land in `code="other"`.
+const API_SLOTS: usize = 24;
+
+/// One (verb, status code) counter.
+#[derive(Clone, Copy, Debug)]
+struct ApiCount {
+    verb: Method,
+    /// HTTP status, or 0 for a transport failure (no response).
+    code: u16,
+    count: u32,
+}
+
+/// Everything `/metrics` reports about the agent itself.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub heartbeats_ok: u32,
+    pub heartbeats_failed: u32,
+    pub status_updates: u32,
+    pub watch_restarts: u32,
+    pub watch_events: u32,
+    pub config_applies: u32,
+    pub config_rejects: u32,
+    pub pods_rejected: u32,
+    pub events_dropped: u32,
+    api: heapless::Vec<ApiCount, API_SLOTS>,
+    api_other: u32,
+}
+
+impl Metrics {
+    /// Counts one API request by verb and status (0 when no response arrived).
+    pub fn count_api(&mut self, verb: Method, code: u16) {
+        if let Some(c) = self
+            .api
+            .iter_mut()
+            .find(|c| c.verb == verb && c.code == code)
+        {
+            c.count = c.count.wrapping_add(1);
+        } else if self
+            .api
+            .push(ApiCount {
+                verb,
+                code,
+                count: 1,
+            })
+            .is_err()
+        {
+            self.api_other = self.api_other.wrapping_add(1);
+        }
+    }
+
+    /// Total API requests counted, for tests and benchmarks.
+    pub fn api_total(&self) -> u32 {
+        self.api.iter().map(|c| c.count).sum::<u32>() + self.api_other
+    }
+}
+
+/// Values known only to the platform (host process or Pico), reported next to the agent's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlatformStats {
+    /// CPU time used since boot, in seconds.
+    pub cpu_seconds: f64,
+    /// Memory in use, in bytes (RSS on the host; static RAM plus stack on the Pico).
+    pub memory_working_set_bytes: u64,
+}
+
+/// Writes one metric family header.
+pub fn family(w: &mut dyn Write, name: &str, kind: &str, help: &str) -> fmt::Result {
+    write!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n")
+}
+
+/// State the agent renders besides its counters.
+pub struct Gauges {
+    pub uptime_seconds: f64,
+    pub memory_crc32: u32,
+    pub registered: bool,
+    pub watching: bool,
+}
+
+impl Metrics {
+    /// Renders the picolet families in Prometheus text format.
+    pub fn render(&self, w: &mut dyn Write, g: &Gauges) -> fmt::Result {
+        family(
+            w,
+            "picolet_build_info",
+            "gauge",
+            "picolet version; always 1.",
+        )?;
+        writeln!(
+            w,
+            "picolet_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )?;
+        family(
+            w,
+            "picolet_uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+        )?;
+        writeln!(w, "picolet_uptime_seconds {:.3}", g.uptime_seconds)?;
+        family(
+            w,
+            "picolet_node_registered",
+            "gauge",
+            "1 once the Node object exists and is adopted.",
+        )?;
+        writeln!(w, "picolet_node_registered {}", u8::from(g.registered))?;
+        family(
+            w,
+            "picolet_heartbeats_total",
+            "counter",
+            "Node Lease renewals by result.",
+        )?;
+        writeln!(
+            w,
+            "picolet_heartbeats_total{{result=\"success\"}} {}",
+            self.heartbeats_ok
+        )?;
+        writeln!(
+            w,
+            "picolet_heartbeats_total{{result=\"failure\"}} {}",
+            self.heartbeats_failed
+        )?;
+        family(
+            w,
+            "picolet_node_status_updates_total",
+            "counter",
+            "Node status PATCHes that succeeded.",
+        )?;
+        writeln!(
+            w,
+            "picolet_node_status_updates_total {}",
+            self.status_updates
+        )?;
+        family(
+            w,
+            "picolet_api_requests_total",
+            "counter",
+            "API server requests by verb and HTTP code (0: no response).",
+        )?;
+        for c in &self.api {
+            writeln!(
+                w,
+                "picolet_api_requests_total{{verb=\"{}\",code=\"{}\"}} {}",
+                c.verb.as_str(),
+                c.code,
+                c.count
+            )?;
+        }
+        if self.api_other > 0 {
+            writeln!(
+                w,
+                "picolet_api_requests_total{{verb=\"other\",code=\"other\"}} {}",
+                self.api_other
+            )?;
+        }
+        family(
+            w,
+            "picolet_watch_restarts_total",
+            "counter",
+            "ConfigMap watches that ended and were restarted.",
+        )?;
+        writeln!(w, "picolet_watch_restarts_total {}", self.watch_restarts)?;
+        family(
+            w,
+            "picolet_watch_events_total",
+            "counter",
+            "ConfigMap watch events received.",
+        )?;
+        writeln!(w, "picolet_watch_events_total {}", self.watch_events)?;
+        family(
+            w,
+            "picolet_watch_active",
+            "gauge",
+            "1 while a ConfigMap watch stream is open.",
+        )?;
+        writeln!(w, "picolet_watch_active {}", u8::from(g.watching))?;
+        family(
+            w,
+            "picolet_config_applies_total",
+            "counter",
+            "ConfigMap updates written to the memory region.",
+        )?;
+        writeln!(w, "picolet_config_applies_total {}", self.config_applies)?;
+        family(
+            w,
+            "picolet_config_rejects_total",
+            "counter",
+            "ConfigMap updates rejected; memory left unchanged.",
+        )?;
+        writeln!(w, "picolet_config_rejects_total {}", self.config_rejects)?;
+        family(
+            w,
+            "picolet_memory_region_crc32",
+            "gauge",
+            "CRC-32 of the 1 KB memory region.",
+        )?;
+        writeln!(w, "picolet_memory_region_crc32 {}", g.memory_crc32)?;
+        family(
+            w,
+            "picolet_pods_rejected_total",
+            "counter",
+            "Pods bound to this node and failed because it cannot run containers.",
+        )?;
+        writeln!(w, "picolet_pods_rejected_total {}", self.pods_rejected)?;
+        family(
+            w,
+            "picolet_events_dropped_total",
+            "counter",
+            "Kubernetes Events not sent because the queue was full.",
+        )?;
+        writeln!(w, "picolet_events_dropped_total {}", self.events_dropped)
+    }
+}
+
+/// Renders `/metrics/resource` the way the kubelet does, for metrics-server: node CPU and
+/// memory with millisecond timestamps, and `scrape_error`.
+pub fn render_resource(w: &mut dyn Write, stats: &PlatformStats, unix_ms: u64) -> fmt::Result {
+    family(
+        w,
+        "node_cpu_usage_seconds_total",
+        "counter",
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+    )?;
+    writeln!(
+        w,
+        "node_cpu_usage_seconds_total {:.6} {unix_ms}",
+        stats.cpu_seconds
+    )?;
+    family(
+        w,
+        "node_memory_working_set_bytes",
+        "gauge",
+        "[STABLE] Current working set of the node in bytes",
+    )?;
+    writeln!(
+        w,
+        "node_memory_working_set_bytes {} {unix_ms}",
+        stats.memory_working_set_bytes
+    )?;
+    family(
+        w,
+        "scrape_error",
+        "gauge",
+        "[ALPHA] 1 if there was an error while getting container metrics, 0 otherwise",
+    )?;
+    writeln!(w, "scrape_error 0")
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::String;
+
+    #[test]
+    fn counts_api_requests_by_verb_and_code_within_fixed_slots() {
+        let mut m = Metrics::default();
+        m.count_api(Method::Put, 200);
+        m.count_api(Method::Put, 200);
+        m.count_api(Method::Put, 409);
+        for code in 0..100 {
+            m.count_api(Method::Get, 300 + code);
+        }
+        assert_eq!(m.api_total(), 103);
+        let mut s = String::new();
+        m.render(
+            &mut s,
+            &Gauges {
+                uptime_seconds: 1.5,
+                memory_crc32: 7,
+                registered: true,
+                watching: false,
+            },
+        )
+        .unwrap();
+        assert!(s.contains("picolet_api_requests_total{verb=\"PUT\",code=\"200\"} 2\n"));
+        assert!(s.contains("picolet_api_requests_total{verb=\"PUT\",code=\"409\"} 1\n"));
+        assert!(s.contains("picolet_api_requests_total{verb=\"other\",code=\"other\"} 78\n"));
+        assert!(s.contains("picolet_uptime_seconds 1.500\n"));
+        assert!(s.ends_with('\n'));
+    }
+
+    #[test]
+    fn every_family_has_one_help_and_type() {
+        let mut s = String::new();
+        Metrics::default()
+            .render(
+                &mut s,
+                &Gauges {
+                    uptime_seconds: 0.0,
+                    memory_crc32: 0,
+                    registered: false,
+                    watching: false,
+                },
+            )
+            .unwrap();
+        render_resource(
+            &mut s,
+            &PlatformStats {
+                cpu_seconds: 1.0,
+                memory_working_set_bytes: 10,
+            },
+            5,
+        )
+        .unwrap();
+        for line in s.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert_eq!(
+                s.matches(&std::format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+            assert_eq!(
+                s.matches(&std::format!("# HELP {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(s.contains("node_memory_working_set_bytes 10 5\n"));
+    }
+}

@@ -1,0 +1,545 @@
+//! Drives the sans-IO agent against a scripted API server: every request it writes is parsed
+//! and checked, every response is hand-made. No network, no cluster.
+
+use picolet_core::agent::{Agent, AgentConfig, ConfigMode, ConfigState, NodeFacts, WatchLines};
+use picolet_core::http::ResponseHead;
+use picolet_core::memory::REGION_SIZE;
+
+const FACTS: NodeFacts<'static> = NodeFacts {
+    operating_system: "none",
+    architecture: "arm",
+    instance_type: "raspberry-pi-pico-w",
+    capacity: NodeFacts::PICO_W_CAPACITY,
+    allocatable: NodeFacts::PICO_W_CAPACITY,
+    machine_id: "e6614c311b4f6a2b",
+    system_uuid: "e6614c31-1b4f-6a2b-0000-000000000000",
+    boot_id: "0b5c8f0e-8a4f-4c1e-9a0e-2f5b9f3f7a10",
+    kernel_version: "embassy-0.10",
+    os_image: "picolet 0.1.0 (test)",
+};
+
+fn config(mode: ConfigMode) -> AgentConfig<'static> {
+    AgentConfig {
+        node_name: "pico-node-1",
+        config_namespace: "default",
+        config_map: "pico-config",
+        api_host: "kubernetes",
+        kubelet_port: 10250,
+        status_report_interval_ms: 300_000,
+        config_mode: mode,
+        watch_timeout_s: 300,
+        facts: FACTS,
+    }
+}
+
+/// A request as the fake server sees it.
+#[derive(Debug)]
+struct Req {
+    method: String,
+    path: String,
+    body: serde_json::Value,
+}
+
+fn parse(bytes: &[u8]) -> Req {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut r = httparse::Request::new(&mut headers);
+    let n = match r.parse(bytes).expect("agent wrote valid HTTP") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => panic!("incomplete request"),
+    };
+    let len: usize = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+        .unwrap_or(0);
+    assert_eq!(bytes.len(), n + len, "Content-Length matches the body");
+    let body = if len > 0 {
+        serde_json::from_slice(&bytes[n..]).expect("body is JSON")
+    } else {
+        serde_json::Value::Null
+    };
+    Req {
+        method: r.method.unwrap().into(),
+        path: r.path.unwrap().into(),
+        body,
+    }
+}
+
+const DATE: u64 = 1_795_707_601; // Thu, 26 Nov 2026 15:40:01 GMT
+
+fn head(status: u16) -> ResponseHead {
+    ResponseHead {
+        status,
+        content_length: None,
+        chunked: false,
+        close: false,
+        date: Some(DATE),
+    }
+}
+
+struct Harness {
+    agent: Agent<'static>,
+    now: u64,
+    buf: Vec<u8>,
+}
+
+impl Harness {
+    fn new(mode: ConfigMode) -> Self {
+        let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
+        Self {
+            agent: Agent::new(config(mode), region, 0).unwrap(),
+            now: 0,
+            buf: vec![0; 32 * 1024],
+        }
+    }
+
+    fn next(&mut self) -> Option<Req> {
+        self.agent
+            .poll_request(self.now, &mut self.buf)
+            .unwrap()
+            .map(|n| parse(&self.buf[..n]))
+    }
+
+    fn expect(&mut self, method: &str, path_prefix: &str) -> Req {
+        let r = self.next().unwrap_or_else(|| {
+            panic!(
+                "expected {method} {path_prefix}, nothing due at {}",
+                self.now
+            )
+        });
+        assert_eq!(
+            (
+                r.method.as_str(),
+                &r.path[..path_prefix.len().min(r.path.len())]
+            ),
+            (method, path_prefix),
+            "{r:?}"
+        );
+        r
+    }
+
+    fn reply(&mut self, status: u16, body: &str) {
+        self.agent
+            .on_response(self.now, &head(status), body.as_bytes(), body.len());
+    }
+
+    /// Answers every request that is due with success, returning what was asked.
+    fn drain(&mut self) -> Vec<Req> {
+        let mut seen = vec![];
+        while let Some(r) = self.next() {
+            let body = match (r.method.as_str(), r.path.as_str()) {
+                ("GET", p) if p.contains("/configmaps") => {
+                    r#"{"metadata":{"resourceVersion":"1"},"items":[]}"#.into()
+                }
+                ("GET", p) if p.contains("/pods") => {
+                    r#"{"metadata":{"resourceVersion":"1"},"items":[]}"#.into()
+                }
+                _ => r#"{"metadata":{"resourceVersion":"5","uid":"node-uid-1"}}"#.to_string(),
+            };
+            self.reply(if r.method == "POST" { 201 } else { 200 }, &body);
+            seen.push(r);
+        }
+        seen
+    }
+
+    fn register(&mut self) {
+        self.expect("POST", "/api/v1/nodes");
+        self.reply(
+            201,
+            r#"{"metadata":{"name":"pico-node-1","uid":"node-uid-1","resourceVersion":"3"}}"#,
+        );
+        self.expect(
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
+        );
+        self.reply(404, r#"{"kind":"Status","code":404}"#);
+        let lease = self.expect(
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+        );
+        assert_eq!(
+            lease.body["metadata"]["ownerReferences"][0]["uid"],
+            "node-uid-1"
+        );
+        self.reply(201, r#"{"metadata":{"resourceVersion":"10"}}"#);
+        let status = self.expect("PATCH", "/api/v1/nodes/pico-node-1/status");
+        assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
+        self.reply(200, "{}");
+    }
+
+    fn watch(&mut self, lines: &mut WatchLines, bytes: &[u8]) -> bool {
+        let mut rest = bytes;
+        loop {
+            let (n, open) = self.agent.on_watch_bytes(self.now, lines, rest);
+            rest = &rest[n..];
+            if !open || rest.is_empty() || n == 0 {
+                return open;
+            }
+        }
+    }
+}
+
+#[test]
+fn registers_a_complete_honest_node() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.set_internal_ip("127.0.0.1");
+    let node = h.expect("POST", "/api/v1/nodes").body;
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], "pico-node-1");
+    assert_eq!(labels["kubernetes.io/arch"], "arm");
+    assert_eq!(labels["kubernetes.io/os"], "none");
+    assert_eq!(
+        labels["node.kubernetes.io/instance-type"],
+        "raspberry-pi-pico-w"
+    );
+    assert_eq!(node["spec"]["taints"][0]["effect"], "NoSchedule");
+    let st = &node["status"];
+    assert_eq!(st["capacity"]["cpu"], "2");
+    assert_eq!(st["capacity"]["memory"], "264Ki");
+    assert_eq!(st["allocatable"]["pods"], "0");
+    assert_eq!(st["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    assert_eq!(st["addresses"][0]["type"], "InternalIP");
+    assert_eq!(st["addresses"][0]["address"], "127.0.0.1");
+    assert_eq!(st["nodeInfo"]["kubeletVersion"], "v0.1.0+picolet");
+    assert_eq!(st["nodeInfo"]["bootID"], FACTS.boot_id);
+    let conds = st["conditions"].as_array().unwrap();
+    let types: Vec<_> = conds.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+    );
+    assert_eq!(conds[0]["lastHeartbeatTime"], "2026-11-26T15:40:01Z");
+    assert_eq!(
+        node["metadata"]["annotations"]["picolet.dev/config-state"],
+        "Pending"
+    );
+}
+
+#[test]
+fn adopts_an_existing_node_instead_of_failing() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.expect("POST", "/api/v1/nodes");
+    h.reply(
+        409,
+        r#"{"kind":"Status","reason":"AlreadyExists","code":409}"#,
+    );
+    h.expect("GET", "/api/v1/nodes/pico-node-1");
+    h.reply(
+        200,
+        r#"{"metadata":{"name":"pico-node-1","uid":"old-uid","resourceVersion":"99"}}"#,
+    );
+    let patch = h.expect("PATCH", "/api/v1/nodes/pico-node-1");
+    assert!(!patch.path.ends_with("/status"));
+    assert_eq!(
+        patch.body["metadata"]["labels"]["kubernetes.io/arch"],
+        "arm"
+    );
+    h.reply(200, "{}");
+    assert!(h.agent.registered());
+    h.expect(
+        "GET",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
+    );
+    h.reply(404, "{}");
+    let lease = h.expect("POST", "/apis/coordination.k8s.io/");
+    assert_eq!(
+        lease.body["metadata"]["ownerReferences"][0]["uid"],
+        "old-uid"
+    );
+}
+
+#[test]
+fn renews_the_lease_every_10s_by_put_and_regets_on_conflict() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    h.drain();
+    assert!(h.next().is_none());
+    h.now = 9_999;
+    assert!(h.next().is_none(), "nothing before 10 s");
+    h.now = 10_000;
+    let put = h.expect(
+        "PUT",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
+    );
+    assert_eq!(put.body["metadata"]["resourceVersion"], "10");
+    assert_eq!(put.body["spec"]["holderIdentity"], "pico-node-1");
+    assert_eq!(put.body["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(put.body["spec"]["renewTime"], "2026-11-26T15:40:11.500000Z");
+    h.reply(409, r#"{"code":409}"#);
+    h.now += 100;
+    h.expect(
+        "GET",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
+    );
+    h.reply(200, r#"{"metadata":{"resourceVersion":"12"}}"#);
+    let put = h.expect("PUT", "/apis/coordination.k8s.io/");
+    assert_eq!(put.body["metadata"]["resourceVersion"], "12");
+    h.reply(200, r#"{"metadata":{"resourceVersion":"13"}}"#);
+    assert_eq!(h.agent.metrics().heartbeats_ok, 2);
+    assert_eq!(h.agent.metrics().heartbeats_failed, 1);
+}
+
+#[test]
+fn patches_status_on_change_or_at_the_interval_only() {
+    let mut h = Harness::new(ConfigMode::Poll);
+    h.register();
+    let mut patches = 0;
+    for t in 1..=31 {
+        h.now = t * 10_000;
+        patches += h
+            .drain()
+            .iter()
+            .filter(|r| r.path.ends_with("/status"))
+            .count();
+    }
+    assert_eq!(patches, 1, "one PATCH in 310 s with a 300 s interval");
+    h.agent.set_internal_ip("10.0.0.7");
+    h.now += 1;
+    let reqs = h.drain();
+    let st = reqs
+        .iter()
+        .find(|r| r.path.ends_with("/status"))
+        .expect("IP change makes a PATCH due");
+    assert_eq!(st.body["status"]["addresses"][0]["address"], "10.0.0.7");
+}
+
+#[test]
+fn retries_with_capped_exponential_backoff() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    let mut times = vec![];
+    for _ in 0..10 {
+        h.now = h.agent.next_wakeup(h.now);
+        h.expect("POST", "/api/v1/nodes");
+        times.push(h.now);
+        h.agent.on_transport_error(h.now);
+    }
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [100, 200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
+}
+
+const CM_LIST: &str = r#"{"kind":"ConfigMapList","metadata":{"resourceVersion":"40"},"items":[{"metadata":{"name":"pico-config","namespace":"default","resourceVersion":"39","managedFields":[{"manager":"kubectl"}]},"data":{"memory_values":"0=0x42,1=0x43,2=0xFF"}}]}"#;
+
+fn list_config(h: &mut Harness, body: &str) {
+    for _ in 0..10 {
+        let r = h.next().expect("a request is due");
+        if r.path.contains("/configmaps") {
+            assert!(
+                r.path
+                    .ends_with("?fieldSelector=metadata.name%3Dpico-config"),
+                "{}",
+                r.path
+            );
+            h.reply(200, body);
+            return;
+        }
+        h.reply(
+            if r.method == "POST" { 201 } else { 200 },
+            r#"{"metadata":{"resourceVersion":"2"},"items":[]}"#,
+        );
+    }
+    panic!("no ConfigMap list");
+}
+
+#[test]
+fn applies_a_valid_config_and_reports_it() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    list_config(&mut h, CM_LIST);
+    assert_eq!(&h.agent.region()[..4], &[0x42, 0x43, 0xff, 0]);
+    let reqs = h.drain();
+    let ann = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/pico-node-1")
+        .expect("annotation patch");
+    let a = &ann.body["metadata"]["annotations"];
+    assert_eq!(a["picolet.dev/config-state"], "Applied");
+    assert_eq!(a["picolet.dev/config-applied-resource-version"], "39");
+    let crc = picolet_core::memory::checksum(h.agent.region());
+    assert_eq!(a["picolet.dev/memory-crc32"], format!("0x{crc:08x}"));
+    let ev = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigApplied")
+        .expect("event");
+    assert_eq!(ev.path, "/api/v1/namespaces/default/events");
+    assert_eq!(ev.body["involvedObject"]["kind"], "ConfigMap");
+    assert_eq!(ev.body["type"], "Normal");
+}
+
+#[test]
+fn rejects_an_invalid_config_leaving_memory_unchanged() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    list_config(&mut h, CM_LIST);
+    h.drain();
+    let before = *h.agent.region();
+    let mut lines = WatchLines::new();
+    h.now += 1;
+    let n = h
+        .agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .expect("watch due");
+    let w = parse(&h.buf[..n]);
+    assert!(
+        w.path
+            .contains("watch=1&resourceVersion=40&allowWatchBookmarks=true"),
+        "{}",
+        w.path
+    );
+    let ev = br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"41"},"data":{"memory_values":"0=0x11,5000=1"}}}"#;
+    let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    wire.extend_from_slice(format!("{:x}\r\n", ev.len() + 1).as_bytes());
+    wire.extend_from_slice(ev);
+    wire.extend_from_slice(b"\n\r\n");
+    assert!(h.watch(&mut lines, &wire));
+    assert_eq!(*h.agent.region(), before, "memory unchanged");
+    let (state, applied, msg) = h.agent.config_state();
+    assert_eq!((state, applied), (ConfigState::Rejected, "39"));
+    assert!(msg.contains("offset 5000"), "{msg}");
+    let reqs = h.drain();
+    let ev = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigRejected")
+        .expect("event");
+    assert_eq!(ev.body["type"], "Warning");
+    let ann = reqs
+        .iter()
+        .find(|r| r.path == "/api/v1/nodes/pico-node-1")
+        .expect("annotation patch");
+    assert_eq!(
+        ann.body["metadata"]["annotations"]["picolet.dev/config-state"],
+        "Rejected"
+    );
+}
+
+#[test]
+fn watch_handles_oversized_events_gone_and_deletion() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    list_config(&mut h, CM_LIST);
+    h.drain();
+    let mut lines = WatchLines::new();
+    h.agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    let mut wire = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    // A megabyte ConfigMap: rejected from its prefix, in bounded memory.
+    wire.extend_from_slice(br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"50"},"data":{"memory_values":""#);
+    wire.extend(std::iter::repeat_n(b'1', 1 << 20));
+    wire.extend_from_slice(b"\"}}}\n");
+    wire.extend_from_slice(
+        br#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"55"}}}"#,
+    );
+    wire.push(b'\n');
+    for chunk in wire.chunks(1500) {
+        assert!(h.watch(&mut lines, chunk));
+    }
+    let (state, _, msg) = h.agent.config_state();
+    assert_eq!(state, ConfigState::Rejected);
+    assert!(msg.contains("over the 16384-byte limit"), "{msg}");
+    assert_eq!(&h.agent.region()[..3], &[0x42, 0x43, 0xff]);
+    // The server ends the watch; the next one resumes from the bookmark.
+    h.agent.on_watch_closed(h.now, false);
+    let n = h
+        .agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    assert!(parse(&h.buf[..n]).path.contains("resourceVersion=55"));
+    // Expired: an in-stream 410 makes the agent re-list before watching again.
+    let gone = b"HTTP/1.1 200 OK\r\n\r\n{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410}}\n";
+    h.watch(&mut lines, gone);
+    h.agent.on_watch_closed(h.now, false);
+    assert!(
+        h.agent
+            .poll_watch_request(h.now, &mut h.buf)
+            .unwrap()
+            .is_none(),
+        "no watch before re-list"
+    );
+    list_config(&mut h, &CM_LIST.replace("\"40\"", "\"60\""));
+    let n = h
+        .agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    assert!(parse(&h.buf[..n]).path.contains("resourceVersion=60"));
+    let del = b"HTTP/1.1 200 OK\r\n\r\n{\"type\":\"DELETED\",\"object\":{\"metadata\":{\"name\":\"pico-config\",\"resourceVersion\":\"61\"},\"data\":{\"memory_values\":\"0=1\"}}}\n";
+    h.watch(&mut lines, del);
+    assert_eq!(h.agent.config_state().0, ConfigState::Deleted);
+    assert_eq!(
+        &h.agent.region()[..3],
+        &[0x42, 0x43, 0xff],
+        "deletion keeps memory"
+    );
+    assert_eq!(h.agent.metrics().watch_restarts, 2);
+}
+
+#[test]
+fn falls_back_to_polling_when_watch_is_refused() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    list_config(&mut h, CM_LIST);
+    h.drain();
+    let mut lines = WatchLines::new();
+    h.agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    assert!(!h.watch(
+        &mut lines,
+        b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
+    ));
+    h.now += 1;
+    assert!(
+        h.agent
+            .poll_watch_request(h.now, &mut h.buf)
+            .unwrap()
+            .is_none()
+    );
+    list_config(&mut h, CM_LIST);
+    h.now += 29_000;
+    assert!(
+        h.drain().iter().all(|r| !r.path.contains("configmaps")),
+        "not before 30 s"
+    );
+    h.now += 1_001;
+    assert!(
+        h.drain().iter().any(|r| r.path.contains("configmaps")),
+        "polled after 30 s"
+    );
+}
+
+#[test]
+fn fails_pods_bound_to_the_node() {
+    let mut h = Harness::new(ConfigMode::Poll);
+    h.register();
+    h.now = 20_000;
+    let mut failed = None;
+    while let Some(r) = h.next() {
+        if r.path.starts_with("/api/v1/pods?") && failed.is_none() {
+            assert!(r.path.contains("spec.nodeName%3Dpico-node-1"));
+            h.reply(200, r#"{"metadata":{},"items":[{"metadata":{"name":"nginx","namespace":"web"},"spec":{},"status":{"phase":"Pending"}}]}"#);
+        } else if r.path.ends_with("/pods/nginx/status") {
+            failed = Some(r.body.clone());
+            h.reply(200, "{}");
+        } else {
+            h.reply(200, r#"{"metadata":{"resourceVersion":"1"},"items":[]}"#);
+        }
+    }
+    let failed = failed.expect("pod status patched");
+    assert_eq!(failed["status"]["phase"], "Failed");
+    assert_eq!(failed["status"]["reason"], "NodeCannotRunContainers");
+    assert_eq!(h.agent.metrics().pods_rejected, 1);
+}
+
+#[test]
+fn bad_names_are_refused_at_start() {
+    let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
+    let mut cfg = config(ConfigMode::Watch);
+    cfg.node_name = "Pico_Node";
+    assert!(Agent::new(cfg, region, 0).is_err());
+}
