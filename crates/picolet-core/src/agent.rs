@@ -603,6 +603,7 @@ impl<'a> Agent<'a> {
         }
         self.metrics.count_api(pending.method(), head.status);
         let complete = body_len <= body.len();
+        let body = &body[..body.len().min(body_len)];
         let ok = (200..300).contains(&head.status);
         let status = head.status;
         match pending {

@@ -34,6 +34,8 @@ impl Method {
 pub enum BodyType {
     Json,
     MergePatch,
+    /// Server-side apply (used by `picolet enrol` for RBAC objects).
+    ApplyPatch,
 }
 
 impl BodyType {
@@ -41,6 +43,7 @@ impl BodyType {
         match self {
             Self::Json => "application/json",
             Self::MergePatch => "application/merge-patch+json",
+            Self::ApplyPatch => "application/apply-patch+yaml",
         }
     }
 }

@@ -543,3 +543,10 @@ fn bad_names_are_refused_at_start() {
     cfg.node_name = "Pico_Node";
     assert!(Agent::new(cfg, region, 0).is_err());
 }
+
+#[test]
+fn reads_uid_from_a_real_v1_20_node() {
+    let body = include_bytes!("node-v1.20.json");
+    let r = serde_json_core::from_slice::<picolet_core::objects::ObjectLite>(body);
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -1,3 +1,182 @@
+//! `picolet`: the host side of picolet.
+//!
+//! - `picolet enrol` gives a node its identity through the Kubernetes CSR API;
+//! - `picolet run` runs a virtual Pico: the same `picolet-core` agent the firmware runs, as a
+//!   real node of a real cluster.
+
+mod api;
+mod credentials;
+mod enrol;
+mod kubeconfig;
+mod kubelet_server;
+mod run;
+mod stats;
+mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use picolet_core::agent::ConfigMode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Raspberry Pi Pico W nodes for Kubernetes: enrolment and the virtual Pico"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Follow the ConfigMap with the Watch API (polling when watches are refused).
+    Watch,
+    /// List the ConfigMap every 30 s.
+    Poll,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node identity with an admin kubeconfig: key, CSR, approval, RBAC, credentials.
+    Enrol {
+        /// Admin kubeconfig (used once, never stored).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        #[arg(long, default_value = "pico-node-1")]
+        node_name: String,
+        /// Where to write the credentials (default: credentials/NODE_NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// API server URL the node should use (default: the kubeconfig's server).
+        #[arg(long)]
+        server: Option<String>,
+        /// DNS name checked in the API server's certificate.
+        #[arg(long, default_value = "kubernetes")]
+        tls_server_name: String,
+        #[arg(long, default_value = "default")]
+        config_namespace: String,
+        #[arg(long, default_value = "pico-config")]
+        config_map: String,
+    },
+    /// Run a virtual Pico node until Ctrl-C.
+    Run {
+        /// Credentials directory written by `picolet enrol`.
+        #[arg(long, default_value = "credentials/pico-node-1")]
+        credentials: PathBuf,
+        /// InternalIP to publish; the kubelet port listens there.
+        #[arg(long, default_value = "127.0.0.1")]
+        node_ip: String,
+        #[arg(long, default_value_t = 10250)]
+        kubelet_port: u16,
+        /// Serve the kubelet port over plain HTTP (default: HTTPS).
+        #[arg(long)]
+        kubelet_plain_http: bool,
+        #[arg(long, default_value = "default")]
+        config_namespace: String,
+        #[arg(long, default_value = "pico-config")]
+        config_map: String,
+        /// Longest time between node status PATCHes when nothing changed (min 10).
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        status_report_interval: u64,
+        #[arg(long, value_enum, default_value = "watch")]
+        config_mode: Mode,
+        /// timeoutSeconds asked for each ConfigMap watch.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        watch_timeout: u64,
+        /// node.kubernetes.io/instance-type label.
+        #[arg(long, default_value = "virtual-pico-w")]
+        instance_type: String,
+    },
+}
+
 fn main() {
-    println!("Hello, world!");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PICOLET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("picolet: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match Cli::parse().command {
+            Command::Enrol {
+                kubeconfig,
+                node_name,
+                out,
+                server,
+                tls_server_name,
+                config_namespace,
+                config_map,
+            } => {
+                let out_dir = out.unwrap_or_else(|| PathBuf::from("credentials").join(&node_name));
+                let opts = enrol::EnrolOptions {
+                    kubeconfig,
+                    node_name,
+                    out_dir: out_dir.clone(),
+                    server,
+                    tls_server_name,
+                    config_namespace,
+                    config_map,
+                    timeout: Duration::from_secs(60),
+                };
+                enrol::enrol(&opts)
+                    .await
+                    .map(|c| {
+                        println!(
+                            "enrolled system:node:{} for {}; credentials in {}",
+                            c.identity.node_name,
+                            c.identity.server,
+                            out_dir.display()
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Command::Run {
+                credentials,
+                node_ip,
+                kubelet_port,
+                kubelet_plain_http,
+                config_namespace,
+                config_map,
+                status_report_interval,
+                config_mode,
+                watch_timeout,
+                instance_type,
+            } => {
+                run::run(run::RunOptions {
+                    credentials,
+                    node_ip,
+                    kubelet_port,
+                    kubelet_plain_http,
+                    config_namespace,
+                    config_map,
+                    status_report_interval: Duration::from_secs(status_report_interval.max(10)),
+                    config_mode: match config_mode {
+                        Mode::Watch => ConfigMode::Watch,
+                        Mode::Poll => ConfigMode::Poll,
+                    },
+                    watch_timeout: Duration::from_secs(watch_timeout.max(1)),
+                    instance_type,
+                })
+                .await
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("picolet: {e}");
+        std::process::exit(1);
+    }
 }

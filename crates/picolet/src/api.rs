@@ -1,0 +1,272 @@
+//! Connections to the API server: TLS (rustls) over TCP carrying the core's HTTP/1.1 codec,
+//! so the host agent exercises the same request/response code as the firmware.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use picolet_core::http::{Decoded, HttpError, ResponseDecoder, ResponseHead};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::tls::{self, TlsError};
+
+/// How long one request may take, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a request got no (complete) response.
+#[derive(Debug)]
+pub enum TransportError {
+    /// TCP connect failed (API server down or unreachable).
+    Connect { addr: String, source: io::Error },
+    /// The TLS handshake failed (wrong CA, wrong server name, rejected client certificate…).
+    Handshake {
+        server_name: String,
+        source: io::Error,
+    },
+    /// Reading or writing failed mid-request.
+    Io(io::Error),
+    /// The response did not arrive in time.
+    Timeout,
+    /// The response was not valid HTTP.
+    Http(HttpError),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
+            Self::Handshake {
+                server_name,
+                source,
+            } => write!(f, "TLS handshake with {server_name} failed: {source}"),
+            Self::Io(e) => write!(f, "connection error: {e}"),
+            Self::Timeout => write!(f, "timed out"),
+            Self::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// Splits `https://HOST:PORT[/…]` into `HOST:PORT`.
+pub fn host_port(server: &str) -> Option<String> {
+    let rest = server.strip_prefix("https://")?;
+    let authority = rest.split('/').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(i) => authority[i..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    })
+}
+
+/// Where and how to reach the API server.
+#[derive(Clone)]
+pub struct Endpoint {
+    addr: String,
+    server_name: ServerName<'static>,
+    server_name_text: String,
+    connector: TlsConnector,
+}
+
+impl Endpoint {
+    /// An endpoint at `server` (`https://HOST:PORT`), verifying `server_name` against `ca_pem`.
+    pub fn new(
+        server: &str,
+        server_name: &str,
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+    ) -> Result<Self, TlsError> {
+        let addr = host_port(server).ok_or_else(|| TlsError::ServerName(server.into()))?;
+        Ok(Self {
+            addr,
+            server_name: tls::server_name(server_name)?,
+            server_name_text: server_name.into(),
+            connector: TlsConnector::from(tls::client_config(ca_pem, client)?),
+        })
+    }
+
+    /// Opens a new verified TLS connection.
+    pub async fn connect(&self) -> Result<TlsStream<TcpStream>, TransportError> {
+        let tcp =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| TransportError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let _ = tcp.set_nodelay(true);
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|source| TransportError::Handshake {
+                server_name: self.server_name_text.clone(),
+                source,
+            })
+    }
+}
+
+/// A kept-alive connection for one request at a time.
+pub struct Connection {
+    endpoint: Arc<Endpoint>,
+    stream: Option<TlsStream<TcpStream>>,
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// A response whose body was collected into the caller's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Response {
+    pub head: ResponseHead,
+    /// The full body length; more than the buffer when the body did not fit.
+    pub body_len: usize,
+}
+
+impl Connection {
+    /// A connection that connects on first use; `head_buffer` bounds response heads.
+    pub fn new(endpoint: Arc<Endpoint>, head_buffer: usize) -> Self {
+        Self {
+            endpoint,
+            stream: None,
+            inbuf: vec![0; head_buffer],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Sends `request` and collects the response body into `body` (the excess is counted and
+    /// dropped). Retries once on a fresh connection when a reused one turns out closed.
+    pub async fn round_trip(
+        &mut self,
+        request: &[u8],
+        body: &mut [u8],
+    ) -> Result<Response, TransportError> {
+        let reused = self.stream.is_some();
+        let result = match self.attempt(request, body).await {
+            Err(Attempt::Stale) if reused => self.attempt(request, body).await,
+            other => other,
+        };
+        result.map_err(|e| {
+            self.stream = None;
+            match e {
+                Attempt::Stale => TransportError::Io(io::ErrorKind::UnexpectedEof.into()),
+                Attempt::Failed(e) => e,
+            }
+        })
+    }
+
+    async fn attempt(&mut self, request: &[u8], body: &mut [u8]) -> Result<Response, Attempt> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(Attempt::Failed(TransportError::Timeout)),
+        }
+    }
+
+    async fn exchange(&mut self, request: &[u8], body: &mut [u8]) -> Result<Response, Attempt> {
+        if self.stream.is_none() {
+            self.stream = Some(self.endpoint.connect().await.map_err(Attempt::Failed)?);
+            self.start = 0;
+            self.end = 0;
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        stream
+            .write_all(request)
+            .await
+            .map_err(|_| Attempt::Stale)?;
+        let mut decoder = ResponseDecoder::new();
+        let mut head = None;
+        let mut body_len = 0usize;
+        let mut got_any = false;
+        let http = |e| Attempt::Failed(TransportError::Http(e));
+        loop {
+            let (n, decoded) = decoder
+                .decode(&self.inbuf[self.start..self.end])
+                .map_err(http)?;
+            match decoded {
+                Decoded::Head(h) => head = Some(h),
+                Decoded::Data(d) => {
+                    if let Some(dst) = body.get_mut(body_len..) {
+                        let k = dst.len().min(d.len());
+                        dst[..k].copy_from_slice(&d[..k]);
+                    }
+                    body_len += d.len();
+                }
+                Decoded::Done => {
+                    self.start += n;
+                    break;
+                }
+                Decoded::NeedMore if n > 0 => {}
+                Decoded::NeedMore => {
+                    self.inbuf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                    if self.end == self.inbuf.len() {
+                        return Err(http(HttpError::HeadTooLarge));
+                    }
+                    let stream = self.stream.as_mut().expect("connected");
+                    let read = match stream.read(&mut self.inbuf[self.end..]).await {
+                        Ok(0) | Err(_) if !got_any => return Err(Attempt::Stale),
+                        Ok(0) => {
+                            decoder.finish().map_err(http)?;
+                            self.stream = None;
+                            break;
+                        }
+                        Ok(r) => r,
+                        Err(e) => return Err(Attempt::Failed(TransportError::Io(e))),
+                    };
+                    got_any = true;
+                    self.end += read;
+                }
+            }
+            self.start += n;
+        }
+        let head = head.ok_or(http(HttpError::BadHead))?;
+        if head.close {
+            self.stream = None;
+        }
+        Ok(Response { head, body_len })
+    }
+}
+
+/// How one attempt failed: a stale kept-alive connection (nothing was processed, try again on a
+/// new one), or for real.
+enum Attempt {
+    Stale,
+    Failed(TransportError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_urls() {
+        assert_eq!(
+            host_port("https://127.0.0.1:6443").as_deref(),
+            Some("127.0.0.1:6443")
+        );
+        assert_eq!(
+            host_port("https://kube.example/").as_deref(),
+            Some("kube.example:443")
+        );
+        assert_eq!(
+            host_port("https://[::1]:6443").as_deref(),
+            Some("[::1]:6443")
+        );
+        assert_eq!(host_port("https://[::1]").as_deref(), Some("[::1]:443"));
+        assert_eq!(host_port("http://127.0.0.1:8080"), None);
+        assert_eq!(host_port("https://"), None);
+    }
+}

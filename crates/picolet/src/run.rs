@@ -1,0 +1,367 @@
+//! `picolet run`: the virtual Pico. Drives the core [`Agent`] with tokio over two API server
+//! connections (requests, and the ConfigMap watch) and serves the kubelet port.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::memory::REGION_SIZE;
+use picolet_core::time::Millis;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::api::{Connection, Endpoint};
+use crate::credentials::Credentials;
+use crate::kubelet_server::{self, ServerCounters};
+use crate::tls;
+
+/// Everything `picolet run` can be told.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub credentials: PathBuf,
+    /// Address published as InternalIP and where the kubelet port listens.
+    pub node_ip: String,
+    pub kubelet_port: u16,
+    /// Serve the kubelet port over plain HTTP instead of HTTPS (explicit opt-in).
+    pub kubelet_plain_http: bool,
+    pub config_namespace: String,
+    pub config_map: String,
+    pub status_report_interval: Duration,
+    pub config_mode: ConfigMode,
+    pub watch_timeout: Duration,
+    pub instance_type: String,
+}
+
+/// State shared by the tasks: the agent behind a lock that is never held across an await.
+pub struct Shared {
+    pub agent: Mutex<Agent<'static>>,
+    wake_control: Notify,
+    wake_watch: Notify,
+    start: Instant,
+    pub server: ServerCounters,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Monotonic milliseconds since start: the core's clock.
+    pub fn now(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Agent<'static>> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads the credentials, retrying every 10 s with a clear message until they are usable.
+async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>) {
+    loop {
+        let attempt = Credentials::load(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let ep = Endpoint::new(
+                    &c.identity.server,
+                    &c.identity.tls_server_name,
+                    &c.ca_pem,
+                    Some((&c.cert_pem, &c.key_pem)),
+                )
+                .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+                Ok((c, Arc::new(ep)))
+            });
+        match attempt {
+            Ok(x) => return x,
+            Err(e) => {
+                error!("{e}; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
+fn facts(node_name: &str, instance_type: &str) -> NodeFacts<'static> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{:032x}", unix_ms()));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    NodeFacts {
+        operating_system: "none",
+        architecture: "arm",
+        instance_type: leak(instance_type.into()),
+        capacity: NodeFacts::PICO_W_CAPACITY,
+        allocatable: NodeFacts::PICO_W_CAPACITY,
+        machine_id: leak(format!("virtual-{node_name}")),
+        system_uuid: leak(format!("virtual-{node_name}")),
+        boot_id: leak(boot_id),
+        kernel_version: leak(format!("host agent on Linux {}", kernel.trim())),
+        os_image: leak(format!(
+            "picolet {} virtual Pico W",
+            env!("CARGO_PKG_VERSION")
+        )),
+    }
+}
+
+/// Runs the virtual Pico until Ctrl-C or SIGTERM.
+pub async fn run(opts: RunOptions) -> Result<(), String> {
+    let (creds, endpoint) = load_credentials(&opts.credentials).await;
+    let node_name = leak(creds.identity.node_name.clone());
+    let config = AgentConfig {
+        node_name,
+        config_namespace: leak(opts.config_namespace.clone()),
+        config_map: leak(opts.config_map.clone()),
+        api_host: leak(creds.identity.tls_server_name.clone()),
+        kubelet_port: opts.kubelet_port,
+        status_report_interval_ms: opts.status_report_interval.as_millis() as Millis,
+        config_mode: opts.config_mode,
+        watch_timeout_s: opts.watch_timeout.as_secs() as u32,
+        facts: facts(node_name, &opts.instance_type),
+    };
+    let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
+    let start = Instant::now();
+    let mut agent = Agent::new(config, region, 0).map_err(|e| e.to_string())?;
+    agent.sync_clock(0, unix_ms());
+    agent.set_internal_ip(&opts.node_ip);
+    let shared = Arc::new(Shared {
+        agent: Mutex::new(agent),
+        wake_control: Notify::new(),
+        wake_watch: Notify::new(),
+        start,
+        server: ServerCounters::default(),
+        stopping: AtomicBool::new(false),
+    });
+
+    let bind = format!("{}:{}", opts.node_ip, opts.kubelet_port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    let acceptor = if opts.kubelet_plain_http {
+        warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
+        None
+    } else {
+        let (cert, key) =
+            kubelet_server::self_signed(node_name, &opts.node_ip).map_err(|e| e.to_string())?;
+        Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(&cert, &key).map_err(|e| e.to_string())?,
+        ))
+    };
+    info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
+    tokio::spawn(kubelet_server::serve(listener, acceptor, shared.clone()));
+    tokio::spawn(control_loop(shared.clone(), endpoint.clone()));
+    tokio::spawn(watch_loop(shared.clone(), endpoint, opts.watch_timeout));
+    tokio::spawn(clock_loop(shared.clone()));
+
+    shutdown_signal().await;
+    shared.stopping.store(true, Ordering::Relaxed);
+    info!("picolet stopping");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Keeps the wall clock honest against host clock adjustments.
+async fn clock_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let now = shared.now();
+        shared.lock().sync_clock(now, unix_ms());
+    }
+}
+
+async fn sleep_until(shared: &Shared, at: Millis, notify: &Notify) {
+    let now = shared.now();
+    let wait = Duration::from_millis(at.saturating_sub(now).min(5_000));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = notify.notified() => {}
+    }
+}
+
+/// Logs what changed in the agent's view of the node and its config.
+struct Observer {
+    registered: bool,
+    config: (picolet_core::agent::ConfigState, String),
+}
+
+impl Observer {
+    fn observe(&mut self, agent: &Agent<'_>) {
+        if agent.registered() && !self.registered {
+            info!("node {} registered", agent.config().node_name);
+        }
+        self.registered = agent.registered();
+        let (state, _, message) = agent.config_state();
+        if (state, message) != (self.config.0, self.config.1.as_str()) {
+            match state {
+                picolet_core::agent::ConfigState::Rejected
+                | picolet_core::agent::ConfigState::Error => {
+                    warn!("config {}: {message}", state.as_str())
+                }
+                _ => info!("config {}: {message}", state.as_str()),
+            }
+            self.config = (state, message.to_string());
+        }
+    }
+}
+
+fn first_line(req: &[u8]) -> &str {
+    let end = req.iter().position(|&b| b == b'\r').unwrap_or(req.len());
+    std::str::from_utf8(&req[..end]).unwrap_or("?")
+}
+
+async fn control_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
+    let mut conn = Connection::new(endpoint, 16 * 1024);
+    let mut request = vec![0u8; 32 * 1024];
+    let mut body = vec![0u8; 64 * 1024];
+    let mut observer = Observer {
+        registered: false,
+        config: (picolet_core::agent::ConfigState::Pending, String::new()),
+    };
+    while !shared.stopping.load(Ordering::Relaxed) {
+        let now = shared.now();
+        let polled = shared.lock().poll_request(now, &mut request);
+        let n = match polled {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let at = shared.lock().next_wakeup(now);
+                sleep_until(&shared, at, &shared.wake_control).await;
+                continue;
+            }
+            Err(e) => {
+                error!("{e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let result = conn.round_trip(&request[..n], &mut body).await;
+        let now = shared.now();
+        let mut agent = shared.lock();
+        match result {
+            Ok(resp) => {
+                let status = resp.head.status;
+                if !(200..300).contains(&status) && status != 404 && status != 409 {
+                    let shown = &body[..resp.body_len.min(body.len()).min(300)];
+                    let hint = match status {
+                        401 => " (the client certificate is not accepted: re-run `picolet enrol`)",
+                        403 => " (forbidden: check the node's RBAC and NodeRestriction)",
+                        _ => "",
+                    };
+                    warn!(
+                        "{} -> HTTP {status}{hint}: {}",
+                        first_line(&request),
+                        String::from_utf8_lossy(shown)
+                    );
+                }
+                agent.on_response(
+                    now,
+                    &resp.head,
+                    &body[..resp.body_len.min(body.len())],
+                    resp.body_len,
+                );
+            }
+            Err(e) => {
+                warn!("{} -> {e}", first_line(&request));
+                agent.on_transport_error(now);
+            }
+        }
+        observer.observe(&agent);
+        drop(agent);
+        shared.wake_watch.notify_one();
+    }
+}
+
+async fn watch_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>, watch_timeout: Duration) {
+    let mut request = vec![0u8; 4 * 1024];
+    let mut inbuf = vec![0u8; 16 * 1024];
+    let mut lines = Box::new(WatchLines::new());
+    // The server ends a watch after timeoutSeconds; allow for bookmarks being late.
+    let read_timeout = watch_timeout + Duration::from_secs(60);
+    while !shared.stopping.load(Ordering::Relaxed) {
+        let now = shared.now();
+        let polled = shared.lock().poll_watch_request(now, &mut request);
+        let n = match polled {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let at = shared.lock().next_watch_wakeup(now);
+                sleep_until(&shared, at, &shared.wake_watch).await;
+                continue;
+            }
+            Err(e) => {
+                error!("{e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut stream = match endpoint.connect().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("watch: {e}");
+                let now = shared.now();
+                shared.lock().on_watch_closed(now, true);
+                continue;
+            }
+        };
+        if let Err(e) = stream.write_all(&request[..n]).await {
+            warn!("watch: {e}");
+            let now = shared.now();
+            shared.lock().on_watch_closed(now, true);
+            continue;
+        }
+        let mut end = 0;
+        loop {
+            if end == inbuf.len() {
+                warn!(
+                    "watch: response head or chunk line exceeds {} bytes",
+                    inbuf.len()
+                );
+                let now = shared.now();
+                shared.lock().on_watch_closed(now, true);
+                break;
+            }
+            let read = tokio::time::timeout(read_timeout, stream.read(&mut inbuf[end..])).await;
+            let now = shared.now();
+            let read = match read {
+                Ok(Ok(0)) => {
+                    shared.lock().on_watch_closed(now, false);
+                    break;
+                }
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    warn!("watch: {e}");
+                    shared.lock().on_watch_closed(now, true);
+                    break;
+                }
+                Err(_) => {
+                    warn!("watch: no data for {read_timeout:?}; reconnecting");
+                    shared.lock().on_watch_closed(now, true);
+                    break;
+                }
+            };
+            end += read;
+            let (used, open) = shared.lock().on_watch_bytes(now, &mut lines, &inbuf[..end]);
+            inbuf.copy_within(used..end, 0);
+            end -= used;
+            shared.wake_control.notify_one();
+            if !open {
+                break;
+            }
+        }
+    }
+}
