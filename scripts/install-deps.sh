@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Installs every Debian package the host tests and the control plane need. Idempotent.
-# Used by .ci/run and by a newcomer on a fresh Debian (bookworm) machine.
+# Installs every Debian package picolet's tests, demo and thumbv6m build need, and the Python
+# schema checker in a virtualenv under the cache. Idempotent; uses sudo when not root.
 set -euo pipefail
+SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
 need=(etcd-server golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev
-      openssl curl ca-certificates python3 python3-pip)
+      openssl curl ca-certificates python3 python3-venv
+      rustc-web rust-web-src rust-web-llvm lld-22)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "installing: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+CACHE=${PICOLET_CACHE:-$HOME/.cache/picolet}
+if [[ ! -x $CACHE/venv/bin/kubernetes-validate ]]; then
+  python3 -m venv "$CACHE/venv"
+  "$CACHE/venv/bin/pip" install -q kubernetes-validate==1.37.0
 fi

@@ -1125,10 +1125,10 @@ impl<'a> Agent<'a> {
             return false;
         };
         for pod in &list.items {
-            if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
-                if let (Ok(ns), Ok(name)) = (String::try_from(ns), String::try_from(name)) {
-                    let _ = self.pods_to_fail.push((ns, name));
-                }
+            if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name)
+                && let (Ok(ns), Ok(name)) = (String::try_from(ns), String::try_from(name))
+            {
+                let _ = self.pods_to_fail.push((ns, name));
             }
         }
         list.metadata.continue_token.is_some_and(|c| !c.is_empty())

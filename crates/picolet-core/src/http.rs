@@ -78,6 +78,9 @@ impl fmt::Display for HttpError {
     }
 }
 
+/// Writes a request body into the slice it is given and returns its length (`None`: no room).
+pub type BodyWriter<'w> = &'w mut dyn FnMut(&mut [u8]) -> Option<usize>;
+
 /// Room kept in front of the body for the request head while encoding.
 const HEAD_RESERVE: usize = 768;
 
@@ -90,7 +93,7 @@ pub fn encode_request(
     method: Method,
     host: &str,
     path: fmt::Arguments<'_>,
-    body: Option<(BodyType, &mut dyn FnMut(&mut [u8]) -> Option<usize>)>,
+    body: Option<(BodyType, BodyWriter<'_>)>,
 ) -> Result<usize, HttpError> {
     if out.len() <= HEAD_RESERVE {
         return Err(HttpError::BufferTooSmall);

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test picolet has, on a fresh Debian machine: installs what is missing, builds the
+# real control plane (cached), then formatting, lints, the thumbv6m build of the core, the
+# strict schema check of every object sent, unit tests, and the end-to-end suite against the
+# real kube-apiserver + kube-controller-manager.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+scripts/install-deps.sh
+scripts/control-plane/build.sh
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "picolet-core for thumbv6m-none-eabi"
+scripts/check-core-thumbv6m.sh
+
+step "objects against strict Kubernetes schemas"
+scripts/validate-objects.sh
+
+step "unit, host and end-to-end tests (e2e: real control plane per test)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --lib --bins --tests --examples -- --include-ignored \
+  --test-threads "${PICOLET_TEST_THREADS:-3}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "picolet: $passed passed, $failed failed"
+exit "$status"
