@@ -73,11 +73,15 @@ pub struct NodeFacts<'a> {
     pub capacity: obj::Resources<'a>,
     /// Resources offered to pods (pods `0`: none are).
     pub allocatable: obj::Resources<'a>,
+    /// A stable identifier of the board (the RP2040's flash unique ID).
     pub machine_id: &'a str,
+    /// The same identifier in UUID form, as `systemUUID` expects.
     pub system_uuid: &'a str,
     /// New on every boot.
     pub boot_id: &'a str,
+    /// What runs under the agent (Embassy's version on the Pico, the Linux kernel on a host).
     pub kernel_version: &'a str,
+    /// The firmware image: picolet's version and the board.
     pub os_image: &'a str,
 }
 
@@ -118,7 +122,10 @@ pub struct AgentConfig<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError {
     /// A name is not a valid lowercase DNS label (at most 63 characters).
-    BadName { field: &'static str },
+    BadName {
+        /// Which setting.
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -136,7 +143,10 @@ impl fmt::Display for ConfigError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AgentError {
     /// The request buffer is too small for the request to `what`.
-    RequestTooLarge { what: &'static str },
+    RequestTooLarge {
+        /// Which request.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for AgentError {
@@ -486,7 +496,7 @@ impl<'a> Agent<'a> {
         let mut t = self
             .lease_sched
             .at
-            .min(self.status_due_at(now))
+            .min(self.status_due_at())
             .min(self.pod_sched.at);
         if self.report.sent != self.report.generation {
             t = t.min(self.report_sched.at);
@@ -544,7 +554,7 @@ impl<'a> Agent<'a> {
                 LeaseStep::Renew(_) => Pending::LeaseRenew,
             });
         }
-        if now >= self.status_due_at(now) {
+        if now >= self.status_due_at() {
             return Some(Pending::StatusPatch(self.fingerprint()));
         }
         if self.report.sent != self.report.generation && self.report_sched.due(now) {
@@ -566,12 +576,15 @@ impl<'a> Agent<'a> {
         None
     }
 
-    fn status_due_at(&self, _now: Millis) -> Millis {
-        let by_schedule = self.status_sched.at;
+    /// When the next status PATCH is due: at the next 10 s evaluation when the status changed,
+    /// otherwise once the report interval has passed since the last PATCH.
+    fn status_due_at(&self) -> Millis {
         match self.status_sent {
-            None => by_schedule,
-            Some((fp, at)) if fp != self.fingerprint() => by_schedule.max(at.min(by_schedule)),
-            Some((_, at)) => by_schedule.max(at + self.cfg.status_report_interval_ms),
+            Some((fp, at)) if fp == self.fingerprint() => self
+                .status_sched
+                .at
+                .max(at + self.cfg.status_report_interval_ms),
+            _ => self.status_sched.at,
         }
     }
 
@@ -1222,6 +1235,10 @@ impl<'a> Agent<'a> {
             self.list_sched.retry(now);
             return;
         };
+        if self.report.state == ConfigState::Error {
+            // Readable again: handle the current version afresh so the state says what holds.
+            self.handled_rv = None;
+        }
         match list.items.first() {
             Some(item) => {
                 let rv = item.metadata.resource_version.unwrap_or("");

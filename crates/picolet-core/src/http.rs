@@ -11,9 +11,13 @@ use crate::write::SliceWriter;
 /// Request methods the agent uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// Reads, lists and watches.
     Get,
+    /// Creates.
     Post,
+    /// Replaces (the Lease renewal).
     Put,
+    /// Merge and apply patches.
     Patch,
 }
 
@@ -32,7 +36,9 @@ impl Method {
 /// Content types of request bodies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyType {
+    /// A whole object.
     Json,
+    /// An RFC 7386 merge patch.
     MergePatch,
     /// Server-side apply (used by `picolet enrol` for RBAC objects).
     ApplyPatch,

@@ -14,10 +14,15 @@ use crate::write::SliceWriter;
 /// The endpoints picolet serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `/healthz`: liveness.
     Healthz,
+    /// `/metrics`: picolet's Prometheus metrics.
     Metrics,
+    /// `/metrics/resource`: node CPU and memory for metrics-server.
     MetricsResource,
+    /// `/pods`: always empty.
     Pods,
+    /// `/memory`: the region in hex.
     Memory,
 }
 
@@ -48,7 +53,9 @@ impl Refusal {
 /// A parsed request: the route, and whether only the head is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Which endpoint.
     pub route: Route,
+    /// A HEAD request: answer without the body.
     pub head_only: bool,
 }
 

@@ -1,5 +1,34 @@
+//! # picolet-core
+//!
+//! Everything a picolet node knows about Kubernetes, with no I/O, no heap and no clock of its
+//! own: the same code runs on a Raspberry Pi Pico W (`thumbv6m-none-eabi`) and in the `picolet`
+//! host agent.
+//!
+//! **What it is:** a kubelet for a node that runs no containers. It registers the Node, renews
+//! its Lease, reports status, follows one ConfigMap into a 1 KB memory region, fails pods bound
+//! to it, and renders the kubelet endpoints.
+//!
+//! **What it is not:** a network stack, a TLS implementation or a Kubernetes client library.
+//! The platform owns sockets, TLS, time and buffers; the core says which bytes to send and
+//! what the bytes that came back mean.
+//!
+//! **Where to start:** [`agent::Agent`]. A platform drives it in a loop:
+//! 1. [`agent::Agent::poll_request`] writes the next API request into a buffer (or says when to
+//!    ask again, [`agent::Agent::next_wakeup`]);
+//! 2. the platform sends it and feeds the response to [`agent::Agent::on_response`];
+//! 3. on a second connection, [`agent::Agent::poll_watch_request`] and
+//!    [`agent::Agent::on_watch_bytes`] follow the ConfigMap;
+//! 4. [`kubelet::parse_request`] and [`kubelet::respond`] serve the kubelet port.
+//!
+//! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (wall clock from
+//! `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
+//! watch-line framing), [`objects`] (the Kubernetes objects, serde-json-core), [`memory`] (the
+//! region and the `memory_values` grammar), [`metrics`], [`kubelet`], and [`agent`].
+
 #![no_std]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod backoff;
 pub mod http;

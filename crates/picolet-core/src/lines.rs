@@ -10,7 +10,12 @@ pub enum Line<'a> {
     /// The whole line, without the newline.
     Complete(&'a [u8]),
     /// A line longer than the buffer: the bytes that fit, and the full length.
-    Oversized { prefix: &'a [u8], len: usize },
+    Oversized {
+        /// The first bytes of the line (as many as the buffer holds).
+        prefix: &'a [u8],
+        /// The line's full length.
+        len: usize,
+    },
 }
 
 /// Line framer over a caller-sized buffer.

@@ -24,20 +24,44 @@ pub const REGION_SIZE: usize = 1024;
 pub enum ValuesError {
     /// A byte that cannot appear at that point of the grammar.
     Unexpected {
+        /// Where it is.
         position: usize,
+        /// The byte found.
         byte: u8,
+        /// What the grammar wanted there.
         expected: &'static str,
     },
     /// The string ended in the middle of an entry.
-    UnexpectedEnd { expected: &'static str },
+    UnexpectedEnd {
+        /// What the grammar wanted next.
+        expected: &'static str,
+    },
     /// An entry with nothing in it (`,,` or a trailing comma).
-    EmptyEntry { position: usize },
+    EmptyEntry {
+        /// Where the empty entry starts.
+        position: usize,
+    },
     /// An offset outside 0–1023 (saturates at `u32::MAX` for huge numbers).
-    OffsetOutOfRange { position: usize, offset: u32 },
+    OffsetOutOfRange {
+        /// Where the number starts.
+        position: usize,
+        /// The offset given.
+        offset: u32,
+    },
     /// A value outside 0–255.
-    ValueOutOfRange { position: usize, value: u32 },
+    ValueOutOfRange {
+        /// Where the number starts.
+        position: usize,
+        /// The value given.
+        value: u32,
+    },
     /// The same offset appears twice.
-    DuplicateOffset { position: usize, offset: u16 },
+    DuplicateOffset {
+        /// Where the second entry starts.
+        position: usize,
+        /// The repeated offset.
+        offset: u16,
+    },
 }
 
 impl fmt::Display for ValuesError {

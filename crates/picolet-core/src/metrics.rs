@@ -19,14 +19,23 @@ struct ApiCount {
 /// Everything `/metrics` reports about the agent itself.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
+    /// Lease renewals (and creations) that succeeded.
     pub heartbeats_ok: u32,
+    /// Lease requests that failed.
     pub heartbeats_failed: u32,
+    /// Node status PATCHes that succeeded.
     pub status_updates: u32,
+    /// Watches that ended and were restarted.
     pub watch_restarts: u32,
+    /// Watch events received (bookmarks included).
     pub watch_events: u32,
+    /// ConfigMap versions written to the region.
     pub config_applies: u32,
+    /// ConfigMap versions rejected.
     pub config_rejects: u32,
+    /// Pods failed because the node cannot run them.
     pub pods_rejected: u32,
+    /// Events dropped (queue full, or refused by the server).
     pub events_dropped: u32,
     api: heapless::Vec<ApiCount, API_SLOTS>,
     api_other: u32,
@@ -76,9 +85,13 @@ pub fn family(w: &mut dyn Write, name: &str, kind: &str, help: &str) -> fmt::Res
 
 /// State the agent renders besides its counters.
 pub struct Gauges {
+    /// Seconds since start.
     pub uptime_seconds: f64,
+    /// CRC-32 of the region.
     pub memory_crc32: u32,
+    /// The Node exists and is adopted.
     pub registered: bool,
+    /// A watch stream is open.
     pub watching: bool,
 }
 

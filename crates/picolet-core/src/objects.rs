@@ -5,6 +5,10 @@
 //! the fields the agent needs: everything else (notably `managedFields`) is skipped without
 //! being stored.
 
+// The fields below are the Kubernetes API's own, one for one (see the API reference for their
+// meaning); documenting each again here would only repeat it.
+#![allow(missing_docs)]
+
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::time::{MicroTime, Rfc3339};

@@ -550,3 +550,43 @@ fn reads_uid_from_a_real_v1_20_node() {
     let r = serde_json_core::from_slice::<picolet_core::objects::ObjectLite>(body);
     assert!(r.is_ok(), "{r:?}");
 }
+
+#[test]
+fn a_read_error_is_reported_and_cleared_when_reads_work_again() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    list_config(&mut h, CM_LIST);
+    assert_eq!(h.agent.config_state().0, ConfigState::Applied);
+    // RBAC revoked: the watch is refused, polling lists get 403.
+    let mut lines = WatchLines::new();
+    h.agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    h.watch(
+        &mut lines,
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+    );
+    h.now += 1;
+    for _ in 0..10 {
+        let r = h.next().expect("request due");
+        if r.path.contains("/configmaps") {
+            h.reply(
+                403,
+                r#"{"kind":"Status","message":"configmaps \"pico-config\" is forbidden"}"#,
+            );
+            break;
+        }
+        h.reply(200, r#"{"metadata":{"resourceVersion":"2"},"items":[]}"#);
+    }
+    let (state, _, msg) = h.agent.config_state();
+    assert_eq!(state, ConfigState::Error);
+    assert!(
+        msg.contains("HTTP 403") && msg.contains("forbidden"),
+        "{msg}"
+    );
+    // Access restored: the same ConfigMap version is applied again and the state says so.
+    h.now += 10_000;
+    list_config(&mut h, CM_LIST);
+    assert_eq!(h.agent.config_state().0, ConfigState::Applied);
+}

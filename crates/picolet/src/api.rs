@@ -119,6 +119,9 @@ impl Endpoint {
 
 /// A kept-alive connection for one request at a time.
 pub struct Connection {
+    /// HTTP bytes written and read so far (before TLS), for `/metrics`.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     endpoint: Arc<Endpoint>,
     stream: Option<TlsStream<TcpStream>>,
     inbuf: Vec<u8>,
@@ -138,6 +141,8 @@ impl Connection {
     /// A connection that connects on first use; `head_buffer` bounds response heads.
     pub fn new(endpoint: Arc<Endpoint>, head_buffer: usize) -> Self {
         Self {
+            bytes_sent: 0,
+            bytes_received: 0,
             endpoint,
             stream: None,
             inbuf: vec![0; head_buffer],
@@ -185,6 +190,7 @@ impl Connection {
             .write_all(request)
             .await
             .map_err(|_| Attempt::Stale)?;
+        self.bytes_sent += request.len() as u64;
         let mut decoder = ResponseDecoder::new();
         let mut head = None;
         let mut body_len = 0usize;
@@ -227,6 +233,7 @@ impl Connection {
                         Err(e) => return Err(Attempt::Failed(TransportError::Io(e))),
                     };
                     got_any = true;
+                    self.bytes_received += read as u64;
                     self.end += read;
                 }
             }

@@ -254,23 +254,7 @@ pub async fn issue_certificate(
             body: body.to_string(),
         });
     }
-    let mut obj = body;
-    let cond = json!({"type": "Approved", "status": "True", "reason": "PicoletEnrol", "message": "approved by picolet enrol"});
-    obj["status"]["conditions"] = json!([cond]);
-    let (status, body) = admin
-        .request(
-            Method::Put,
-            &format!("{base}/{csr_name}/approval"),
-            Some((BodyType::Json, &obj)),
-        )
-        .await?;
-    if status != 200 {
-        return Err(EnrolError::Api {
-            what: "approving the CSR",
-            status,
-            body: body.to_string(),
-        });
-    }
+    approve(admin, &format!("{base}/{csr_name}")).await?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let (status, body) = admin
@@ -299,6 +283,55 @@ pub async fn issue_certificate(
     }
     Err(EnrolError::NotIssued {
         csr: csr_name.into(),
+    })
+}
+
+/// Adds the Approved condition, re-reading the CSR when a controller changed it meanwhile (409).
+async fn approve(admin: &mut AdminClient, path: &str) -> Result<(), EnrolError> {
+    let cond = json!({"type": "Approved", "status": "True", "reason": "PicoletEnrol", "message": "approved by picolet enrol"});
+    let mut last = (0, Value::Null);
+    for _ in 0..5 {
+        let (status, mut obj) = admin.request(Method::Get, path, None).await?;
+        if status != 200 {
+            return Err(EnrolError::Api {
+                what: "reading the CSR",
+                status,
+                body: obj.to_string(),
+            });
+        }
+        let conditions = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if conditions.iter().any(|c| c["type"] == "Approved") {
+            return Ok(());
+        }
+        let mut conditions = conditions;
+        conditions.push(cond.clone());
+        obj["status"]["conditions"] = Value::Array(conditions);
+        let (status, body) = admin
+            .request(
+                Method::Put,
+                &format!("{path}/approval"),
+                Some((BodyType::Json, &obj)),
+            )
+            .await?;
+        match status {
+            200 => return Ok(()),
+            409 => last = (status, body),
+            _ => {
+                return Err(EnrolError::Api {
+                    what: "approving the CSR",
+                    status,
+                    body: body.to_string(),
+                });
+            }
+        }
+    }
+    Err(EnrolError::Api {
+        what: "approving the CSR",
+        status: last.0,
+        body: last.1.to_string(),
     })
 }
 

@@ -125,6 +125,19 @@ fn render_extra(
     let c = &shared.server;
     family(
         w,
+        "picolet_api_bytes_total",
+        "counter",
+        "HTTP bytes exchanged with the API server (before TLS).",
+    )?;
+    let sent = shared.api_bytes_sent.load(Ordering::Relaxed);
+    let received = shared.api_bytes_received.load(Ordering::Relaxed);
+    writeln!(w, "picolet_api_bytes_total{{direction=\"sent\"}} {sent}")?;
+    writeln!(
+        w,
+        "picolet_api_bytes_total{{direction=\"received\"}} {received}"
+    )?;
+    family(
+        w,
         "process_cpu_seconds_total",
         "counter",
         "CPU time of the host agent process.",

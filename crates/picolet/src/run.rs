@@ -2,7 +2,7 @@
 //! connections (requests, and the ConfigMap watch) and serves the kubelet port.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,9 @@ pub struct Shared {
     wake_watch: Notify,
     start: Instant,
     pub server: ServerCounters,
+    /// HTTP bytes to and from the API server on both connections (before TLS).
+    pub api_bytes_sent: AtomicU64,
+    pub api_bytes_received: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -140,6 +143,8 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         wake_watch: Notify::new(),
         start,
         server: ServerCounters::default(),
+        api_bytes_sent: AtomicU64::new(0),
+        api_bytes_received: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
     });
 
@@ -250,12 +255,20 @@ async fn control_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
                 continue;
             }
         };
+        let (sent, received) = (conn.bytes_sent, conn.bytes_received);
         let result = conn.round_trip(&request[..n], &mut body).await;
+        shared
+            .api_bytes_sent
+            .fetch_add(conn.bytes_sent - sent, Ordering::Relaxed);
+        shared
+            .api_bytes_received
+            .fetch_add(conn.bytes_received - received, Ordering::Relaxed);
         let now = shared.now();
         let mut agent = shared.lock();
         match result {
             Ok(resp) => {
                 let status = resp.head.status;
+                tracing::debug!("{} -> {status}", first_line(&request));
                 if !(200..300).contains(&status) && status != 404 && status != 409 {
                     let shown = &body[..resp.body_len.min(body.len()).min(300)];
                     let hint = match status {
@@ -318,6 +331,7 @@ async fn watch_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>, watch_timeout:
                 continue;
             }
         };
+        shared.api_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = stream.write_all(&request[..n]).await {
             warn!("watch: {e}");
             let now = shared.now();
@@ -355,6 +369,9 @@ async fn watch_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>, watch_timeout:
                 }
             };
             end += read;
+            shared
+                .api_bytes_received
+                .fetch_add(read as u64, Ordering::Relaxed);
             let (used, open) = shared.lock().on_watch_bytes(now, &mut lines, &inbuf[..end]);
             inbuf.copy_within(used..end, 0);
             end -= used;

@@ -426,6 +426,14 @@ fn design_commands_and_configmap_flow_pass_verbatim() {
         "{metrics}"
     );
     assert!(
+        metric(&metrics, "picolet_api_bytes_total{direction=\"sent\"}") > 1000.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "picolet_api_bytes_total{direction=\"received\"}") > 1000.0,
+        "{metrics}"
+    );
+    assert!(
         metrics.contains(&format!("picolet_memory_region_crc32 {}\n", crc32(&m))),
         "{metrics}"
     );
@@ -830,4 +838,31 @@ fn the_kubelet_port_survives_malformed_and_slow_clients() {
         "excess connections were refused:\n{m}"
     );
     assert!(agent.alive(), "{}", agent.log());
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn a_wrong_cluster_ca_is_refused_with_a_clear_error_and_retried() {
+    let plane = plane();
+    let creds = enrol(&plane, NODE);
+    // Replace the pinned CA with one that did not sign the API server's certificate.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(
+        creds.join("ca.crt"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&creds, &[]);
+    wait_for("TLS refusal in the log", Duration::from_secs(20), || {
+        agent.log().contains("TLS handshake with kubernetes failed")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.alive(), "{}", agent.log());
+    let (found, _) = kubectl_try(&plane, &["get", "node", NODE]);
+    assert!(
+        !found,
+        "no Node is registered over an unverified connection"
+    );
 }
