@@ -16,7 +16,7 @@ mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use picolet_core::agent::ConfigMode;
 
 #[derive(Parser)]
@@ -61,34 +61,57 @@ enum Command {
         config_map: String,
     },
     /// Run a virtual Pico node until Ctrl-C.
-    Run {
-        /// Credentials directory written by `picolet enrol`.
-        #[arg(long, default_value = "credentials/pico-node-1")]
-        credentials: PathBuf,
-        /// InternalIP to publish; the kubelet port listens there.
-        #[arg(long, default_value = "127.0.0.1")]
-        node_ip: String,
-        #[arg(long, default_value_t = 10250)]
-        kubelet_port: u16,
-        /// Serve the kubelet port over plain HTTP (default: HTTPS).
-        #[arg(long)]
-        kubelet_plain_http: bool,
-        #[arg(long, default_value = "default")]
-        config_namespace: String,
-        #[arg(long, default_value = "pico-config")]
-        config_map: String,
-        /// Longest time between node status PATCHes when nothing changed (min 10).
-        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
-        status_report_interval: u64,
-        #[arg(long, value_enum, default_value = "watch")]
-        config_mode: Mode,
-        /// timeoutSeconds asked for each ConfigMap watch.
-        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
-        watch_timeout: u64,
-        /// node.kubernetes.io/instance-type label.
-        #[arg(long, default_value = "virtual-pico-w")]
-        instance_type: String,
-    },
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Credentials directory written by `picolet enrol`.
+    #[arg(long, default_value = "credentials/pico-node-1")]
+    credentials: PathBuf,
+    /// InternalIP to publish; the kubelet port listens there.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// Serve the kubelet port over plain HTTP (default: HTTPS).
+    #[arg(long)]
+    kubelet_plain_http: bool,
+    #[arg(long, default_value = "default")]
+    config_namespace: String,
+    #[arg(long, default_value = "pico-config")]
+    config_map: String,
+    /// Longest time between node status PATCHes when nothing changed (min 10).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    status_report_interval: u64,
+    #[arg(long, value_enum, default_value = "watch")]
+    config_mode: Mode,
+    /// timeoutSeconds asked for each ConfigMap watch.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    watch_timeout: u64,
+    /// node.kubernetes.io/instance-type label.
+    #[arg(long, default_value = "virtual-pico-w")]
+    instance_type: String,
+}
+
+impl From<RunArgs> for run::RunOptions {
+    fn from(a: RunArgs) -> Self {
+        run::RunOptions {
+            credentials: a.credentials,
+            node_ip: a.node_ip,
+            kubelet_port: a.kubelet_port,
+            kubelet_plain_http: a.kubelet_plain_http,
+            config_namespace: a.config_namespace,
+            config_map: a.config_map,
+            status_report_interval: Duration::from_secs(a.status_report_interval.max(10)),
+            config_mode: match a.config_mode {
+                Mode::Watch => ConfigMode::Watch,
+                Mode::Poll => ConfigMode::Poll,
+            },
+            watch_timeout: Duration::from_secs(a.watch_timeout.max(1)),
+            instance_type: a.instance_type,
+        }
+    }
 }
 
 fn main() {
@@ -144,35 +167,7 @@ fn main() {
                     })
                     .map_err(|e| e.to_string())
             }
-            Command::Run {
-                credentials,
-                node_ip,
-                kubelet_port,
-                kubelet_plain_http,
-                config_namespace,
-                config_map,
-                status_report_interval,
-                config_mode,
-                watch_timeout,
-                instance_type,
-            } => {
-                run::run(run::RunOptions {
-                    credentials,
-                    node_ip,
-                    kubelet_port,
-                    kubelet_plain_http,
-                    config_namespace,
-                    config_map,
-                    status_report_interval: Duration::from_secs(status_report_interval.max(10)),
-                    config_mode: match config_mode {
-                        Mode::Watch => ConfigMode::Watch,
-                        Mode::Poll => ConfigMode::Poll,
-                    },
-                    watch_timeout: Duration::from_secs(watch_timeout.max(1)),
-                    instance_type,
-                })
-                .await
-            }
+            Command::Run(args) => run::run(args.into()).await,
         }
     });
     if let Err(e) = result {

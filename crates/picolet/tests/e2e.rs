@@ -53,11 +53,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testplane::free_port().unwrap()
 }
 
 fn enrol(plane: &ControlPlane, node: &str) -> PathBuf {
@@ -121,6 +117,27 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A fresh control plane with `pico-node-1` enrolled, running and Ready.
+fn running_node(extra: &[&str]) -> (ControlPlane, PathBuf, Agent) {
+    let plane = plane();
+    let creds = enrol(&plane, NODE);
+    let agent = Agent::start(&creds, extra);
+    wait_ready(&plane, NODE);
+    (plane, creds, agent)
+}
+
+/// Creates `pico-config` with `values` and waits until a plain-HTTP agent shows `expect`.
+fn configure_direct(plane: &ControlPlane, agent: &Agent, values: &str, expect: &[(usize, u8)]) {
+    let literal = format!("--from-literal=memory_values={values}");
+    kubectl(plane, &["create", "configmap", "pico-config", &literal]);
+    wait_memory(
+        plane,
+        Via::Direct(agent.port),
+        expect,
+        Duration::from_secs(10),
+    );
 }
 
 fn ready(plane: &ControlPlane, node: &str) -> String {
@@ -235,10 +252,7 @@ fn raw_http(port: u16, request: &[u8]) -> String {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn design_commands_and_configmap_flow_pass_verbatim() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let _agent = Agent::start(&creds, &[]);
-    wait_ready(&plane, NODE);
+    let (plane, _creds, _agent) = running_node(&[]);
 
     // The original design's commands, verbatim.
     let nodes = kubectl(&plane, &["get", "nodes"]);
@@ -495,10 +509,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn stopping_the_agent_makes_the_node_unknown_and_restarting_recovers() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let mut agent = Agent::start(&creds, &[]);
-    wait_ready(&plane, NODE);
+    let (plane, creds, mut agent) = running_node(&[]);
     let boot1 = kubectl(
         &plane,
         &[
@@ -541,25 +552,8 @@ fn stopping_the_agent_makes_the_node_unknown_and_restarting_recovers() {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn survives_an_apiserver_restart() {
-    let mut plane = plane();
-    let creds = enrol(&plane, NODE);
-    let mut agent = Agent::start(&creds, &["--kubelet-plain-http"]);
-    wait_ready(&plane, NODE);
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "configmap",
-            "pico-config",
-            "--from-literal=memory_values=5=5",
-        ],
-    );
-    wait_memory(
-        &plane,
-        Via::Direct(agent.port),
-        &[(5, 5)],
-        Duration::from_secs(10),
-    );
+    let (mut plane, _creds, mut agent) = running_node(&["--kubelet-plain-http"]);
+    configure_direct(&plane, &agent, "5=5", &[(5, 5)]);
     plane.stop_apiserver();
     std::thread::sleep(Duration::from_secs(12));
     // Still serving while the API server is gone, and still alive.
@@ -600,10 +594,7 @@ fn survives_an_apiserver_restart() {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn polling_mode_follows_the_configmap() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let _agent = Agent::start(&creds, &["--config-mode", "poll"]);
-    wait_ready(&plane, NODE);
+    let (plane, _creds, _agent) = running_node(&["--config-mode", "poll"]);
     kubectl(
         &plane,
         &[
@@ -619,25 +610,8 @@ fn polling_mode_follows_the_configmap() {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn hostile_configmaps_are_rejected_in_bounded_memory() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let mut agent = Agent::start(&creds, &["--kubelet-plain-http"]);
-    wait_ready(&plane, NODE);
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "configmap",
-            "pico-config",
-            "--from-literal=memory_values=0=1",
-        ],
-    );
-    wait_memory(
-        &plane,
-        Via::Direct(agent.port),
-        &[(0, 1)],
-        Duration::from_secs(10),
-    );
+    let (plane, _creds, mut agent) = running_node(&["--kubelet-plain-http"]);
+    configure_direct(&plane, &agent, "0=1", &[(0, 1)]);
     let rejects = |n: u32| {
         let m = raw_http(agent.port, b"GET /metrics HTTP/1.1\r\n\r\n");
         m.contains(&format!("picolet_config_rejects_total {n}\n"))
@@ -695,10 +669,7 @@ fn hostile_configmaps_are_rejected_in_bounded_memory() {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn pods_bound_to_the_node_are_failed_honestly() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let _agent = Agent::start(&creds, &[]);
-    wait_ready(&plane, NODE);
+    let (plane, _creds, _agent) = running_node(&[]);
     let pod = dir_file(
         &plane,
         "pod.yaml",
@@ -810,10 +781,7 @@ fn missing_credentials_give_a_clear_error_and_a_retry() {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn the_kubelet_port_survives_malformed_and_slow_clients() {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let mut agent = Agent::start(&creds, &["--kubelet-plain-http"]);
-    wait_ready(&plane, NODE);
+    let (plane, _creds, mut agent) = running_node(&["--kubelet-plain-http"]);
     let p = agent.port;
     assert!(raw_http(p, b"\x16\x03\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400 "));
     assert!(

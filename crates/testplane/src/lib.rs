@@ -115,7 +115,8 @@ pub struct ControlPlane {
     opts: Options,
 }
 
-fn free_port() -> Result<u16, Error> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;
     Ok(l.local_addr().map_err(io_err("local addr"))?.port())
 }

@@ -48,11 +48,7 @@ impl Drop for Node {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testplane::free_port().expect("a free port on 127.0.0.1")
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
