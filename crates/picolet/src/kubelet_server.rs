@@ -142,7 +142,7 @@ fn render_extra(
         "counter",
         "CPU time of the host agent process.",
     )?;
-    writeln!(w, "process_cpu_seconds_total {:.2}", s.cpu_seconds)?;
+    writeln!(w, "process_cpu_seconds_total {:.6}", s.cpu_seconds)?;
     family(
         w,
         "process_resident_memory_bytes",

@@ -3,9 +3,6 @@
 
 use picolet_core::metrics::PlatformStats;
 
-/// Linux reports CPU time in USER_HZ ticks, which the kernel ABI fixes at 100 per second.
-const USER_HZ: f64 = 100.0;
-
 /// Reads this process's CPU seconds (user + system) and resident memory.
 pub fn process_stats() -> PlatformStats {
     PlatformStats {
@@ -14,15 +11,15 @@ pub fn process_stats() -> PlatformStats {
     }
 }
 
+/// Process CPU time from `CLOCK_PROCESS_CPUTIME_ID`: nanosecond resolution, where
+/// `/proc/self/stat` counts 10 ms ticks (too coarse for an agent that is idle most of the time).
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; fields after it start at the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state field.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
+    Some(
+        cpu_time::ProcessTime::try_now()
+            .ok()?
+            .as_duration()
+            .as_secs_f64(),
+    )
 }
 
 fn rss_bytes() -> Option<u64> {

@@ -77,14 +77,6 @@ fn metric_with(page: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 fn proc_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -323,7 +315,8 @@ fn main() {
             sum_metric(&page, "picolet_api_requests_total"),
             metric_with(&page, "picolet_api_bytes_total{direction=\"sent\"}"),
             metric_with(&page, "picolet_api_bytes_total{direction=\"received\"}"),
-            proc_cpu_seconds(n.child.id()),
+            // The agent's own CLOCK_PROCESS_CPUTIME_ID reading (nanosecond resolution).
+            metric_with(&page, "process_cpu_seconds_total"),
         )
     };
     let before: Vec<_> = nodes.iter().map(snap).collect();
