@@ -18,6 +18,10 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "picolet-core for thumbv6m-none-eabi"
 scripts/check-core-thumbv6m.sh
 
+step "firmware: thumbv6m build, UF2, RAM and flash budgets"
+cargo fmt --manifest-path firmware/Cargo.toml --check
+scripts/firmware.sh
+
 step "objects against strict Kubernetes schemas"
 scripts/validate-objects.sh
 

@@ -1,0 +1,13 @@
+//! # picolet-device
+//!
+//! The parts of the Pico W firmware that are not Kubernetes but still need no hardware: what the
+//! LED shows in each state, and what the CYW43 firmware blob says about itself. Kept apart from
+//! `picolet-core` (the node agent) and from the firmware binaries (thin wiring), so that all of
+//! it is tested on the host.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cyw43_blob;
+pub mod led;
