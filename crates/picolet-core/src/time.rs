@@ -141,7 +141,12 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = parts.next()?.parse().ok()?;
+    // IMF-fixdate years have exactly four digits; a longer one could overflow the arithmetic.
+    let year_text = parts.next()?;
+    if year_text.len() != 4 {
+        return None;
+    }
+    let year: i64 = year_text.parse().ok()?;
     let hms = parts.next()?;
     if parts.next()? != "GMT" || parts.next().is_some() {
         return None;
@@ -198,6 +203,17 @@ mod tests {
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refuses_years_that_are_not_four_digits() {
+        // Found by the fuzz smoke test: a huge year overflowed the day arithmetic.
+        assert_eq!(
+            parse_http_date(b"Sun, 06 Nov 99999999999999 08:49:37 GMT"),
+            None
+        );
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 20260 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov +994 08:49:37 GMT"), None);
     }
 
     #[test]
