@@ -1,0 +1,402 @@
+//! Following the ConfigMap: the list, the watch stream and polling; validating and applying
+//! `memory_values`; and the reports (Node annotations, Events) that say what happened.
+
+use core::fmt;
+
+use heapless::String;
+
+use super::*;
+
+impl Agent<'_> {
+    pub(super) fn queue_event(
+        &mut self,
+        now: Millis,
+        reason: &'static str,
+        warning: bool,
+        about_node: bool,
+        message: fmt::Arguments<'_>,
+    ) {
+        let object_rv = if about_node {
+            String::new()
+        } else {
+            self.handled_rv.clone().unwrap_or_default()
+        };
+        let ev = QueuedEvent {
+            reason,
+            warning,
+            message: bounded(message),
+            about_node,
+            object_rv,
+            unix_ms: self.clock.unix_ms(now).unwrap_or(0),
+        };
+        if self.events.is_full() {
+            // Keep the newest: drop the oldest.
+            self.events.pop_front();
+            self.metrics.events_dropped += 1;
+        }
+        let _ = self.events.push_back(ev);
+    }
+
+    fn set_report(&mut self, state: ConfigState, message: fmt::Arguments<'_>) {
+        self.report.state = state;
+        self.report.message = bounded(message);
+        self.report.generation = self.report.generation.wrapping_add(1);
+    }
+
+    // ------------------------------------------------------------------ ConfigMap
+
+    pub(super) fn on_config_list(
+        &mut self,
+        now: Millis,
+        status: u16,
+        body: &[u8],
+        complete: bool,
+        body_len: usize,
+    ) {
+        let ns = self.cfg.config_namespace;
+        let cm = self.cfg.config_map;
+        if !(200..300).contains(&status) {
+            if self.report.state != ConfigState::Error {
+                let reason = obj::from_json::<obj::StatusLite>(body)
+                    .and_then(|s| s.message)
+                    .unwrap_or("");
+                self.set_report(
+                    ConfigState::Error,
+                    format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
+                );
+                self.queue_event(
+                    now,
+                    "ConfigReadFailed",
+                    true,
+                    true,
+                    format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
+                );
+            }
+            self.list_sched.retry(now);
+            return;
+        }
+        let next = if self.polling(now) {
+            now + CONFIG_POLL_MS
+        } else {
+            now
+        };
+        if !complete {
+            let rv = obj::scan_resource_version(body).and_then(rv_from);
+            if let Some(rv) = rv.clone() {
+                self.reject_oversized(now, rv.as_str(), body_len);
+            }
+            self.config_rv = rv;
+            self.list_sched.ok_then(next);
+            if self.config_rv.is_none() {
+                self.list_sched.retry(now);
+            }
+            return;
+        }
+        let Some(list) = obj::from_json::<obj::ConfigMapListLite>(body) else {
+            self.list_sched.retry(now);
+            return;
+        };
+        if self.report.state == ConfigState::Error {
+            // Readable again: handle the current version afresh so the state says what holds.
+            self.handled_rv = None;
+        }
+        match list.items.first() {
+            Some(item) => {
+                let rv = item.metadata.resource_version.unwrap_or("");
+                let values = item.data.and_then(|d| d.memory_values);
+                self.handle_config(now, rv, values);
+            }
+            None => {
+                if !matches!(
+                    self.report.state,
+                    ConfigState::Missing | ConfigState::Deleted
+                ) {
+                    self.set_report(
+                        ConfigState::Missing,
+                        format_args!("ConfigMap {ns}/{cm} not found; memory keeps its contents"),
+                    );
+                }
+            }
+        }
+        self.config_rv = list.metadata.resource_version.and_then(rv_from);
+        self.list_sched.ok_then(next);
+        if self.config_rv.is_none() {
+            self.list_sched.retry(now);
+        }
+    }
+
+    /// Validates and applies one version of the ConfigMap (once per resourceVersion).
+    fn handle_config(&mut self, now: Millis, rv: &str, values: Option<&str>) {
+        if self.handled_rv.as_deref() == Some(rv) {
+            return;
+        }
+        self.handled_rv = rv_from(rv);
+        let ns = self.cfg.config_namespace;
+        let cm = self.cfg.config_map;
+        let Some(values) = values else {
+            self.reject(
+                now,
+                rv,
+                format_args!("ConfigMap {ns}/{cm} has no data.memory_values key"),
+            );
+            return;
+        };
+        match memory::parse_memory_values(values.as_bytes()) {
+            Ok(image) => self.apply(now, rv, &image),
+            Err(e) => self.reject(now, rv, format_args!("invalid data.memory_values in {ns}/{cm} (resourceVersion {rv}): {e}; memory unchanged")),
+        }
+    }
+
+    fn apply(&mut self, now: Millis, rv: &str, image: &MemoryImage) {
+        self.region.apply(image);
+        self.metrics.config_applies += 1;
+        self.report.applied_rv = rv_from(rv).unwrap_or_default();
+        let crc = self.region.checksum();
+        let (ns, cm, n) = (
+            self.cfg.config_namespace,
+            self.cfg.config_map,
+            image.entries,
+        );
+        self.set_report(
+            ConfigState::Applied,
+            format_args!(
+                "applied {n} values from {ns}/{cm} (resourceVersion {rv}); memory crc32 0x{crc:08x}"
+            ),
+        );
+        let node = self.cfg.node_name;
+        self.queue_event(
+            now,
+            "ConfigApplied",
+            false,
+            false,
+            format_args!("applied {n} values to node {node} memory; crc32 0x{crc:08x}"),
+        );
+    }
+
+    fn reject(&mut self, now: Millis, _rv: &str, why: fmt::Arguments<'_>) {
+        self.metrics.config_rejects += 1;
+        self.set_report(ConfigState::Rejected, why);
+        let message: String<MESSAGE_MAX> = bounded(format_args!("{}", self.report.message));
+        self.queue_event(
+            now,
+            "ConfigRejected",
+            true,
+            false,
+            format_args!("{message}"),
+        );
+    }
+
+    fn reject_oversized(&mut self, now: Millis, rv: &str, len: usize) {
+        if self.handled_rv.as_deref() == Some(rv) {
+            return;
+        }
+        self.handled_rv = rv_from(rv);
+        let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        self.reject(
+            now,
+            rv,
+            format_args!(
+                "ConfigMap {ns}/{cm} (resourceVersion {rv}) is {len} bytes, over the {WATCH_LINE_MAX}-byte limit; memory unchanged"
+            ),
+        );
+    }
+
+    fn config_deleted(&mut self, now: Millis, rv: &str) {
+        self.handled_rv = rv_from(rv);
+        let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        self.set_report(
+            ConfigState::Deleted,
+            format_args!("ConfigMap {ns}/{cm} was deleted; memory keeps the last applied values"),
+        );
+        self.queue_event(
+            now,
+            "ConfigDeleted",
+            false,
+            false,
+            format_args!(
+                "ConfigMap {ns}/{cm} was deleted; node memory keeps the last applied values"
+            ),
+        );
+    }
+
+    // ------------------------------------------------------------------ watch connection
+
+    /// Writes the watch request for the watch connection when one should be open.
+    pub fn poll_watch_request(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, AgentError> {
+        if self.watch != WatchState::Idle
+            || self.polling(now)
+            || !self.watch_sched.due(now)
+            || !self.registered()
+        {
+            return Ok(None);
+        }
+        if self.polling_until.is_some() {
+            self.polling_until = None;
+        }
+        let Some(rv) = self.config_rv.as_ref() else {
+            return Ok(None);
+        };
+        let n = http::encode_request(
+            out,
+            Method::Get,
+            self.cfg.api_host,
+            format_args!(
+                "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}&watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
+                self.cfg.config_namespace, self.cfg.config_map, rv, self.cfg.watch_timeout_s
+            ),
+            None,
+        )
+        .map_err(|_| AgentError::RequestTooLarge { what: "watch" })?;
+        self.watch = WatchState::Requested;
+        self.watch_decoder = http::ResponseDecoder::new();
+        Ok(Some(n))
+    }
+
+    /// The earliest time [`Agent::poll_watch_request`] may return a request.
+    pub fn next_watch_wakeup(&self, now: Millis) -> Millis {
+        if self.watch != WatchState::Idle || self.config_rv.is_none() || !self.registered() {
+            return Millis::MAX;
+        }
+        match self.polling_until {
+            _ if self.cfg.config_mode == ConfigMode::Poll => Millis::MAX,
+            Some(t) if now < t => t,
+            _ => self.watch_sched.at.max(now),
+        }
+    }
+
+    /// Feeds raw bytes from the watch connection (HTTP framing included). Returns `false` when
+    /// the driver should close the connection (the response ended or was refused).
+    pub fn on_watch_bytes(
+        &mut self,
+        now: Millis,
+        lines: &mut WatchLines,
+        mut input: &[u8],
+    ) -> (usize, bool) {
+        let mut used = 0;
+        loop {
+            let (n, decoded) = match self.watch_decoder.decode(input) {
+                Ok(x) => x,
+                Err(_) => {
+                    self.on_watch_closed(now, true);
+                    return (used, false);
+                }
+            };
+            used += n;
+            input = &input[n..];
+            match decoded {
+                http::Decoded::NeedMore if n == 0 => return (used, true),
+                http::Decoded::NeedMore => {}
+                http::Decoded::Head(head) => {
+                    lines.reset();
+                    self.on_watch_head(now, &head);
+                    if self.watch != WatchState::Streaming {
+                        return (used, false);
+                    }
+                }
+                http::Decoded::Data(data) => {
+                    self.on_watch_data(now, lines, data);
+                    if self.config_rv.is_none() {
+                        // The stream said to start over: close it and re-list.
+                        self.on_watch_closed(now, false);
+                        return (used, false);
+                    }
+                }
+                http::Decoded::Done => {
+                    self.on_watch_closed(now, false);
+                    return (used, false);
+                }
+            }
+        }
+    }
+
+    fn on_watch_head(&mut self, now: Millis, head: &ResponseHead) {
+        self.metrics.count_api(Method::Get, head.status);
+        if let Some(date) = head.date {
+            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+        }
+        match head.status {
+            200 => self.watch = WatchState::Streaming,
+            410 => {
+                self.watch = WatchState::Idle;
+                self.config_rv = None;
+            }
+            // The server (or a proxy) will not watch: poll for a while, then try again.
+            400 | 403 | 404 | 405 | 501 => {
+                self.watch = WatchState::Idle;
+                self.polling_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                self.list_sched.ok_then(now);
+            }
+            _ => {
+                self.watch = WatchState::Idle;
+                self.watch_sched.retry(now);
+            }
+        }
+    }
+
+    fn on_watch_data(&mut self, now: Millis, lines: &mut WatchLines, mut data: &[u8]) {
+        while !data.is_empty() {
+            let (n, line) = lines.push(data);
+            data = &data[n..];
+            match line {
+                None => {}
+                Some(Line::Complete(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+                Some(Line::Complete(bytes)) => {
+                    self.metrics.watch_events += 1;
+                    self.on_watch_event(now, bytes);
+                }
+                Some(Line::Oversized { prefix, len }) => {
+                    self.metrics.watch_events += 1;
+                    if let Some(rv) = obj::scan_resource_version(prefix) {
+                        self.reject_oversized(now, rv, len);
+                        self.config_rv = rv_from(rv);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_watch_event(&mut self, now: Millis, line: &[u8]) {
+        let Some(ev) = obj::from_json::<obj::WatchEventLite>(line) else {
+            // Not a watch event we understand: start over from a fresh list.
+            self.config_rv = None;
+            return;
+        };
+        let rv = ev.object.metadata.resource_version;
+        match ev.kind {
+            "ADDED" | "MODIFIED" => {
+                let values = ev.object.data.and_then(|d| d.memory_values);
+                self.handle_config(now, rv.unwrap_or(""), values);
+            }
+            "DELETED" => self.config_deleted(now, rv.unwrap_or("")),
+            "BOOKMARK" => {}
+            // ERROR: 410 Gone (resourceVersion too old) or anything else: re-list, then re-watch.
+            _ => {
+                self.config_rv = None;
+                return;
+            }
+        }
+        if let Some(rv) = rv.and_then(rv_from) {
+            self.config_rv = Some(rv);
+        }
+        self.watch_sched.backoff.reset();
+    }
+
+    /// Tells the agent the watch connection closed (`error`: it broke rather than ended).
+    pub fn on_watch_closed(&mut self, now: Millis, error: bool) {
+        if self.watch == WatchState::Streaming {
+            self.metrics.watch_restarts += 1;
+        }
+        if self.watch != WatchState::Idle {
+            if error {
+                self.watch_sched.retry(now);
+            } else {
+                self.watch_sched.ok_then(now);
+            }
+        }
+        self.watch = WatchState::Idle;
+    }
+}
