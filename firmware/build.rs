@@ -1,10 +1,137 @@
-//! Puts `memory.x` (the RP2040's flash and RAM layout) where the linker finds it.
+//! Puts `memory.x` where the linker finds it, and turns the build-time configuration
+//! (`config_local.toml` plus the credentials directory it names) into `config.rs` constants for
+//! the `picolet` firmware. A missing or wrong value becomes a `compile_error!` in that binary only,
+//! so `test-blink` builds without any configuration.
 
-use std::{env, fs, path::PathBuf};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+use base64::Engine;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("memory.x"), include_bytes!("memory.x")).expect("write memory.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-env-changed=PICOLET_FIRMWARE_CONFIG");
+
+    let path = env::var_os("PICOLET_FIRMWARE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config_local.toml"));
+    println!("cargo:rerun-if-changed={}", path.display());
+    let code = match config(&path) {
+        Ok(code) => code,
+        Err(e) => format!(
+            "compile_error!({:?});\n",
+            format!("picolet firmware configuration: {e}")
+        ),
+    };
+    fs::write(out.join("config.rs"), code).expect("write config.rs");
+}
+
+fn pem_der(path: &Path, label: &str) -> Result<Vec<u8>, String> {
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text
+        .find(&begin)
+        .ok_or_else(|| format!("{} has no {begin} block", path.display()))?;
+    let stop = text[start..]
+        .find(&end)
+        .ok_or_else(|| format!("{} has no {end}", path.display()))?
+        + start;
+    let b64: String = text[start + begin.len()..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("{}: bad base64: {e}", path.display()))
+}
+
+fn string(table: &toml::Table, key: &str, file: &Path) -> Result<String, String> {
+    match table.get(key) {
+        Some(toml::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(format!(
+            "{} needs a non-empty `{key}` (see config_local.toml.template)",
+            file.display()
+        )),
+    }
+}
+
+fn config(path: &Path) -> Result<String, String> {
+    let text = fs::read_to_string(path).map_err(|_| {
+        format!(
+            "{} not found: copy config_local.toml.template to config_local.toml and fill it in",
+            path.display()
+        )
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let ssid = string(&table, "wifi_ssid", path)?;
+    let password = string(&table, "wifi_password", path)?;
+    let server = string(&table, "api_server", path)?;
+    let (ip, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| format!("api_server {server:?} must be IPv4:PORT"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("api_server {server:?} must be IPv4:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("api_server {server:?} has a bad port"))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let creds = base.join(string(&table, "credentials", path)?);
+    let node_toml = creds.join("node.toml");
+    println!("cargo:rerun-if-changed={}", node_toml.display());
+    let node: toml::Table = fs::read_to_string(&node_toml)
+        .map_err(|e| {
+            format!(
+                "cannot read {} ({e}); run `picolet enrol` first",
+                node_toml.display()
+            )
+        })?
+        .parse()
+        .map_err(|e| format!("{}: {e}", node_toml.display()))?;
+    let node_name = string(&node, "node_name", &node_toml)?;
+    let server_name = string(&node, "tls_server_name", &node_toml)?;
+    let ca = pem_der(&creds.join("ca.crt"), "CERTIFICATE")?;
+    let cert = pem_der(&creds.join("client.crt"), "CERTIFICATE")?;
+    let key = pem_der(&creds.join("client.key"), "PRIVATE KEY")?;
+    let mut c = String::new();
+    let o = ip.octets();
+    writeln!(
+        c,
+        "/// Wi-Fi network name.\npub const WIFI_SSID: &str = {ssid:?};"
+    )
+    .unwrap();
+    writeln!(
+        c,
+        "/// Wi-Fi passphrase.\npub const WIFI_PASSWORD: &str = {password:?};"
+    )
+    .unwrap();
+    writeln!(c, "/// API server address.\npub const API_SERVER: ([u8; 4], u16) = ([{}, {}, {}, {}], {port});", o[0], o[1], o[2], o[3]).unwrap();
+    writeln!(c, "/// Name checked in the API server's certificate.\npub const TLS_SERVER_NAME: &str = {server_name:?};").unwrap();
+    writeln!(
+        c,
+        "/// This board's Node name.\npub const NODE_NAME: &str = {node_name:?};"
+    )
+    .unwrap();
+    writeln!(
+        c,
+        "/// Cluster CA (DER).\npub static CA_DER: &[u8] = &{ca:?};"
+    )
+    .unwrap();
+    writeln!(
+        c,
+        "/// Client certificate (DER).\npub static CLIENT_CERT_DER: &[u8] = &{cert:?};"
+    )
+    .unwrap();
+    writeln!(
+        c,
+        "/// Client key (PKCS#8 DER).\npub static CLIENT_KEY_PKCS8_DER: &[u8] = &{key:?};"
+    )
+    .unwrap();
+    Ok(c)
 }

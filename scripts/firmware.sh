@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Builds the Pico W firmwares (thumbv6m-none-eabi, release) and turns them into UF2 files in
-# firmware/out/: test-blink.uf2 now, picolet.uf2 once the agent firmware lands.
+# firmware/out/ (picolet.uf2, test-blink.uf2), then checks their RAM and flash budgets.
 #
-# Toolchain: with `rustup target add thumbv6m-none-eabi` (the normal way on a user machine) a
-# plain cargo build is used. Without it (no rustup target can be downloaded on some machines),
-# Debian's rustc-web + rust-web-src build core with `-Z build-std` (RUSTC_BOOTSTRAP=1 must be in
-# cargo's own environment).
+# Toolchain: see scripts/firmware-cargo.sh (rustup target, or Debian rustc-web with build-std).
+#
+# The picolet firmware needs firmware/config_local.toml (see config_local.toml.template) or
+# PICOLET_FIRMWARE_CONFIG. `--ci-config` instead generates a throwaway configuration with
+# openssl-made credentials, only to prove the build: that UF2 joins no network.
 set -euo pipefail
 cd "$(dirname "$0")/../firmware"
-bins=(test-blink)
+bins=(test-blink picolet)
+if [[ ${1:-} == --ci-config ]]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/creds"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=throwaway-ca -keyout "$tmp/creds/ca.key" -out "$tmp/creds/ca.crt" 2>/dev/null
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj "/O=system:nodes/CN=system:node:pico-node-1" -keyout "$tmp/creds/client.key" -out "$tmp/creds/client.crt" 2>/dev/null
+  printf 'node_name = "pico-node-1"\nserver = "https://192.0.2.1:6443"\ntls_server_name = "kubernetes"\n' > "$tmp/creds/node.toml"
+  printf 'wifi_ssid = "throwaway"\nwifi_password = "throwaway-password"\napi_server = "192.0.2.1:6443"\ncredentials = "%s"\n' "$tmp/creds" > "$tmp/config.toml"
+  export PICOLET_FIRMWARE_CONFIG=$tmp/config.toml
+fi
 args=(build --release)
 for b in "${bins[@]}"; do args+=(--bin "$b"); done
-if rustup target list --installed 2>/dev/null | grep -qx thumbv6m-none-eabi; then
-  cargo "${args[@]}"
-else
-  [[ -x /usr/bin/rustc ]] || { echo "need 'rustup target add thumbv6m-none-eabi', or Debian's rustc-web + rust-web-src + rust-web-llvm + lld-22 (scripts/install-deps.sh)" >&2; exit 1; }
-  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Z build-std=core,alloc
-fi
+../scripts/firmware-cargo.sh "${args[@]}"
 if ! command -v elf2uf2-rs >/dev/null; then
   cargo install --locked --no-default-features elf2uf2-rs@2.2.0
 fi

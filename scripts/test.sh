@@ -20,7 +20,15 @@ scripts/check-core-thumbv6m.sh
 
 step "firmware: thumbv6m build, UF2, RAM and flash budgets"
 cargo fmt --manifest-path firmware/Cargo.toml --check
-scripts/firmware.sh
+scripts/firmware.sh --ci-config
+# Without a configuration the agent firmware must not build, and must say why.
+if out=$(PICOLET_FIRMWARE_CONFIG=/nonexistent/config.toml \
+    scripts/firmware-cargo.sh build --release --bin picolet 2>&1); then
+  echo "the picolet firmware built without a configuration" >&2; exit 1
+fi
+grep -q "copy config_local.toml.template to config_local.toml" <<<"$out" \
+  || { echo "missing configuration did not give the expected error:" >&2; echo "$out" | tail -5 >&2; exit 1; }
+echo "missing firmware configuration: clear build error, as expected"
 
 step "objects against strict Kubernetes schemas"
 scripts/validate-objects.sh

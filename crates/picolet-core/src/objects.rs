@@ -413,12 +413,28 @@ pub fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
 /// In a list it is the list's version, in a watch event the object's: enough to move past an
 /// oversized ConfigMap instead of fetching it again and again.
 pub fn scan_resource_version(prefix: &[u8]) -> Option<&str> {
-    const KEY: &[u8] = b"\"resourceVersion\":\"";
-    let start = prefix.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    scan_field(prefix, "resourceVersion")
+}
+
+/// Finds the first `"KEY":"VALUE"` in a (possibly truncated) document, for fields that the
+/// API server writes early in `metadata` (uid, resourceVersion). Values are alphanumeric or `-`,
+/// at most 64 bytes; anything else is refused.
+pub fn scan_field<'a>(prefix: &'a [u8], key: &str) -> Option<&'a str> {
+    let mut pattern = [0u8; 40];
+    let k = key.as_bytes();
+    let plen = k.len() + 4;
+    if plen > pattern.len() {
+        return None;
+    }
+    pattern[0] = b'"';
+    pattern[1..1 + k.len()].copy_from_slice(k);
+    pattern[1 + k.len()..plen].copy_from_slice(b"\":\"");
+    let pattern = &pattern[..plen];
+    let start = prefix.windows(plen).position(|w| w == pattern)? + plen;
     let len = prefix[start..].iter().position(|&b| b == b'"')?;
-    let rv = core::str::from_utf8(&prefix[start..start + len]).ok()?;
-    (!rv.is_empty() && rv.len() <= 32 && rv.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then_some(rv)
+    let v = core::str::from_utf8(&prefix[start..start + len]).ok()?;
+    (!v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then_some(v)
 }
 
 #[cfg(test)]
@@ -451,6 +467,17 @@ mod tests {
         assert_eq!(p.items[0].metadata.name, Some("p"));
         assert_eq!(p.metadata.continue_token, Some("abc"));
         assert!(from_json::<ConfigMapListLite>(b"{not json").is_none());
+    }
+
+    #[test]
+    fn scans_uid_from_a_truncated_node() {
+        let prefix = br#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"pico-node-1","uid":"c36d2dd6-0e4f-47bb-a640-8c6ba38ae3c9","resourceVersion":"221","labels":{"#;
+        assert_eq!(
+            scan_field(prefix, "uid"),
+            Some("c36d2dd6-0e4f-47bb-a640-8c6ba38ae3c9")
+        );
+        assert_eq!(scan_field(prefix, "resourceVersion"), Some("221"));
+        assert_eq!(scan_field(br#"{"uid":"a b"}"#, "uid"), None);
     }
 
     #[test]

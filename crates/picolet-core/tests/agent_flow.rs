@@ -590,3 +590,63 @@ fn a_read_error_is_reported_and_cleared_when_reads_work_again() {
     list_config(&mut h, CM_LIST);
     assert_eq!(h.agent.config_state().0, ConfigState::Applied);
 }
+
+/// The firmware's control connection has a 4 KiB request buffer and an 8 KiB response buffer:
+/// every request must fit, even with the longest names, and a truncated Node reply still
+/// yields the uid the Lease needs.
+#[test]
+fn requests_fit_the_firmware_buffers_and_truncated_replies_still_work() {
+    let long = "n".repeat(63);
+    let name: &'static str = Box::leak(long.into_boxed_str());
+    let mut cfg = config(ConfigMode::Watch);
+    cfg.node_name = name;
+    cfg.config_map = name;
+    cfg.config_namespace = name;
+    let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
+    let mut agent = Agent::new(cfg, region, 0).unwrap();
+    agent.sync_clock(0, DATE * 1000);
+    agent.set_internal_ip("192.168.100.200");
+    let mut buf = vec![0u8; 4096];
+    let mut now = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        now += 5_000;
+        let Some(n) = agent.poll_request(now, &mut buf).expect("fits in 4 KiB") else {
+            continue;
+        };
+        let r = parse(&buf[..n]);
+        seen.insert(format!(
+            "{} {}",
+            r.method,
+            r.path
+                .split('?')
+                .next()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+        ));
+        // A Node reply cut at 100 bytes, as an 8 KiB buffer would cut a large one.
+        let full = r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"x","uid":"uid-123","resourceVersion":"9","managedFields":[]}}"#;
+        let (body, len) = if r.method == "POST" && r.path == "/api/v1/nodes" {
+            (&full[..100], 100_000)
+        } else {
+            (full, full.len())
+        };
+        agent.on_response(
+            now,
+            &head(if r.method == "POST" { 201 } else { 200 }),
+            body.as_bytes(),
+            len,
+        );
+        if r.path.contains("/leases") && r.method == "POST" {
+            assert_eq!(r.body["metadata"]["ownerReferences"][0]["uid"], "uid-123");
+        }
+    }
+    assert!(seen.iter().any(|s| s.starts_with("POST nodes")), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s.starts_with("PATCH status")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|s| s.starts_with("PUT ")), "{seen:?}");
+}

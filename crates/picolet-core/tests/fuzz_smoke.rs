@@ -193,7 +193,10 @@ fn kubelet_requests_and_small_parsers_never_panic() {
             assert!(t < 253_402_300_800, "before year 10000");
         }
         if let Some(rv) = objects::scan_resource_version(&input) {
-            assert!(!rv.is_empty() && rv.len() <= 32);
+            assert!(!rv.is_empty() && rv.len() <= 64);
+        }
+        if let Some(uid) = objects::scan_field(&input, "uid") {
+            assert!(!uid.is_empty() && uid.len() <= 64);
         }
     }
 }

@@ -633,7 +633,9 @@ impl<'a> Agent<'a> {
             },
             Pending::NodeGet => match status {
                 _ if ok => {
-                    let uid = obj::from_json::<obj::ObjectLite>(body).and_then(|o| o.metadata.uid);
+                    let uid = obj::from_json::<obj::ObjectLite>(body)
+                        .and_then(|o| o.metadata.uid)
+                        .or_else(|| obj::scan_field(body, "uid"));
                     self.node_uid = bounded(format_args!("{}", uid.unwrap_or("")));
                     self.registration = Registration::Adopt;
                     self.registration_sched.ok_then(now);
@@ -773,7 +775,11 @@ impl<'a> Agent<'a> {
     }
 
     fn registered_with(&mut self, now: Millis, body: &[u8]) {
-        if let Some(uid) = obj::from_json::<obj::ObjectLite>(body).and_then(|o| o.metadata.uid) {
+        // The body may be cut short by a small buffer; uid comes early in metadata.
+        let uid = obj::from_json::<obj::ObjectLite>(body)
+            .and_then(|o| o.metadata.uid)
+            .or_else(|| obj::scan_field(body, "uid"));
+        if let Some(uid) = uid {
             self.node_uid = bounded(format_args!("{uid}"));
         }
         self.registration = Registration::Done;

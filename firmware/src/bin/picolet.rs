@@ -1,0 +1,669 @@
+//! The picolet node agent on a Pico W: joins Wi-Fi, becomes a node of the cluster over mutual
+//! TLS (embedded-tls, pinned CA, server name checked), follows its ConfigMap into the 1 KB memory
+//! region, and serves the kubelet endpoints on :10250 (plain HTTP for now).
+//!
+//! All Kubernetes logic is `picolet-core`'s `Agent`; this file is wiring: tasks, sockets, TLS,
+//! the LED, the watchdog. Settings come from `config_local.toml` at build time (see the README).
+
+#![no_std]
+#![no_main]
+
+use core::cell::RefCell;
+
+use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
+use embassy_executor::Spawner;
+use embassy_futures::select::select;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{IpAddress, Stack, StackResources};
+use embassy_rp::clocks::RoscRng;
+use embassy_rp::gpio::{Level, Output};
+use embassy_rp::peripherals::{DMA_CH0, PIO0, USB};
+use embassy_rp::pio::{self, Pio};
+use embassy_rp::watchdog::Watchdog;
+use embassy_rp::{bind_interrupts, dma, usb};
+use embassy_sync::blocking_mutex::Mutex;
+use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::signal::Signal;
+use embassy_time::{Duration, Instant, Timer};
+use embedded_io_async::Write as _;
+use embedded_tls::{Aes128GcmSha256, Certificate, TlsConfig, TlsConnection, TlsContext};
+use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::http::{Decoded, ResponseDecoder, ResponseHead};
+use picolet_core::kubelet;
+use picolet_core::memory::REGION_SIZE;
+use picolet_core::metrics::PlatformStats;
+use picolet_core::time::Millis;
+use picolet_device::led::LedState;
+use portable_atomic::{AtomicU32, AtomicU64, Ordering};
+use static_cell::StaticCell;
+
+use panic_halt as _;
+
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+
+bind_interrupts!(struct Irqs {
+    PIO0_IRQ_0 => pio::InterruptHandler<PIO0>;
+    DMA_IRQ_0 => dma::InterruptHandler<DMA_CH0>;
+    USBCTRL_IRQ => usb::InterruptHandler<USB>;
+});
+
+const KUBELET_PORT: u16 = 10250;
+/// embedded-tls needs a full TLS record (16 KiB + overhead) to decrypt into.
+const TLS_READ: usize = 16_640;
+
+type Shared = Mutex<CriticalSectionRawMutex, RefCell<Option<Agent<'static>>>>;
+
+/// The agent, shared by the tasks; the lock is never held across an await.
+static AGENT: Shared = Mutex::new(RefCell::new(None));
+static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+/// Wall clock (Unix seconds) learned from the API server, for certificate validity checks.
+static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
+/// When the control task last made progress; the watchdog is fed only while it does.
+static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
+static WIFI_JOINS: AtomicU32 = AtomicU32::new(0);
+static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
+
+/// The 1 KB memory region the ConfigMap is written into: a fixed static in SRAM.
+#[unsafe(no_mangle)]
+static PICOLET_MEMORY_REGION: StaticCell<[u8; REGION_SIZE]> = StaticCell::new();
+
+fn now() -> Millis {
+    Instant::now().as_millis()
+}
+
+fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
+    AGENT.lock(|cell| cell.borrow_mut().as_mut().map(f))
+}
+
+/// Certificate validity is checked against the time learned from `Date` headers; before the
+/// first response it is unknown and embedded-tls skips the time check.
+struct DeviceClock;
+
+impl embedded_tls::TlsClock for DeviceClock {
+    fn now() -> Option<u64> {
+        match UNIX_SECS.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// Randomness, the CA to verify against, and the node's client certificate and key.
+struct Provider {
+    rng: RoscRng,
+    /// Holds a copy of the server certificate while checking it (API server certs are ~1 KB).
+    verifier: embedded_tls::pki::CertVerifier<'static, Aes128GcmSha256, DeviceClock, 2048>,
+}
+
+impl embedded_tls::CryptoProvider for Provider {
+    type CipherSuite = Aes128GcmSha256;
+    type Signature = p256::ecdsa::DerSignature;
+
+    fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
+        &mut self.rng
+    }
+
+    fn verifier(
+        &mut self,
+    ) -> Result<&mut impl embedded_tls::TlsVerifier<Self::CipherSuite>, embedded_tls::TlsError>
+    {
+        Ok(&mut self.verifier)
+    }
+
+    fn signer(
+        &mut self,
+    ) -> Result<
+        (
+            impl p256::ecdsa::signature::SignerMut<Self::Signature>,
+            embedded_tls::SignatureScheme,
+        ),
+        embedded_tls::TlsError,
+    > {
+        use p256::pkcs8::DecodePrivateKey;
+        let key = p256::SecretKey::from_pkcs8_der(config::CLIENT_KEY_PKCS8_DER)
+            .map_err(|_| embedded_tls::TlsError::InvalidPrivateKey)?;
+        Ok((
+            p256::ecdsa::SigningKey::from(&key),
+            embedded_tls::SignatureScheme::EcdsaSecp256r1Sha256,
+        ))
+    }
+
+    fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
+        Some(Certificate::X509(config::CLIENT_CERT_DER))
+    }
+}
+
+fn provider() -> Provider {
+    Provider {
+        rng: RoscRng,
+        verifier: embedded_tls::pki::CertVerifier::new(Certificate::X509(config::CA_DER)),
+    }
+}
+
+/// Why an exchange with the API server failed.
+enum LinkError {
+    /// TLS failed mid-connection (alert, bad record, I/O).
+    Tls(embedded_tls::TlsError),
+    /// The response was not valid HTTP or its head did not fit.
+    Http,
+    /// The server closed the connection before the response ended.
+    Closed,
+}
+
+impl core::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tls(e) => write!(f, "TLS error {e:?}"),
+            Self::Http => f.write_str("malformed or oversized HTTP response"),
+            Self::Closed => f.write_str("connection closed mid-response"),
+        }
+    }
+}
+
+/// One TCP + TLS connection's buffers, sized per connection: the control connection sends
+/// whole Node objects; the watch connection sends one short GET and mostly reads.
+struct ConnBuffers<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize> {
+    tcp_rx: [u8; TCP_RX],
+    tcp_tx: [u8; TCP_TX],
+    tls_read: [u8; TLS_READ],
+    tls_write: [u8; TLS_W],
+    request: [u8; REQ],
+    input: [u8; 2048],
+}
+
+impl<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize>
+    ConnBuffers<TCP_RX, TCP_TX, TLS_W, REQ>
+{
+    const fn new() -> Self {
+        Self {
+            tcp_rx: [0; TCP_RX],
+            tcp_tx: [0; TCP_TX],
+            tls_read: [0; TLS_READ],
+            tls_write: [0; TLS_W],
+            request: [0; REQ],
+            input: [0; 2048],
+        }
+    }
+}
+
+/// Control connection: requests up to 4 KiB (a Node with its status), TLS records up to 4 KiB.
+type ControlBuffers = ConnBuffers<2048, 4096, 4096, 4096>;
+/// Watch connection: one short GET, then a stream of reads.
+type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024>;
+
+fn tls_config() -> TlsConfig<'static> {
+    TlsConfig::new().with_server_name(config::TLS_SERVER_NAME)
+}
+
+fn note_date(head: &ResponseHead) {
+    if let Some(date) = head.date {
+        UNIX_SECS.store(date, Ordering::Relaxed);
+    }
+}
+
+#[embassy_executor::task]
+async fn cyw43_task(
+    runner: cyw43::Runner<'static, cyw43::SpiBus<Output<'static>, PioSpi<'static, PIO0, 0>>>,
+) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'static>>) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn usb_log_task(driver: usb::Driver<'static, USB>) {
+    embassy_usb_logger::run!(1024, log::LevelFilter::Info, driver);
+}
+
+/// Waits until the agent has a request for the control connection and returns its length.
+async fn next_request(buf: &mut [u8]) -> usize {
+    loop {
+        let t = now();
+        CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
+        match with_agent(|a| a.poll_request(t, buf)) {
+            Some(Ok(Some(n))) => return n,
+            Some(Err(e)) => log::error!("agent: {e}"),
+            _ => {}
+        }
+        let at = with_agent(|a| a.next_wakeup(t))
+            .unwrap_or(t + 1_000)
+            .min(t + 2_000);
+        select(Timer::at(Instant::from_millis(at)), WAKE_CONTROL.wait()).await;
+    }
+}
+
+/// Sends one request and collects the response body into `body`; returns head and body length.
+async fn exchange<S: embedded_io_async::Read + embedded_io_async::Write>(
+    tls: &mut TlsConnection<'_, S, Aes128GcmSha256>,
+    request: &[u8],
+    input: &mut [u8],
+    body: &mut [u8],
+) -> Result<(ResponseHead, usize), LinkError> {
+    tls.write_all(request).await.map_err(LinkError::Tls)?;
+    tls.flush().await.map_err(LinkError::Tls)?;
+    let mut dec = ResponseDecoder::new();
+    let (mut head, mut len, mut end) = (None, 0usize, 0usize);
+    loop {
+        let (n, decoded) = dec.decode(&input[..end]).map_err(|_| LinkError::Http)?;
+        match decoded {
+            Decoded::Head(h) => head = Some(h),
+            Decoded::Data(d) => {
+                if let Some(dst) = body.get_mut(len..) {
+                    let k = dst.len().min(d.len());
+                    dst[..k].copy_from_slice(&d[..k]);
+                }
+                len += d.len();
+            }
+            Decoded::Done => break,
+            Decoded::NeedMore if n > 0 => {}
+            Decoded::NeedMore => {
+                if end == input.len() {
+                    return Err(LinkError::Http);
+                }
+                let r = tls.read(&mut input[end..]).await.map_err(LinkError::Tls)?;
+                if r == 0 {
+                    dec.finish().map_err(|_| LinkError::Closed)?;
+                    break;
+                }
+                end += r;
+                continue;
+            }
+        }
+        input.copy_within(n..end, 0);
+        end -= n;
+    }
+    head.map(|h| (h, len)).ok_or(LinkError::Http)
+}
+
+/// The request/response connection: registration, Lease, status, reports, lists.
+#[embassy_executor::task]
+async fn control_task(
+    stack: Stack<'static>,
+    b: &'static mut ControlBuffers,
+    body: &'static mut [u8; 8192],
+) -> ! {
+    let server = (
+        IpAddress::v4(
+            config::API_SERVER.0[0],
+            config::API_SERVER.0[1],
+            config::API_SERVER.0[2],
+            config::API_SERVER.0[3],
+        ),
+        config::API_SERVER.1,
+    );
+    loop {
+        let mut n = next_request(&mut b.request).await;
+        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
+        socket.set_timeout(Some(Duration::from_secs(30)));
+        if socket.connect(server).await.is_err() {
+            log::warn!("api: cannot connect to {:?}", config::API_SERVER);
+            with_agent(|a| a.on_transport_error(now()));
+            continue;
+        }
+        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
+        let cfg = tls_config();
+        if let Err(e) = tls.open(TlsContext::new(&cfg, provider())).await {
+            log::warn!(
+                "api: TLS handshake with {} failed: {e:?}",
+                config::TLS_SERVER_NAME
+            );
+            with_agent(|a| a.on_transport_error(now()));
+            continue;
+        }
+        API_RECONNECTS.fetch_add(1, Ordering::Relaxed);
+        loop {
+            match exchange(&mut tls, &b.request[..n], &mut b.input, &mut body[..]).await {
+                Ok((head, len)) => {
+                    note_date(&head);
+                    let t = now();
+                    let shown = len.min(body.len());
+                    with_agent(|a| a.on_response(t, &head, &body[..shown], len));
+                    WAKE_WATCH.signal(());
+                    if head.close {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("api: {e}");
+                    with_agent(|a| a.on_transport_error(now()));
+                    break;
+                }
+            }
+            n = next_request(&mut b.request).await;
+        }
+    }
+}
+
+/// The ConfigMap watch connection.
+#[embassy_executor::task]
+async fn watch_task(
+    stack: Stack<'static>,
+    b: &'static mut WatchBuffers,
+    lines: &'static mut WatchLines,
+) -> ! {
+    let server = (
+        IpAddress::v4(
+            config::API_SERVER.0[0],
+            config::API_SERVER.0[1],
+            config::API_SERVER.0[2],
+            config::API_SERVER.0[3],
+        ),
+        config::API_SERVER.1,
+    );
+    loop {
+        let t = now();
+        let n = match with_agent(|a| a.poll_watch_request(t, &mut b.request)) {
+            Some(Ok(Some(n))) => n,
+            _ => {
+                let at = with_agent(|a| a.next_watch_wakeup(t))
+                    .unwrap_or(t + 1_000)
+                    .min(t + 5_000);
+                select(Timer::at(Instant::from_millis(at)), WAKE_WATCH.wait()).await;
+                continue;
+            }
+        };
+        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
+        // Bookmarks arrive about once a minute; silence for longer means a dead link.
+        socket.set_timeout(Some(Duration::from_secs(360)));
+        if socket.connect(server).await.is_err() {
+            with_agent(|a| a.on_watch_closed(now(), true));
+            continue;
+        }
+        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
+        let cfg = tls_config();
+        if tls.open(TlsContext::new(&cfg, provider())).await.is_err()
+            || tls.write_all(&b.request[..n]).await.is_err()
+            || tls.flush().await.is_err()
+        {
+            with_agent(|a| a.on_watch_closed(now(), true));
+            continue;
+        }
+        let mut end = 0;
+        loop {
+            let read = tls.read(&mut b.input[end..]).await;
+            let t = now();
+            match read {
+                Ok(0) => {
+                    with_agent(|a| a.on_watch_closed(t, false));
+                    break;
+                }
+                Ok(r) => end += r,
+                Err(_) => {
+                    with_agent(|a| a.on_watch_closed(t, true));
+                    break;
+                }
+            }
+            let (used, open) =
+                with_agent(|a| a.on_watch_bytes(t, lines, &b.input[..end])).unwrap_or((end, false));
+            b.input.copy_within(used..end, 0);
+            end -= used;
+            WAKE_CONTROL.signal(());
+            if !open || end == b.input.len() {
+                with_agent(|a| a.on_watch_closed(t, end == b.input.len()));
+                break;
+            }
+        }
+    }
+}
+
+/// Device figures on `/metrics` next to the agent's.
+fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    use picolet_core::metrics::family;
+    family(
+        w,
+        "picolet_wifi_joins_total",
+        "counter",
+        "Wi-Fi associations since boot.",
+    )?;
+    writeln!(
+        w,
+        "picolet_wifi_joins_total {}",
+        WIFI_JOINS.load(Ordering::Relaxed)
+    )?;
+    family(
+        w,
+        "picolet_api_connections_total",
+        "counter",
+        "TLS connections opened to the API server.",
+    )?;
+    writeln!(
+        w,
+        "picolet_api_connections_total {}",
+        API_RECONNECTS.load(Ordering::Relaxed)
+    )
+}
+
+/// The kubelet port: one request per connection, 10 s to send the head.
+#[embassy_executor::task]
+async fn kubelet_task(
+    stack: Stack<'static>,
+    rx: &'static mut [u8; 1024],
+    tx: &'static mut [u8; 2048],
+    out: &'static mut [u8; 8192],
+) -> ! {
+    loop {
+        let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
+        socket.set_timeout(Some(Duration::from_secs(10)));
+        if socket.accept(KUBELET_PORT).await.is_err() {
+            continue;
+        }
+        let mut head = [0u8; 1024];
+        let mut len = 0;
+        let parsed = loop {
+            match kubelet::parse_request(&head[..len]) {
+                Ok(Some(req)) => break Ok(req),
+                Err(refusal) => break Err(refusal),
+                Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
+                Ok(None) => {}
+            }
+            match socket.read(&mut head[len..]).await {
+                Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
+                Ok(n) => len += n,
+            }
+        };
+        let n = match parsed {
+            Ok(req) => {
+                let t = now();
+                // CPU time is not measured on the device yet; memory is the static RAM in use.
+                let stats = PlatformStats {
+                    cpu_seconds: 0.0,
+                    memory_working_set_bytes: 0,
+                };
+                with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
+                    .unwrap_or(0)
+            }
+            Err(refusal) => kubelet::refuse(refusal, &mut out[..]),
+        };
+        let _ = socket.write_all(&out[..n]).await;
+        let _ = socket.flush().await;
+        socket.close();
+        Timer::after(Duration::from_millis(10)).await;
+        socket.abort();
+    }
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    let p = embassy_rp::init(Default::default());
+    let mut watchdog = Watchdog::new(p.WATCHDOG);
+    watchdog.start(Duration::from_secs(8));
+    spawner.spawn(usb_log_task(usb::Driver::new(p.USB, Irqs)).unwrap());
+
+    let pwr = Output::new(p.PIN_23, Level::Low);
+    let cs = Output::new(p.PIN_25, Level::High);
+    let mut pio = Pio::new(p.PIO0, Irqs);
+    let dma = dma::Channel::new(p.DMA_CH0, Irqs);
+    let spi = PioSpi::new(
+        &mut pio.common,
+        pio.sm0,
+        DEFAULT_CLOCK_DIVIDER,
+        pio.irq0,
+        cs,
+        p.PIN_24,
+        p.PIN_29,
+        dma,
+    );
+    static CYW43: StaticCell<cyw43::State> = StaticCell::new();
+    let (net_device, mut control, runner) = cyw43::new(
+        CYW43.init(cyw43::State::new()),
+        pwr,
+        spi,
+        &cyw43_setup::FW,
+        &cyw43_setup::NVRAM,
+    )
+    .await;
+    spawner.spawn(cyw43_task(runner).unwrap());
+    control.init(cyw43_setup::CLM).await;
+    control
+        .set_power_management(cyw43::PowerManagementMode::PowerSave)
+        .await;
+    watchdog.feed(Duration::from_secs(8));
+
+    let mut rng = RoscRng;
+    let seed = rand_core::RngCore::next_u64(&mut rng);
+    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    let (stack, net_runner) = embassy_net::new(
+        net_device,
+        embassy_net::Config::dhcpv4(Default::default()),
+        RESOURCES.init(StackResources::new()),
+        seed,
+    );
+    spawner.spawn(net_task(net_runner).unwrap());
+
+    // The agent: boot ID from the ROSC, facts from the board.
+    static BOOT_ID: StaticCell<heapless::String<36>> = StaticCell::new();
+    let r = [
+        rand_core::RngCore::next_u64(&mut rng),
+        rand_core::RngCore::next_u64(&mut rng),
+    ];
+    let mut id = heapless::String::new();
+    let _ = core::fmt::write(
+        &mut id,
+        format_args!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            r[0] >> 32,
+            (r[0] >> 16) & 0xffff,
+            r[0] & 0xfff,
+            (r[1] >> 48) & 0x3fff | 0x8000,
+            r[1] & 0xffff_ffff_ffff
+        ),
+    );
+    let boot_id: &'static str = BOOT_ID.init(id).as_str();
+    let facts = NodeFacts {
+        operating_system: "none",
+        architecture: "arm",
+        instance_type: "raspberry-pi-pico-w",
+        capacity: NodeFacts::PICO_W_CAPACITY,
+        allocatable: NodeFacts::PICO_W_CAPACITY,
+        machine_id: config::NODE_NAME,
+        system_uuid: config::NODE_NAME,
+        boot_id,
+        kernel_version: "embassy-executor 0.10",
+        os_image: concat!(
+            "picolet ",
+            env!("CARGO_PKG_VERSION"),
+            " (Raspberry Pi Pico W)"
+        ),
+    };
+    let cfg = AgentConfig {
+        node_name: config::NODE_NAME,
+        config_namespace: "default",
+        config_map: "pico-config",
+        api_host: config::TLS_SERVER_NAME,
+        kubelet_port: KUBELET_PORT,
+        status_report_interval_ms: 300_000,
+        config_mode: ConfigMode::Watch,
+        watch_timeout_s: 290,
+        facts,
+    };
+    let region = PICOLET_MEMORY_REGION.init([0; REGION_SIZE]);
+    match Agent::new(cfg, region, now()) {
+        Ok(agent) => AGENT.lock(|cell| *cell.borrow_mut() = Some(agent)),
+        Err(e) => log::error!("agent configuration: {e}"),
+    }
+
+    static CONTROL_BUFS: StaticCell<ControlBuffers> = StaticCell::new();
+    static WATCH_BUFS: StaticCell<WatchBuffers> = StaticCell::new();
+    static BODY: StaticCell<[u8; 8192]> = StaticCell::new();
+    static LINES: StaticCell<WatchLines> = StaticCell::new();
+    static K_RX: StaticCell<[u8; 1024]> = StaticCell::new();
+    static K_TX: StaticCell<[u8; 2048]> = StaticCell::new();
+    static K_OUT: StaticCell<[u8; 8192]> = StaticCell::new();
+    spawner.spawn(
+        control_task(
+            stack,
+            CONTROL_BUFS.init(ControlBuffers::new()),
+            BODY.init([0; 8192]),
+        )
+        .unwrap(),
+    );
+    spawner.spawn(
+        watch_task(
+            stack,
+            WATCH_BUFS.init(WatchBuffers::new()),
+            LINES.init(WatchLines::new()),
+        )
+        .unwrap(),
+    );
+    spawner.spawn(
+        kubelet_task(
+            stack,
+            K_RX.init([0; 1024]),
+            K_TX.init([0; 2048]),
+            K_OUT.init([0; 8192]),
+        )
+        .unwrap(),
+    );
+
+    // Supervisor: keeps Wi-Fi joined, shows the state on the LED, feeds the watchdog while the
+    // control task makes progress.
+    let mut ip_set = false;
+    loop {
+        if !stack.is_link_up() {
+            ip_set = false;
+            watchdog.feed(Duration::from_secs(8));
+            match control
+                .join(
+                    config::WIFI_SSID,
+                    cyw43::JoinOptions::new(config::WIFI_PASSWORD.as_bytes()),
+                )
+                .await
+            {
+                Ok(()) => {
+                    WIFI_JOINS.fetch_add(1, Ordering::Relaxed);
+                    log::info!("wifi: joined {}", config::WIFI_SSID);
+                }
+                Err(e) => log::warn!("wifi: join failed: {e:?}"),
+            }
+        }
+        if !ip_set && let Some(v4) = stack.config_v4() {
+            let mut ip: heapless::String<16> = heapless::String::new();
+            let _ = core::fmt::write(&mut ip, format_args!("{}", v4.address.address()));
+            with_agent(|a| a.set_internal_ip(&ip));
+            log::info!("net: address {ip}");
+            ip_set = true;
+        }
+        let state = match with_agent(|a| a.registered()) {
+            _ if !stack.is_link_up() => LedState::JoiningWifi,
+            Some(true) => LedState::Ready,
+            Some(false) => LedState::Connecting,
+            None => LedState::Error,
+        };
+        for step in state.pattern() {
+            control.gpio_set(0, step.on).await;
+            Timer::after(Duration::from_millis(u64::from(step.ms))).await;
+        }
+        // The control task checks in at least every 2 s while healthy.
+        if now().saturating_sub(CONTROL_ALIVE_MS.load(Ordering::Relaxed)) < 60_000 {
+            watchdog.feed(Duration::from_secs(8));
+        }
+    }
+}
