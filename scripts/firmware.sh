@@ -24,7 +24,11 @@ if [[ ${1:-} == --ci-config ]]; then
 fi
 args=(build --release)
 for b in "${bins[@]}"; do args+=(--bin "$b"); done
-../scripts/firmware-cargo.sh "${args[@]}"
+log=$(mktemp)
+../scripts/firmware-cargo.sh "${args[@]}" 2>&1 | tee "$log"
+# Warnings fail the build here (RUSTFLAGS=-Dwarnings would replace the linker flags).
+if grep -q '^warning' "$log"; then rm -f "$log"; echo "firmware: compiler warnings (see above)" >&2; exit 1; fi
+rm -f "$log"
 if ! command -v elf2uf2-rs >/dev/null; then
   cargo install --locked --no-default-features elf2uf2-rs@2.2.0
 fi

@@ -34,7 +34,7 @@ use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
 use picolet_device::led::LedState;
-use portable_atomic::{AtomicU32, AtomicU64, Ordering};
+use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use static_cell::StaticCell;
 
 use panic_halt as _;
@@ -65,6 +65,8 @@ static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
 static WIFI_JOINS: AtomicU32 = AtomicU32::new(0);
 static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
+/// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
+static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
 
 /// The 1 KB memory region the ConfigMap is written into: a fixed static in SRAM.
 #[unsafe(no_mangle)]
@@ -414,9 +416,98 @@ async fn watch_task(
     }
 }
 
+/// The stack region cortex-m-rt sets up: from the end of static RAM (`_stack_end`, bottom) to
+/// the end of RAM (`_stack_start`, top).
+fn stack_bounds() -> (usize, usize) {
+    unsafe extern "C" {
+        static _stack_end: u32;
+        static _stack_start: u32;
+    }
+    // Only the addresses are taken (no read), which is safe; the linker defines both symbols.
+    (
+        core::ptr::addr_of!(_stack_end) as usize,
+        core::ptr::addr_of!(_stack_start) as usize,
+    )
+}
+
+/// Fills the free stack below the current frame with the paint word, once at boot.
+fn paint_stack() {
+    let (bottom, _) = stack_bounds();
+    let here = 0u32;
+    // Leave 256 bytes below the current frame alone: calls made from here may use them.
+    let limit = (core::ptr::addr_of!(here) as usize).saturating_sub(256) & !3;
+    let mut addr = bottom;
+    while addr < limit {
+        // SAFETY: [bottom, limit) is stack memory below the deepest frame in use; nothing else
+        // lives there and nothing has a reference into it.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, picolet_device::stack::PAINT) };
+        addr += 4;
+    }
+}
+
+/// (stack size, deepest use so far), in bytes.
+fn stack_use() -> (usize, usize) {
+    let (bottom, top) = stack_bounds();
+    // SAFETY: word-aligned reads inside the stack region; the values are only compared with the
+    // paint word.
+    let words = (bottom..top)
+        .step_by(4)
+        .map(|a| unsafe { core::ptr::read_volatile(a as *const u32) });
+    let untouched = picolet_device::stack::untouched_bytes(words);
+    (
+        top - bottom,
+        picolet_device::stack::high_water(top - bottom, untouched),
+    )
+}
+
+/// Static RAM: everything below the stack.
+fn static_ram() -> usize {
+    stack_bounds().0 - 0x2000_0000
+}
+
 /// Device figures on `/metrics` next to the agent's.
 fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
     use picolet_core::metrics::family;
+    let (stack, high) = stack_use();
+    family(
+        w,
+        "picolet_device_static_ram_bytes",
+        "gauge",
+        "RAM taken by .data, .bss and .uninit.",
+    )?;
+    writeln!(w, "picolet_device_static_ram_bytes {}", static_ram())?;
+    family(
+        w,
+        "picolet_device_stack_bytes",
+        "gauge",
+        "RAM left for the stack (no heap is linked).",
+    )?;
+    writeln!(w, "picolet_device_stack_bytes {stack}")?;
+    family(
+        w,
+        "picolet_device_stack_high_water_bytes",
+        "gauge",
+        "Deepest stack use since boot (painted stack).",
+    )?;
+    writeln!(w, "picolet_device_stack_high_water_bytes {high}")?;
+    family(
+        w,
+        "picolet_device_ram_free_bytes",
+        "gauge",
+        "RAM never touched since boot.",
+    )?;
+    writeln!(w, "picolet_device_ram_free_bytes {}", stack - high)?;
+    family(
+        w,
+        "picolet_wifi_rssi_dbm",
+        "gauge",
+        "Wi-Fi signal strength (0 until first read).",
+    )?;
+    writeln!(
+        w,
+        "picolet_wifi_rssi_dbm {}",
+        RSSI_DBM.load(Ordering::Relaxed)
+    )?;
     family(
         w,
         "picolet_wifi_joins_total",
@@ -472,10 +563,12 @@ async fn kubelet_task(
         let n = match parsed {
             Ok(req) => {
                 let t = now();
-                // CPU time is not measured on the device yet; memory is the static RAM in use.
+                // Memory in use: static RAM plus the deepest stack. CPU time is not measured on
+                // the device yet (reported as 0).
+                let working_set = (static_ram() + stack_use().1) as u64;
                 let stats = PlatformStats {
                     cpu_seconds: 0.0,
-                    memory_working_set_bytes: 0,
+                    memory_working_set_bytes: working_set,
                 };
                 with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
                     .unwrap_or(0)
@@ -492,6 +585,7 @@ async fn kubelet_task(
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
+    paint_stack();
     let p = embassy_rp::init(Default::default());
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_secs(8));
@@ -623,33 +717,45 @@ async fn main(spawner: Spawner) {
         .unwrap(),
     );
 
-    // Supervisor: keeps Wi-Fi joined, shows the state on the LED, feeds the watchdog while the
-    // control task makes progress.
-    let mut ip_set = false;
+    // Supervisor: keeps Wi-Fi joined (with backoff), follows DHCP address changes, reads the
+    // RSSI, shows the state on the LED, and feeds the watchdog while the control task makes
+    // progress.
+    let mut address: Option<embassy_net::Ipv4Address> = None;
+    let mut join_backoff_s = 1u64;
+    let mut rssi_at = Instant::now();
     loop {
         if !stack.is_link_up() {
-            ip_set = false;
             watchdog.feed(Duration::from_secs(8));
-            match control
-                .join(
-                    config::WIFI_SSID,
-                    cyw43::JoinOptions::new(config::WIFI_PASSWORD.as_bytes()),
-                )
-                .await
-            {
+            let options = cyw43::JoinOptions::new(config::WIFI_PASSWORD.as_bytes());
+            match control.join(config::WIFI_SSID, options).await {
                 Ok(()) => {
                     WIFI_JOINS.fetch_add(1, Ordering::Relaxed);
+                    join_backoff_s = 1;
                     log::info!("wifi: joined {}", config::WIFI_SSID);
                 }
-                Err(e) => log::warn!("wifi: join failed: {e:?}"),
+                Err(e) => {
+                    log::warn!("wifi: join failed: {e:?}; retrying in {join_backoff_s} s");
+                    for _ in 0..join_backoff_s {
+                        watchdog.feed(Duration::from_secs(8));
+                        Timer::after(Duration::from_secs(1)).await;
+                    }
+                    join_backoff_s = (join_backoff_s * 2).min(30);
+                }
             }
         }
-        if !ip_set && let Some(v4) = stack.config_v4() {
-            let mut ip: heapless::String<16> = heapless::String::new();
-            let _ = core::fmt::write(&mut ip, format_args!("{}", v4.address.address()));
-            with_agent(|a| a.set_internal_ip(&ip));
-            log::info!("net: address {ip}");
-            ip_set = true;
+        let now_address = stack.config_v4().map(|c| c.address.address());
+        if now_address != address {
+            if let Some(a) = now_address {
+                let mut ip: heapless::String<16> = heapless::String::new();
+                let _ = core::fmt::write(&mut ip, format_args!("{a}"));
+                with_agent(|agent| agent.set_internal_ip(&ip));
+                log::info!("net: address {ip}");
+            }
+            address = now_address;
+        }
+        if stack.is_link_up() && rssi_at.elapsed() > Duration::from_secs(10) {
+            RSSI_DBM.store(control.get_rssi().await, Ordering::Relaxed);
+            rssi_at = Instant::now();
         }
         let state = match with_agent(|a| a.registered()) {
             _ if !stack.is_link_up() => LedState::JoiningWifi,
