@@ -2,7 +2,7 @@
 //!
 //! The parts of the Pico W firmware that are not Kubernetes but still need no hardware: what the
 //! LED shows in each state, what the CYW43 firmware blob says about itself, and how deep the
-//! stack has been. Kept apart from
+//! stack has been, and the TLS client setup. Kept apart from
 //! `picolet-core` (the node agent) and from the firmware binaries (thin wiring), so that all of
 //! it is tested on the host.
 
@@ -13,3 +13,4 @@
 pub mod cyw43_blob;
 pub mod led;
 pub mod stack;
+pub mod tls;

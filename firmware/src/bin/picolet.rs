@@ -26,7 +26,7 @@ use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
-use embedded_tls::{Aes128GcmSha256, Certificate, TlsConfig, TlsConnection, TlsContext};
+use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
 use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
 use picolet_core::http::{Decoded, ResponseDecoder, ResponseHead};
 use picolet_core::kubelet;
@@ -93,56 +93,15 @@ impl embedded_tls::TlsClock for DeviceClock {
     }
 }
 
-/// Randomness, the CA to verify against, and the node's client certificate and key.
-struct Provider {
-    rng: RoscRng,
-    /// Holds a copy of the server certificate while checking it (API server certs are ~1 KB).
-    verifier: embedded_tls::pki::CertVerifier<'static, Aes128GcmSha256, DeviceClock, 2048>,
-}
-
-impl embedded_tls::CryptoProvider for Provider {
-    type CipherSuite = Aes128GcmSha256;
-    type Signature = p256::ecdsa::DerSignature;
-
-    fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
-        &mut self.rng
-    }
-
-    fn verifier(
-        &mut self,
-    ) -> Result<&mut impl embedded_tls::TlsVerifier<Self::CipherSuite>, embedded_tls::TlsError>
-    {
-        Ok(&mut self.verifier)
-    }
-
-    fn signer(
-        &mut self,
-    ) -> Result<
-        (
-            impl p256::ecdsa::signature::SignerMut<Self::Signature>,
-            embedded_tls::SignatureScheme,
-        ),
-        embedded_tls::TlsError,
-    > {
-        use p256::pkcs8::DecodePrivateKey;
-        let key = p256::SecretKey::from_pkcs8_der(config::CLIENT_KEY_PKCS8_DER)
-            .map_err(|_| embedded_tls::TlsError::InvalidPrivateKey)?;
-        Ok((
-            p256::ecdsa::SigningKey::from(&key),
-            embedded_tls::SignatureScheme::EcdsaSecp256r1Sha256,
-        ))
-    }
-
-    fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
-        Some(Certificate::X509(config::CLIENT_CERT_DER))
-    }
-}
+type Provider = picolet_device::tls::NodeTlsProvider<'static, RoscRng, DeviceClock>;
 
 fn provider() -> Provider {
-    Provider {
-        rng: RoscRng,
-        verifier: embedded_tls::pki::CertVerifier::new(Certificate::X509(config::CA_DER)),
-    }
+    Provider::new(
+        RoscRng,
+        config::CA_DER,
+        config::CLIENT_CERT_DER,
+        config::CLIENT_KEY_PKCS8_DER,
+    )
 }
 
 /// Why an exchange with the API server failed.
@@ -197,7 +156,7 @@ type ControlBuffers = ConnBuffers<2048, 4096, 4096, 4096>;
 type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024>;
 
 fn tls_config() -> TlsConfig<'static> {
-    TlsConfig::new().with_server_name(config::TLS_SERVER_NAME)
+    picolet_device::tls::config(config::TLS_SERVER_NAME)
 }
 
 fn note_date(head: &ResponseHead) {
