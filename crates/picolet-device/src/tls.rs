@@ -81,3 +81,74 @@ impl<R: rand_core::CryptoRngCore, C: TlsClock> CryptoProvider for NodeTlsProvide
 pub fn config(server_name: &str) -> TlsConfig<'_> {
     TlsConfig::new().with_server_name(server_name)
 }
+
+/// Why an exchange with the API server failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// TLS failed mid-connection (alert, bad record, I/O).
+    Tls(TlsError),
+    /// The response was not valid HTTP, or its head or a chunk line did not fit `input`.
+    Http,
+    /// The server closed the connection before the response ended.
+    Closed,
+}
+
+impl core::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tls(e) => write!(f, "TLS error {e:?}"),
+            Self::Http => f.write_str("malformed or oversized HTTP response"),
+            Self::Closed => f.write_str("connection closed mid-response"),
+        }
+    }
+}
+
+/// Sends one request over an open TLS connection and reads the response with the core's HTTP
+/// decoder: the body goes into `body` (the excess is counted, not kept), `input` holds raw bytes
+/// in flight. Returns the head and the full body length.
+pub async fn exchange<S: embedded_io_async::Read + embedded_io_async::Write>(
+    tls: &mut embedded_tls::TlsConnection<'_, S, CipherSuite>,
+    request: &[u8],
+    input: &mut [u8],
+    body: &mut [u8],
+) -> Result<(picolet_core::http::ResponseHead, usize), ExchangeError> {
+    use embedded_io_async::Write as _;
+    use picolet_core::http::{Decoded, ResponseDecoder};
+    tls.write_all(request).await.map_err(ExchangeError::Tls)?;
+    tls.flush().await.map_err(ExchangeError::Tls)?;
+    let mut dec = ResponseDecoder::new();
+    let (mut head, mut len, mut end) = (None, 0usize, 0usize);
+    loop {
+        let (n, decoded) = dec.decode(&input[..end]).map_err(|_| ExchangeError::Http)?;
+        match decoded {
+            Decoded::Head(h) => head = Some(h),
+            Decoded::Data(d) => {
+                if let Some(dst) = body.get_mut(len..) {
+                    let k = dst.len().min(d.len());
+                    dst[..k].copy_from_slice(&d[..k]);
+                }
+                len += d.len();
+            }
+            Decoded::Done => break,
+            Decoded::NeedMore if n > 0 => {}
+            Decoded::NeedMore => {
+                if end == input.len() {
+                    return Err(ExchangeError::Http);
+                }
+                let r = tls
+                    .read(&mut input[end..])
+                    .await
+                    .map_err(ExchangeError::Tls)?;
+                if r == 0 {
+                    dec.finish().map_err(|_| ExchangeError::Closed)?;
+                    break;
+                }
+                end += r;
+                continue;
+            }
+        }
+        input.copy_within(n..end, 0);
+        end -= n;
+    }
+    head.map(|h| (h, len)).ok_or(ExchangeError::Http)
+}

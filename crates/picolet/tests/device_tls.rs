@@ -1,5 +1,6 @@
-//! The firmware's TLS client setup (`picolet_device::tls`: embedded-tls, pinned CA, server name,
-//! client certificate with a P-256 key) run on the host against the real kube-apiserver, with
+//! The firmware's TLS client setup and request exchange (`picolet_device::tls`: embedded-tls,
+//! pinned CA, server name, client certificate with a P-256 key, the core's HTTP codec) run on
+//! the host against the real kube-apiserver, with
 //! the credentials `picolet enrol` issued. This is the same code the Pico runs; only the socket
 //! (tokio here, embassy-net there) differs.
 
@@ -7,9 +8,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use embedded_io_adapters::tokio_1::FromTokio;
-use embedded_io_async::Write as _;
 use embedded_tls::{TlsConnection, TlsContext};
-use picolet_core::http::{self, Decoded, Method, ResponseDecoder};
+use picolet_core::http::{self, Method};
 use picolet_device::tls::{CipherSuite, NodeTlsProvider};
 use testplane::{ControlPlane, Options};
 
@@ -68,35 +68,12 @@ async fn device_get(
         None,
     )
     .unwrap();
-    tls.write_all(&req[..n])
+    let (mut input, mut body) = (vec![0u8; 2048], vec![0u8; 8192]);
+    let (head, len) = picolet_device::tls::exchange(&mut tls, &req[..n], &mut input, &mut body)
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    tls.flush().await.map_err(|e| format!("{e:?}"))?;
-    let (mut dec, mut input, mut end, mut status, mut body) =
-        (ResponseDecoder::new(), vec![0u8; 8192], 0, 0, Vec::new());
-    loop {
-        let (used, ev) = dec.decode(&input[..end]).map_err(|e| e.to_string())?;
-        match ev {
-            Decoded::Head(h) => status = h.status,
-            Decoded::Data(d) => body.extend_from_slice(d),
-            Decoded::Done => break,
-            Decoded::NeedMore if used == 0 => {
-                let r = tls
-                    .read(&mut input[end..])
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
-                if r == 0 {
-                    break;
-                }
-                end += r;
-                continue;
-            }
-            Decoded::NeedMore => {}
-        }
-        input.copy_within(used..end, 0);
-        end -= used;
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        .map_err(|e| e.to_string())?;
+    let body = &body[..len.min(body.len())];
+    Ok((head.status, String::from_utf8_lossy(body).into_owned()))
 }
 
 #[test]

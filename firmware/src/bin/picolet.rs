@@ -28,7 +28,7 @@ use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
 use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
 use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
-use picolet_core::http::{Decoded, ResponseDecoder, ResponseHead};
+use picolet_core::http::ResponseHead;
 use picolet_core::kubelet;
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::PlatformStats;
@@ -102,26 +102,6 @@ fn provider() -> Provider {
         config::CLIENT_CERT_DER,
         config::CLIENT_KEY_PKCS8_DER,
     )
-}
-
-/// Why an exchange with the API server failed.
-enum LinkError {
-    /// TLS failed mid-connection (alert, bad record, I/O).
-    Tls(embedded_tls::TlsError),
-    /// The response was not valid HTTP or its head did not fit.
-    Http,
-    /// The server closed the connection before the response ended.
-    Closed,
-}
-
-impl core::fmt::Display for LinkError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Tls(e) => write!(f, "TLS error {e:?}"),
-            Self::Http => f.write_str("malformed or oversized HTTP response"),
-            Self::Closed => f.write_str("connection closed mid-response"),
-        }
-    }
 }
 
 /// One TCP + TLS connection's buffers, sized per connection: the control connection sends
@@ -199,49 +179,6 @@ async fn next_request(buf: &mut [u8]) -> usize {
     }
 }
 
-/// Sends one request and collects the response body into `body`; returns head and body length.
-async fn exchange<S: embedded_io_async::Read + embedded_io_async::Write>(
-    tls: &mut TlsConnection<'_, S, Aes128GcmSha256>,
-    request: &[u8],
-    input: &mut [u8],
-    body: &mut [u8],
-) -> Result<(ResponseHead, usize), LinkError> {
-    tls.write_all(request).await.map_err(LinkError::Tls)?;
-    tls.flush().await.map_err(LinkError::Tls)?;
-    let mut dec = ResponseDecoder::new();
-    let (mut head, mut len, mut end) = (None, 0usize, 0usize);
-    loop {
-        let (n, decoded) = dec.decode(&input[..end]).map_err(|_| LinkError::Http)?;
-        match decoded {
-            Decoded::Head(h) => head = Some(h),
-            Decoded::Data(d) => {
-                if let Some(dst) = body.get_mut(len..) {
-                    let k = dst.len().min(d.len());
-                    dst[..k].copy_from_slice(&d[..k]);
-                }
-                len += d.len();
-            }
-            Decoded::Done => break,
-            Decoded::NeedMore if n > 0 => {}
-            Decoded::NeedMore => {
-                if end == input.len() {
-                    return Err(LinkError::Http);
-                }
-                let r = tls.read(&mut input[end..]).await.map_err(LinkError::Tls)?;
-                if r == 0 {
-                    dec.finish().map_err(|_| LinkError::Closed)?;
-                    break;
-                }
-                end += r;
-                continue;
-            }
-        }
-        input.copy_within(n..end, 0);
-        end -= n;
-    }
-    head.map(|h| (h, len)).ok_or(LinkError::Http)
-}
-
 /// The request/response connection: registration, Lease, status, reports, lists.
 #[embassy_executor::task]
 async fn control_task(
@@ -280,7 +217,14 @@ async fn control_task(
         }
         API_RECONNECTS.fetch_add(1, Ordering::Relaxed);
         loop {
-            match exchange(&mut tls, &b.request[..n], &mut b.input, &mut body[..]).await {
+            match picolet_device::tls::exchange(
+                &mut tls,
+                &b.request[..n],
+                &mut b.input,
+                &mut body[..],
+            )
+            .await
+            {
                 Ok((head, len)) => {
                     note_date(&head);
                     let t = now();
