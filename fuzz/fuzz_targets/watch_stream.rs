@@ -2,34 +2,13 @@
 //! only when a config was applied.
 #![no_main]
 
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::agent::{Agent, ConfigMode, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
 
 fn agent(region: &mut [u8; REGION_SIZE]) -> Agent<'_> {
-    let facts = NodeFacts {
-        operating_system: "none",
-        architecture: "arm",
-        instance_type: "raspberry-pi-pico-w",
-        capacity: NodeFacts::PICO_W_CAPACITY,
-        allocatable: NodeFacts::PICO_W_CAPACITY,
-        machine_id: "m",
-        system_uuid: "u",
-        boot_id: "b",
-        kernel_version: "k",
-        os_image: "o",
-    };
-    let cfg = AgentConfig {
-        node_name: "pico-node-1",
-        config_namespace: "default",
-        config_map: "pico-config",
-        api_host: "kubernetes",
-        kubelet_port: 10250,
-        status_report_interval_ms: 10_000,
-        config_mode: ConfigMode::Watch,
-        watch_timeout_s: 300,
-        facts,
-    };
+    let mut cfg = picolet_core::fixtures::config(ConfigMode::Watch);
+    cfg.status_report_interval_ms = 10_000;
     Agent::new(cfg, region, 0).expect("valid config")
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::agent::{Agent, ConfigMode, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
 use serde_json::{Value, json};
@@ -51,30 +51,8 @@ fn main() {
             .expect("usage: emit_objects OUT_DIR"),
     );
     std::fs::create_dir_all(&out).unwrap();
-    let cap = NodeFacts::PICO_W_CAPACITY;
-    let facts = NodeFacts {
-        operating_system: "none",
-        architecture: "arm",
-        instance_type: "raspberry-pi-pico-w",
-        capacity: cap,
-        allocatable: cap,
-        machine_id: "e6614c311b4f6a2b",
-        system_uuid: "e6614c31-1b4f-6a2b-0000-000000000000",
-        boot_id: "0b5c8f0e-8a4f-4c1e-9a0e-2f5b9f3f7a10",
-        kernel_version: "embassy-0.10",
-        os_image: "picolet 0.1.0",
-    };
-    let cfg = AgentConfig {
-        node_name: "pico-node-1",
-        config_namespace: "default",
-        config_map: "pico-config",
-        api_host: "kubernetes",
-        kubelet_port: 10250,
-        status_report_interval_ms: 10_000,
-        config_mode: ConfigMode::Watch,
-        watch_timeout_s: 300,
-        facts,
-    };
+    let mut cfg = picolet_core::fixtures::config(ConfigMode::Watch);
+    cfg.status_report_interval_ms = 10_000;
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0; REGION_SIZE]));
     let mut agent = Agent::new(cfg, region, 0).unwrap();
     agent.sync_clock(0, 1_795_707_601_000);

@@ -31,6 +31,8 @@
 
 pub mod agent;
 pub mod backoff;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod http;
 pub mod kubelet;
 pub mod lines;

@@ -1,36 +1,11 @@
 //! Drives the sans-IO agent against a scripted API server: every request it writes is parsed
 //! and checked, every response is hand-made. No network, no cluster.
 
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, ConfigState, NodeFacts, WatchLines};
+use picolet_core::agent::{Agent, ConfigMode, ConfigState, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
 
-const FACTS: NodeFacts<'static> = NodeFacts {
-    operating_system: "none",
-    architecture: "arm",
-    instance_type: "raspberry-pi-pico-w",
-    capacity: NodeFacts::PICO_W_CAPACITY,
-    allocatable: NodeFacts::PICO_W_CAPACITY,
-    machine_id: "e6614c311b4f6a2b",
-    system_uuid: "e6614c31-1b4f-6a2b-0000-000000000000",
-    boot_id: "0b5c8f0e-8a4f-4c1e-9a0e-2f5b9f3f7a10",
-    kernel_version: "embassy-0.10",
-    os_image: "picolet 0.1.0 (test)",
-};
-
-fn config(mode: ConfigMode) -> AgentConfig<'static> {
-    AgentConfig {
-        node_name: "pico-node-1",
-        config_namespace: "default",
-        config_map: "pico-config",
-        api_host: "kubernetes",
-        kubelet_port: 10250,
-        status_report_interval_ms: 300_000,
-        config_mode: mode,
-        watch_timeout_s: 300,
-        facts: FACTS,
-    }
-}
+use picolet_core::fixtures::{FACTS, config};
 
 /// A request as the fake server sees it.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! and mutated inputs, checked for panics and for invariants. It runs in CI on stable Rust; the
 //! cargo-fuzz targets in `fuzz/` run the same entry points under libFuzzer for longer.
 
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::agent::{Agent, ConfigMode, WatchLines};
 use picolet_core::http::{Decoded, ResponseDecoder, ResponseHead};
 use picolet_core::kubelet;
 use picolet_core::lines::{Line, LineFramer};
@@ -202,29 +202,8 @@ fn kubelet_requests_and_small_parsers_never_panic() {
 }
 
 fn agent() -> Agent<'static> {
-    let facts = NodeFacts {
-        operating_system: "none",
-        architecture: "arm",
-        instance_type: "raspberry-pi-pico-w",
-        capacity: NodeFacts::PICO_W_CAPACITY,
-        allocatable: NodeFacts::PICO_W_CAPACITY,
-        machine_id: "m",
-        system_uuid: "u",
-        boot_id: "b",
-        kernel_version: "k",
-        os_image: "o",
-    };
-    let cfg = AgentConfig {
-        node_name: "pico-node-1",
-        config_namespace: "default",
-        config_map: "pico-config",
-        api_host: "kubernetes",
-        kubelet_port: 10250,
-        status_report_interval_ms: 10_000,
-        config_mode: ConfigMode::Watch,
-        watch_timeout_s: 300,
-        facts,
-    };
+    let mut cfg = picolet_core::fixtures::config(ConfigMode::Watch);
+    cfg.status_report_interval_ms = 10_000;
     Agent::new(cfg, Box::leak(Box::new([0; REGION_SIZE])), 0).unwrap()
 }
 

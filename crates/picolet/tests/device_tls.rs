@@ -11,7 +11,7 @@ use embedded_io_adapters::tokio_1::FromTokio;
 use embedded_tls::{TlsConnection, TlsContext};
 use picolet_core::http::{self, Method};
 use picolet_device::tls::{CipherSuite, NodeTlsProvider};
-use testplane::{ControlPlane, Options};
+mod common;
 
 struct HostClock;
 
@@ -79,20 +79,8 @@ async fn device_get(
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn the_device_tls_client_authenticates_as_the_node_and_refuses_wrong_servers() {
-    let plane = ControlPlane::start(Options::default()).unwrap();
-    let creds = plane.dir().join("creds");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_picolet"))
-        .args(["enrol", "--node-name", "pico-node-1", "--out"])
-        .arg(&creds)
-        .arg("--kubeconfig")
-        .arg(plane.admin_kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let plane = common::plane();
+    let creds = common::enrol(&plane, "pico-node-1");
     let ca = pem_der(&creds.join("ca.crt"), "CERTIFICATE");
     let cert = pem_der(&creds.join("client.crt"), "CERTIFICATE");
     let key = pem_der(&creds.join("client.key"), "PRIVATE KEY");

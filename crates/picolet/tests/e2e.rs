@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testplane::{ControlPlane, Options};
+mod common;
+
+use common::{enrol, plane};
+use testplane::ControlPlane;
 
 const NODE: &str = "pico-node-1";
-
-fn plane() -> ControlPlane {
-    ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("control plane: {e}"))
-}
 
 /// Runs kubectl as admin, returning stdout; panics with stderr on failure.
 fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
@@ -54,23 +53,6 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 fn free_port() -> u16 {
     testplane::free_port().unwrap()
-}
-
-fn enrol(plane: &ControlPlane, node: &str) -> PathBuf {
-    let dir = plane.dir().join(format!("credentials-{node}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_picolet"))
-        .args(["enrol", "--node-name", node, "--out"])
-        .arg(&dir)
-        .arg("--kubeconfig")
-        .arg(plane.admin_kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "enrol failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
 }
 
 /// A running `picolet run`, killed on drop.
