@@ -10,17 +10,12 @@
 
 use core::cell::RefCell;
 
-use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
 use embassy_executor::Spawner;
 use embassy_futures::select::select;
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpAddress, Stack, StackResources};
 use embassy_rp::clocks::RoscRng;
-use embassy_rp::gpio::{Level, Output};
-use embassy_rp::peripherals::{DMA_CH0, PIO0, USB};
-use embassy_rp::pio::{self, Pio};
 use embassy_rp::watchdog::Watchdog;
-use embassy_rp::{bind_interrupts, dma, usb};
 use embassy_sync::blocking_mutex::Mutex;
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::signal::Signal;
@@ -34,6 +29,7 @@ use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
 use picolet_device::led::LedState;
+use picolet_firmware::{Cyw43Pins, start_cyw43, start_usb_log};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use static_cell::StaticCell;
 
@@ -42,12 +38,6 @@ use panic_halt as _;
 mod config {
     include!(concat!(env!("OUT_DIR"), "/config.rs"));
 }
-
-bind_interrupts!(struct Irqs {
-    PIO0_IRQ_0 => pio::InterruptHandler<PIO0>;
-    DMA_IRQ_0 => dma::InterruptHandler<DMA_CH0>;
-    USBCTRL_IRQ => usb::InterruptHandler<USB>;
-});
 
 const KUBELET_PORT: u16 = 10250;
 /// embedded-tls needs a full TLS record (16 KiB + overhead) to decrypt into.
@@ -146,20 +136,8 @@ fn note_date(head: &ResponseHead) {
 }
 
 #[embassy_executor::task]
-async fn cyw43_task(
-    runner: cyw43::Runner<'static, cyw43::SpiBus<Output<'static>, PioSpi<'static, PIO0, 0>>>,
-) -> ! {
-    runner.run().await
-}
-
-#[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'static>>) -> ! {
     runner.run().await
-}
-
-#[embassy_executor::task]
-async fn usb_log_task(driver: usb::Driver<'static, USB>) {
-    embassy_usb_logger::run!(1024, log::LevelFilter::Info, driver);
 }
 
 /// Waits until the agent has a request for the control connection and returns its length.
@@ -246,7 +224,8 @@ async fn control_task(
     }
 }
 
-/// The ConfigMap watch connection.
+/// The ConfigMap watch connection. Its connect-and-handshake lines repeat the control task's on
+/// purpose: a shared async helper put its state into both task futures, +5 KiB of static RAM.
 #[embassy_executor::task]
 async fn watch_task(
     stack: Stack<'static>,
@@ -492,36 +471,16 @@ async fn main(spawner: Spawner) {
     let p = embassy_rp::init(Default::default());
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_secs(8));
-    spawner.spawn(usb_log_task(usb::Driver::new(p.USB, Irqs)).unwrap());
-
-    let pwr = Output::new(p.PIN_23, Level::Low);
-    let cs = Output::new(p.PIN_25, Level::High);
-    let mut pio = Pio::new(p.PIO0, Irqs);
-    let dma = dma::Channel::new(p.DMA_CH0, Irqs);
-    let spi = PioSpi::new(
-        &mut pio.common,
-        pio.sm0,
-        DEFAULT_CLOCK_DIVIDER,
-        pio.irq0,
-        cs,
-        p.PIN_24,
-        p.PIN_29,
-        dma,
-    );
-    static CYW43: StaticCell<cyw43::State> = StaticCell::new();
-    let (net_device, mut control, runner) = cyw43::new(
-        CYW43.init(cyw43::State::new()),
-        pwr,
-        spi,
-        &cyw43_setup::FW,
-        &cyw43_setup::NVRAM,
-    )
-    .await;
-    spawner.spawn(cyw43_task(runner).unwrap());
-    control.init(cyw43_setup::CLM).await;
-    control
-        .set_power_management(cyw43::PowerManagementMode::PowerSave)
-        .await;
+    start_usb_log(spawner, p.USB);
+    let pins = Cyw43Pins {
+        pwr: p.PIN_23,
+        cs: p.PIN_25,
+        dio: p.PIN_24,
+        clk: p.PIN_29,
+        pio: p.PIO0,
+        dma: p.DMA_CH0,
+    };
+    let (net_device, mut control) = start_cyw43(spawner, pins).await;
     watchdog.feed(Duration::from_secs(8));
 
     let mut rng = RoscRng;
