@@ -69,8 +69,9 @@ fn config(path: &Path) -> Result<String, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let ssid = string(&table, "wifi_ssid", path)?;
-    let password = string(&table, "wifi_password", path)?;
+    // Wi-Fi settings are needed by the Wi-Fi firmware only (it checks them at compile time).
+    let ssid = string(&table, "wifi_ssid", path).ok();
+    let password = string(&table, "wifi_password", path).ok();
     let server = string(&table, "api_server", path)?;
     let (ip, port) = server
         .rsplit_once(':')
@@ -103,12 +104,12 @@ fn config(path: &Path) -> Result<String, String> {
     let o = ip.octets();
     writeln!(
         c,
-        "/// Wi-Fi network name.\npub const WIFI_SSID: &str = {ssid:?};"
+        "/// Wi-Fi network name.\npub const WIFI_SSID: Option<&str> = {ssid:?};"
     )
     .unwrap();
     writeln!(
         c,
-        "/// Wi-Fi passphrase.\npub const WIFI_PASSWORD: &str = {password:?};"
+        "/// Wi-Fi passphrase.\npub const WIFI_PASSWORD: Option<&str> = {password:?};"
     )
     .unwrap();
     writeln!(c, "/// API server address.\npub const API_SERVER: ([u8; 4], u16) = ([{}, {}, {}, {}], {port});", o[0], o[1], o[2], o[3]).unwrap();

@@ -9,7 +9,7 @@
 # openssl-made credentials, only to prove the build: that UF2 joins no network.
 set -euo pipefail
 cd "$(dirname "$0")/../firmware"
-bins=(test-blink picolet)
+bins=(test-blink picolet picolet-serial)
 if [[ ${1:-} == --ci-config ]]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT

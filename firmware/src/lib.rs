@@ -1,7 +1,10 @@
-//! Board wiring shared by the Pico W firmwares: interrupt bindings, bringing up the CYW43439
-//! (Wi-Fi chip, and the LED on its GPIO 0), and the USB CDC serial log.
+//! What the firmwares share: board wiring (interrupt bindings, bringing up the CYW43439 — the
+//! Wi-Fi chip, and the LED on its GPIO 0 — and the USB CDC serial log) and the link-independent
+//! node in [`node`].
 
 #![no_std]
+
+pub mod node;
 
 use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
 use embassy_executor::Spawner;

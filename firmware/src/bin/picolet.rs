@@ -2,35 +2,20 @@
 //! TLS (embedded-tls, pinned CA, server name checked), follows its ConfigMap into the 1 KB memory
 //! region, and serves the kubelet endpoints on :10250 (plain HTTP for now).
 //!
-//! All Kubernetes logic is `picolet-core`'s `Agent`; this file is wiring: tasks, sockets, TLS,
-//! the LED, the watchdog. Settings come from `config_local.toml` at build time (see the README).
+//! The node itself is `picolet_firmware::node` (shared with `picolet-serial`); this file is the
+//! Wi-Fi link: the CYW43439, its supervisor (join with backoff, DHCP, RSSI), the LED and the
+//! watchdog. Settings come from `config_local.toml` at build time (see the README).
 
 #![no_std]
 #![no_main]
 
-use core::cell::RefCell;
-
 use embassy_executor::Spawner;
-use embassy_futures::select::select;
-use embassy_net::tcp::TcpSocket;
-use embassy_net::{IpAddress, Stack, StackResources};
+use embassy_net::StackResources;
 use embassy_rp::clocks::RoscRng;
 use embassy_rp::watchdog::Watchdog;
-use embassy_sync::blocking_mutex::Mutex;
-use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
-use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
-use embedded_io_async::Write as _;
-use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
-use picolet_core::http::ResponseHead;
-use picolet_core::kubelet;
-use picolet_core::memory::REGION_SIZE;
-use picolet_core::metrics::PlatformStats;
-use picolet_core::time::Millis;
-use picolet_device::led::LedState;
+use picolet_firmware::node::{self, Link, NodeSettings};
 use picolet_firmware::{Cyw43Pins, start_cyw43, start_usb_log};
-use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use static_cell::StaticCell;
 
 use panic_halt as _;
@@ -39,435 +24,39 @@ mod config {
     include!(concat!(env!("OUT_DIR"), "/config.rs"));
 }
 
-const KUBELET_PORT: u16 = 10250;
-/// embedded-tls needs a full TLS record (16 KiB + overhead) to decrypt into.
-const TLS_READ: usize = 16_640;
+/// A missing Wi-Fi setting stops the build here (a const panic is a compile error).
+const WIFI_SSID: &str = match config::WIFI_SSID {
+    Some(s) => s,
+    None => panic!("config_local.toml needs wifi_ssid for the Wi-Fi firmware"),
+};
+const WIFI_PASSWORD: &str = match config::WIFI_PASSWORD {
+    Some(s) => s,
+    None => panic!("config_local.toml needs wifi_password for the Wi-Fi firmware"),
+};
 
-type Shared = Mutex<CriticalSectionRawMutex, RefCell<Option<Agent<'static>>>>;
-
-/// The agent, shared by the tasks; the lock is never held across an await.
-static AGENT: Shared = Mutex::new(RefCell::new(None));
-static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
-static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
-/// Wall clock (Unix seconds) learned from the API server, for certificate validity checks.
-static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
-/// When the control task last made progress; the watchdog is fed only while it does.
-static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
-static WIFI_JOINS: AtomicU32 = AtomicU32::new(0);
-static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
-/// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
-static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
-
-/// The 1 KB memory region the ConfigMap is written into: a fixed static in SRAM.
-#[unsafe(no_mangle)]
-static PICOLET_MEMORY_REGION: StaticCell<[u8; REGION_SIZE]> = StaticCell::new();
-
-fn now() -> Millis {
-    Instant::now().as_millis()
-}
-
-fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
-    AGENT.lock(|cell| cell.borrow_mut().as_mut().map(f))
-}
-
-/// Certificate validity is checked against the time learned from `Date` headers; before the
-/// first response it is unknown and embedded-tls skips the time check.
-struct DeviceClock;
-
-impl embedded_tls::TlsClock for DeviceClock {
-    fn now() -> Option<u64> {
-        match UNIX_SECS.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(t),
-        }
-    }
-}
-
-type Provider = picolet_device::tls::NodeTlsProvider<'static, RoscRng, DeviceClock>;
-
-fn provider() -> Provider {
-    Provider::new(
-        RoscRng,
-        config::CA_DER,
-        config::CLIENT_CERT_DER,
-        config::CLIENT_KEY_PKCS8_DER,
-    )
-}
-
-/// One TCP + TLS connection's buffers, sized per connection: the control connection sends
-/// whole Node objects; the watch connection sends one short GET and mostly reads.
-struct ConnBuffers<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize> {
-    tcp_rx: [u8; TCP_RX],
-    tcp_tx: [u8; TCP_TX],
-    tls_read: [u8; TLS_READ],
-    tls_write: [u8; TLS_W],
-    request: [u8; REQ],
-    input: [u8; 2048],
-}
-
-impl<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize>
-    ConnBuffers<TCP_RX, TCP_TX, TLS_W, REQ>
-{
-    const fn new() -> Self {
-        Self {
-            tcp_rx: [0; TCP_RX],
-            tcp_tx: [0; TCP_TX],
-            tls_read: [0; TLS_READ],
-            tls_write: [0; TLS_W],
-            request: [0; REQ],
-            input: [0; 2048],
-        }
-    }
-}
-
-/// Control connection: requests up to 4 KiB (a Node with its status), TLS records up to 4 KiB.
-type ControlBuffers = ConnBuffers<2048, 4096, 4096, 4096>;
-/// Watch connection: one short GET, then a stream of reads.
-type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024>;
-
-fn tls_config() -> TlsConfig<'static> {
-    picolet_device::tls::config(config::TLS_SERVER_NAME)
-}
-
-fn note_date(head: &ResponseHead) {
-    if let Some(date) = head.date {
-        UNIX_SECS.store(date, Ordering::Relaxed);
-    }
-}
+static SETTINGS: NodeSettings = NodeSettings {
+    api_server: config::API_SERVER,
+    tls_server_name: config::TLS_SERVER_NAME,
+    node_name: config::NODE_NAME,
+    ca_der: config::CA_DER,
+    client_cert_der: config::CLIENT_CERT_DER,
+    client_key_pkcs8_der: config::CLIENT_KEY_PKCS8_DER,
+    instance_type: "raspberry-pi-pico-w",
+    os_image: concat!(
+        "picolet ",
+        env!("CARGO_PKG_VERSION"),
+        " (Raspberry Pi Pico W)"
+    ),
+};
 
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'static>>) -> ! {
     runner.run().await
 }
 
-/// Waits until the agent has a request for the control connection and returns its length.
-async fn next_request(buf: &mut [u8]) -> usize {
-    loop {
-        let t = now();
-        CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
-        match with_agent(|a| a.poll_request(t, buf)) {
-            Some(Ok(Some(n))) => return n,
-            Some(Err(e)) => log::error!("agent: {e}"),
-            _ => {}
-        }
-        let at = with_agent(|a| a.next_wakeup(t))
-            .unwrap_or(t + 1_000)
-            .min(t + 2_000);
-        select(Timer::at(Instant::from_millis(at)), WAKE_CONTROL.wait()).await;
-    }
-}
-
-/// The request/response connection: registration, Lease, status, reports, lists.
-#[embassy_executor::task]
-async fn control_task(
-    stack: Stack<'static>,
-    b: &'static mut ControlBuffers,
-    body: &'static mut [u8; 8192],
-) -> ! {
-    let server = (
-        IpAddress::v4(
-            config::API_SERVER.0[0],
-            config::API_SERVER.0[1],
-            config::API_SERVER.0[2],
-            config::API_SERVER.0[3],
-        ),
-        config::API_SERVER.1,
-    );
-    loop {
-        let mut n = next_request(&mut b.request).await;
-        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
-        socket.set_timeout(Some(Duration::from_secs(30)));
-        if socket.connect(server).await.is_err() {
-            log::warn!("api: cannot connect to {:?}", config::API_SERVER);
-            with_agent(|a| a.on_transport_error(now()));
-            continue;
-        }
-        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-            TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
-        let cfg = tls_config();
-        if let Err(e) = tls.open(TlsContext::new(&cfg, provider())).await {
-            log::warn!(
-                "api: TLS handshake with {} failed: {e:?}",
-                config::TLS_SERVER_NAME
-            );
-            with_agent(|a| a.on_transport_error(now()));
-            continue;
-        }
-        API_RECONNECTS.fetch_add(1, Ordering::Relaxed);
-        loop {
-            match picolet_device::tls::exchange(
-                &mut tls,
-                &b.request[..n],
-                &mut b.input,
-                &mut body[..],
-            )
-            .await
-            {
-                Ok((head, len)) => {
-                    note_date(&head);
-                    let t = now();
-                    let shown = len.min(body.len());
-                    with_agent(|a| a.on_response(t, &head, &body[..shown], len));
-                    WAKE_WATCH.signal(());
-                    if head.close {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    log::warn!("api: {e}");
-                    with_agent(|a| a.on_transport_error(now()));
-                    break;
-                }
-            }
-            n = next_request(&mut b.request).await;
-        }
-    }
-}
-
-/// The ConfigMap watch connection. Its connect-and-handshake lines repeat the control task's on
-/// purpose: a shared async helper put its state into both task futures, +5 KiB of static RAM.
-#[embassy_executor::task]
-async fn watch_task(
-    stack: Stack<'static>,
-    b: &'static mut WatchBuffers,
-    lines: &'static mut WatchLines,
-) -> ! {
-    let server = (
-        IpAddress::v4(
-            config::API_SERVER.0[0],
-            config::API_SERVER.0[1],
-            config::API_SERVER.0[2],
-            config::API_SERVER.0[3],
-        ),
-        config::API_SERVER.1,
-    );
-    loop {
-        let t = now();
-        let n = match with_agent(|a| a.poll_watch_request(t, &mut b.request)) {
-            Some(Ok(Some(n))) => n,
-            _ => {
-                let at = with_agent(|a| a.next_watch_wakeup(t))
-                    .unwrap_or(t + 1_000)
-                    .min(t + 5_000);
-                select(Timer::at(Instant::from_millis(at)), WAKE_WATCH.wait()).await;
-                continue;
-            }
-        };
-        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
-        // Bookmarks arrive about once a minute; silence for longer means a dead link.
-        socket.set_timeout(Some(Duration::from_secs(360)));
-        if socket.connect(server).await.is_err() {
-            with_agent(|a| a.on_watch_closed(now(), true));
-            continue;
-        }
-        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-            TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
-        let cfg = tls_config();
-        if tls.open(TlsContext::new(&cfg, provider())).await.is_err()
-            || tls.write_all(&b.request[..n]).await.is_err()
-            || tls.flush().await.is_err()
-        {
-            with_agent(|a| a.on_watch_closed(now(), true));
-            continue;
-        }
-        let mut end = 0;
-        loop {
-            let read = tls.read(&mut b.input[end..]).await;
-            let t = now();
-            match read {
-                Ok(0) => {
-                    with_agent(|a| a.on_watch_closed(t, false));
-                    break;
-                }
-                Ok(r) => end += r,
-                Err(_) => {
-                    with_agent(|a| a.on_watch_closed(t, true));
-                    break;
-                }
-            }
-            let (used, open) =
-                with_agent(|a| a.on_watch_bytes(t, lines, &b.input[..end])).unwrap_or((end, false));
-            b.input.copy_within(used..end, 0);
-            end -= used;
-            WAKE_CONTROL.signal(());
-            if !open || end == b.input.len() {
-                with_agent(|a| a.on_watch_closed(t, end == b.input.len()));
-                break;
-            }
-        }
-    }
-}
-
-/// The stack region cortex-m-rt sets up: from the end of static RAM (`_stack_end`, bottom) to
-/// the end of RAM (`_stack_start`, top).
-fn stack_bounds() -> (usize, usize) {
-    unsafe extern "C" {
-        static _stack_end: u32;
-        static _stack_start: u32;
-    }
-    // Only the addresses are taken (no read), which is safe; the linker defines both symbols.
-    (
-        core::ptr::addr_of!(_stack_end) as usize,
-        core::ptr::addr_of!(_stack_start) as usize,
-    )
-}
-
-/// Fills the free stack below the current frame with the paint word, once at boot.
-fn paint_stack() {
-    let (bottom, _) = stack_bounds();
-    let here = 0u32;
-    // Leave 256 bytes below the current frame alone: calls made from here may use them.
-    let limit = (core::ptr::addr_of!(here) as usize).saturating_sub(256) & !3;
-    let mut addr = bottom;
-    while addr < limit {
-        // SAFETY: [bottom, limit) is stack memory below the deepest frame in use; nothing else
-        // lives there and nothing has a reference into it.
-        unsafe { core::ptr::write_volatile(addr as *mut u32, picolet_device::stack::PAINT) };
-        addr += 4;
-    }
-}
-
-/// (stack size, deepest use so far), in bytes.
-fn stack_use() -> (usize, usize) {
-    let (bottom, top) = stack_bounds();
-    // SAFETY: word-aligned reads inside the stack region; the values are only compared with the
-    // paint word.
-    let words = (bottom..top)
-        .step_by(4)
-        .map(|a| unsafe { core::ptr::read_volatile(a as *const u32) });
-    let untouched = picolet_device::stack::untouched_bytes(words);
-    (
-        top - bottom,
-        picolet_device::stack::high_water(top - bottom, untouched),
-    )
-}
-
-/// Static RAM: everything below the stack.
-fn static_ram() -> usize {
-    stack_bounds().0 - 0x2000_0000
-}
-
-/// Device figures on `/metrics` next to the agent's.
-fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
-    use picolet_core::metrics::family;
-    let (stack, high) = stack_use();
-    family(
-        w,
-        "picolet_device_static_ram_bytes",
-        "gauge",
-        "RAM taken by .data, .bss and .uninit.",
-    )?;
-    writeln!(w, "picolet_device_static_ram_bytes {}", static_ram())?;
-    family(
-        w,
-        "picolet_device_stack_bytes",
-        "gauge",
-        "RAM left for the stack (no heap is linked).",
-    )?;
-    writeln!(w, "picolet_device_stack_bytes {stack}")?;
-    family(
-        w,
-        "picolet_device_stack_high_water_bytes",
-        "gauge",
-        "Deepest stack use since boot (painted stack).",
-    )?;
-    writeln!(w, "picolet_device_stack_high_water_bytes {high}")?;
-    family(
-        w,
-        "picolet_device_ram_free_bytes",
-        "gauge",
-        "RAM never touched since boot.",
-    )?;
-    writeln!(w, "picolet_device_ram_free_bytes {}", stack - high)?;
-    family(
-        w,
-        "picolet_wifi_rssi_dbm",
-        "gauge",
-        "Wi-Fi signal strength (0 until first read).",
-    )?;
-    writeln!(
-        w,
-        "picolet_wifi_rssi_dbm {}",
-        RSSI_DBM.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_wifi_joins_total",
-        "counter",
-        "Wi-Fi associations since boot.",
-    )?;
-    writeln!(
-        w,
-        "picolet_wifi_joins_total {}",
-        WIFI_JOINS.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_api_connections_total",
-        "counter",
-        "TLS connections opened to the API server.",
-    )?;
-    writeln!(
-        w,
-        "picolet_api_connections_total {}",
-        API_RECONNECTS.load(Ordering::Relaxed)
-    )
-}
-
-/// The kubelet port: one request per connection, 10 s to send the head.
-#[embassy_executor::task]
-async fn kubelet_task(
-    stack: Stack<'static>,
-    rx: &'static mut [u8; 1024],
-    tx: &'static mut [u8; 2048],
-    out: &'static mut [u8; 8192],
-) -> ! {
-    loop {
-        let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
-        socket.set_timeout(Some(Duration::from_secs(10)));
-        if socket.accept(KUBELET_PORT).await.is_err() {
-            continue;
-        }
-        let mut head = [0u8; 1024];
-        let mut len = 0;
-        let parsed = loop {
-            match kubelet::parse_request(&head[..len]) {
-                Ok(Some(req)) => break Ok(req),
-                Err(refusal) => break Err(refusal),
-                Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
-                Ok(None) => {}
-            }
-            match socket.read(&mut head[len..]).await {
-                Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
-                Ok(n) => len += n,
-            }
-        };
-        let n = match parsed {
-            Ok(req) => {
-                let t = now();
-                // Memory in use: static RAM plus the deepest stack. CPU time is not measured on
-                // the device yet (reported as 0).
-                let working_set = (static_ram() + stack_use().1) as u64;
-                let stats = PlatformStats {
-                    cpu_seconds: 0.0,
-                    memory_working_set_bytes: working_set,
-                };
-                with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
-                    .unwrap_or(0)
-            }
-            Err(refusal) => kubelet::refuse(refusal, &mut out[..]),
-        };
-        let _ = socket.write_all(&out[..n]).await;
-        let _ = socket.flush().await;
-        socket.close();
-        Timer::after(Duration::from_millis(10)).await;
-        socket.abort();
-    }
-}
-
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
-    paint_stack();
+    node::paint_stack();
     let p = embassy_rp::init(Default::default());
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_secs(8));
@@ -483,8 +72,7 @@ async fn main(spawner: Spawner) {
     let (net_device, mut control) = start_cyw43(spawner, pins).await;
     watchdog.feed(Duration::from_secs(8));
 
-    let mut rng = RoscRng;
-    let seed = rand_core::RngCore::next_u64(&mut rng);
+    let seed = rand_core::RngCore::next_u64(&mut RoscRng);
     static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
     let (stack, net_runner) = embassy_net::new(
         net_device,
@@ -493,91 +81,7 @@ async fn main(spawner: Spawner) {
         seed,
     );
     spawner.spawn(net_task(net_runner).unwrap());
-
-    // The agent: boot ID from the ROSC, facts from the board.
-    static BOOT_ID: StaticCell<heapless::String<36>> = StaticCell::new();
-    let r = [
-        rand_core::RngCore::next_u64(&mut rng),
-        rand_core::RngCore::next_u64(&mut rng),
-    ];
-    let mut id = heapless::String::new();
-    let _ = core::fmt::write(
-        &mut id,
-        format_args!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            r[0] >> 32,
-            (r[0] >> 16) & 0xffff,
-            r[0] & 0xfff,
-            (r[1] >> 48) & 0x3fff | 0x8000,
-            r[1] & 0xffff_ffff_ffff
-        ),
-    );
-    let boot_id: &'static str = BOOT_ID.init(id).as_str();
-    let facts = NodeFacts {
-        operating_system: "none",
-        architecture: "arm",
-        instance_type: "raspberry-pi-pico-w",
-        capacity: NodeFacts::PICO_W_CAPACITY,
-        allocatable: NodeFacts::PICO_W_CAPACITY,
-        machine_id: config::NODE_NAME,
-        system_uuid: config::NODE_NAME,
-        boot_id,
-        kernel_version: "embassy-executor 0.10",
-        os_image: concat!(
-            "picolet ",
-            env!("CARGO_PKG_VERSION"),
-            " (Raspberry Pi Pico W)"
-        ),
-    };
-    let cfg = AgentConfig {
-        node_name: config::NODE_NAME,
-        config_namespace: "default",
-        config_map: "pico-config",
-        api_host: config::TLS_SERVER_NAME,
-        kubelet_port: KUBELET_PORT,
-        status_report_interval_ms: 300_000,
-        config_mode: ConfigMode::Watch,
-        watch_timeout_s: 290,
-        facts,
-    };
-    let region = PICOLET_MEMORY_REGION.init([0; REGION_SIZE]);
-    match Agent::new(cfg, region, now()) {
-        Ok(agent) => AGENT.lock(|cell| *cell.borrow_mut() = Some(agent)),
-        Err(e) => log::error!("agent configuration: {e}"),
-    }
-
-    static CONTROL_BUFS: StaticCell<ControlBuffers> = StaticCell::new();
-    static WATCH_BUFS: StaticCell<WatchBuffers> = StaticCell::new();
-    static BODY: StaticCell<[u8; 8192]> = StaticCell::new();
-    static LINES: StaticCell<WatchLines> = StaticCell::new();
-    static K_RX: StaticCell<[u8; 1024]> = StaticCell::new();
-    static K_TX: StaticCell<[u8; 2048]> = StaticCell::new();
-    static K_OUT: StaticCell<[u8; 8192]> = StaticCell::new();
-    spawner.spawn(
-        control_task(
-            stack,
-            CONTROL_BUFS.init(ControlBuffers::new()),
-            BODY.init([0; 8192]),
-        )
-        .unwrap(),
-    );
-    spawner.spawn(
-        watch_task(
-            stack,
-            WATCH_BUFS.init(WatchBuffers::new()),
-            LINES.init(WatchLines::new()),
-        )
-        .unwrap(),
-    );
-    spawner.spawn(
-        kubelet_task(
-            stack,
-            K_RX.init([0; 1024]),
-            K_TX.init([0; 2048]),
-            K_OUT.init([0; 8192]),
-        )
-        .unwrap(),
-    );
+    node::start(spawner, stack, &SETTINGS, Link::Wifi);
 
     // Supervisor: keeps Wi-Fi joined (with backoff), follows DHCP address changes, reads the
     // RSSI, shows the state on the LED, and feeds the watchdog while the control task makes
@@ -588,12 +92,12 @@ async fn main(spawner: Spawner) {
     loop {
         if !stack.is_link_up() {
             watchdog.feed(Duration::from_secs(8));
-            let options = cyw43::JoinOptions::new(config::WIFI_PASSWORD.as_bytes());
-            match control.join(config::WIFI_SSID, options).await {
+            let options = cyw43::JoinOptions::new(WIFI_PASSWORD.as_bytes());
+            match control.join(WIFI_SSID, options).await {
                 Ok(()) => {
-                    WIFI_JOINS.fetch_add(1, Ordering::Relaxed);
+                    node::note_link_up();
                     join_backoff_s = 1;
-                    log::info!("wifi: joined {}", config::WIFI_SSID);
+                    log::info!("wifi: joined {WIFI_SSID}");
                 }
                 Err(e) => {
                     log::warn!("wifi: join failed: {e:?}; retrying in {join_backoff_s} s");
@@ -608,29 +112,19 @@ async fn main(spawner: Spawner) {
         let now_address = stack.config_v4().map(|c| c.address.address());
         if now_address != address {
             if let Some(a) = now_address {
-                let mut ip: heapless::String<16> = heapless::String::new();
-                let _ = core::fmt::write(&mut ip, format_args!("{a}"));
-                with_agent(|agent| agent.set_internal_ip(&ip));
-                log::info!("net: address {ip}");
+                node::set_address(a);
             }
             address = now_address;
         }
         if stack.is_link_up() && rssi_at.elapsed() > Duration::from_secs(10) {
-            RSSI_DBM.store(control.get_rssi().await, Ordering::Relaxed);
+            node::note_rssi(control.get_rssi().await);
             rssi_at = Instant::now();
         }
-        let state = match with_agent(|a| a.registered()) {
-            _ if !stack.is_link_up() => LedState::JoiningWifi,
-            Some(true) => LedState::Ready,
-            Some(false) => LedState::Connecting,
-            None => LedState::Error,
-        };
-        for step in state.pattern() {
+        for step in node::led_state(stack.is_link_up()).pattern() {
             control.gpio_set(0, step.on).await;
             Timer::after(Duration::from_millis(u64::from(step.ms))).await;
         }
-        // The control task checks in at least every 2 s while healthy.
-        if now().saturating_sub(CONTROL_ALIVE_MS.load(Ordering::Relaxed)) < 60_000 {
+        if node::control_alive() {
             watchdog.feed(Duration::from_secs(8));
         }
     }

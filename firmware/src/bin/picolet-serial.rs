@@ -1,0 +1,142 @@
+//! The picolet node agent on any Pico, reaching the cluster over PPP on a serial line instead of
+//! Wi-Fi: UART0 (GP0 = TX, GP1 = RX, 115200 8N1) wired to a host that runs `picolet link` (or
+//! `pppd`). Everything above the link — TLS, the agent, the kubelet port, the memory region — is
+//! `picolet_firmware::node`, the same code as the Wi-Fi firmware. The RP2040 emulator test runs
+//! this binary, since the emulator has no CYW43.
+//!
+//! The LED is the plain Pico's GP25. Settings come from `config_local.toml` at build time
+//! (Wi-Fi values are not needed); `api_server` is the address the host answers on over PPP.
+
+#![no_std]
+#![no_main]
+
+use embassy_executor::Spawner;
+use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use embassy_rp::bind_interrupts;
+use embassy_rp::clocks::RoscRng;
+use embassy_rp::gpio::{Level, Output};
+use embassy_rp::peripherals::UART0;
+use embassy_rp::uart::{BufferedInterruptHandler, BufferedUart};
+use embassy_rp::watchdog::Watchdog;
+use embassy_time::{Duration, Timer};
+use picolet_firmware::node::{self, Link, NodeSettings};
+use picolet_firmware::start_usb_log;
+use static_cell::StaticCell;
+
+use panic_halt as _;
+
+// The shared configuration also carries Wi-Fi settings, which this firmware does not use.
+#[allow(dead_code)]
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+
+bind_interrupts!(struct UartIrqs {
+    UART0_IRQ => BufferedInterruptHandler<UART0>;
+});
+
+/// The serial line's speed: what a Raspberry Pi's or a USB adapter's UART does without tuning.
+const BAUD: u32 = 115_200;
+
+static SETTINGS: NodeSettings = NodeSettings {
+    api_server: config::API_SERVER,
+    tls_server_name: config::TLS_SERVER_NAME,
+    node_name: config::NODE_NAME,
+    ca_der: config::CA_DER,
+    client_cert_der: config::CLIENT_CERT_DER,
+    client_key_pkcs8_der: config::CLIENT_KEY_PKCS8_DER,
+    instance_type: "raspberry-pi-pico",
+    os_image: concat!(
+        "picolet ",
+        env!("CARGO_PKG_VERSION"),
+        " (Raspberry Pi Pico, PPP link)"
+    ),
+};
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, embassy_net_ppp::Device<'static>>) -> ! {
+    runner.run().await
+}
+
+/// Runs PPP over the UART; when the session ends (the host went away, LCP terminated), starts a
+/// new one after a second. IPCP's result becomes the stack's address.
+#[embassy_executor::task]
+async fn ppp_task(
+    mut runner: embassy_net_ppp::Runner<'static>,
+    mut uart: BufferedUart,
+    stack: Stack<'static>,
+) -> ! {
+    loop {
+        let config = embassy_net_ppp::Config {
+            username: b"picolet",
+            password: b"",
+        };
+        let result = runner
+            .run(&mut uart, config, |ipv4| {
+                let Some(address) = ipv4.address else {
+                    log::warn!("ppp: the host gave no address");
+                    return;
+                };
+                stack.set_config_v4(embassy_net::ConfigV4::Static(StaticConfigV4 {
+                    address: Ipv4Cidr::new(address, 32),
+                    gateway: ipv4.peer_address,
+                    dns_servers: heapless::Vec::new(),
+                }));
+                node::note_link_up();
+                node::set_address(address);
+            })
+            .await;
+        log::warn!("ppp: session ended: {result:?}");
+        Timer::after(Duration::from_secs(1)).await;
+    }
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    node::paint_stack();
+    let p = embassy_rp::init(Default::default());
+    let mut watchdog = Watchdog::new(p.WATCHDOG);
+    watchdog.start(Duration::from_secs(8));
+    start_usb_log(spawner, p.USB);
+
+    static TX_BUF: StaticCell<[u8; 1024]> = StaticCell::new();
+    static RX_BUF: StaticCell<[u8; 1024]> = StaticCell::new();
+    let mut uart_config = embassy_rp::uart::Config::default();
+    uart_config.baudrate = BAUD;
+    let uart = BufferedUart::new(
+        p.UART0,
+        p.PIN_0,
+        p.PIN_1,
+        UartIrqs,
+        TX_BUF.init([0; 1024]),
+        RX_BUF.init([0; 1024]),
+        uart_config,
+    );
+
+    static PPP_STATE: StaticCell<embassy_net_ppp::State<4, 4>> = StaticCell::new();
+    let (device, ppp_runner) = embassy_net_ppp::new(PPP_STATE.init(embassy_net_ppp::State::new()));
+    let seed = rand_core::RngCore::next_u64(&mut RoscRng);
+    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    let (stack, net_runner) = embassy_net::new(
+        device,
+        embassy_net::Config::default(),
+        RESOURCES.init(StackResources::new()),
+        seed,
+    );
+    spawner.spawn(net_task(net_runner).unwrap());
+    spawner.spawn(ppp_task(ppp_runner, uart, stack).unwrap());
+    node::start(spawner, stack, &SETTINGS, Link::Ppp);
+
+    // Supervisor: the LED shows the state; the watchdog is fed while the control task makes
+    // progress. PPP itself reconnects in `ppp_task`.
+    let mut led = Output::new(p.PIN_25, Level::Low);
+    loop {
+        for step in node::led_state(stack.is_link_up()).pattern() {
+            led.set_level(if step.on { Level::High } else { Level::Low });
+            Timer::after(Duration::from_millis(u64::from(step.ms))).await;
+        }
+        if node::control_alive() {
+            watchdog.feed(Duration::from_secs(8));
+        }
+    }
+}
