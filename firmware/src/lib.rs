@@ -77,6 +77,7 @@ pub async fn start_cyw43(
         pins.clk,
         dma,
     );
+    // Not a ConstStaticCell: cyw43::State is not Sync. It is small (about 1 KiB).
     static STATE: StaticCell<cyw43::State> = StaticCell::new();
     let (net, mut control, runner) = cyw43::new(
         STATE.init(cyw43::State::new()),

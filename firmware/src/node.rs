@@ -24,8 +24,8 @@ use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
 use picolet_device::led::LedState;
-use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
-use static_cell::StaticCell;
+use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use static_cell::{ConstStaticCell, StaticCell};
 
 /// The kubelet port, as on every node.
 pub const KUBELET_PORT: u16 = 10250;
@@ -78,10 +78,12 @@ static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
 static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
 static LINK_KIND: AtomicU32 = AtomicU32::new(0);
 
-/// The 1 KB memory region the ConfigMap is written into: a fixed static in SRAM, found by its
-/// symbol name (the emulator test reads it there).
+/// The 1 KB memory region the ConfigMap is written into: a fixed, zeroed static in SRAM (.bss).
+static MEMORY_REGION: ConstStaticCell<[u8; REGION_SIZE]> = ConstStaticCell::new([0; REGION_SIZE]);
+/// The region's address, under a fixed symbol name, for debuggers and the emulator test (a
+/// cell's own layout is the compiler's choice, so the region's address is published here).
 #[unsafe(no_mangle)]
-static PICOLET_MEMORY_REGION: StaticCell<[u8; REGION_SIZE]> = StaticCell::new();
+static PICOLET_MEMORY_REGION_ADDR: AtomicUsize = AtomicUsize::new(0);
 
 fn now() -> Millis {
     Instant::now().as_millis()
@@ -351,16 +353,21 @@ fn stack_bounds() -> (usize, usize) {
     )
 }
 
-/// Fills the free stack below the current frame with the paint word; call first thing at boot.
+/// Fills the free stack below the stack pointer with the paint word; call first thing at boot,
+/// before interrupts are enabled (an interrupt frame pushed below the stack pointer would be
+/// painted over).
+///
+/// The limit is the stack pointer itself, not the address of a local: a caller's frame can reach
+/// hundreds of bytes below its locals (the emulator caught a clobbered `embassy_rp::init` local).
+#[inline(never)]
 pub fn paint_stack() {
     let (bottom, _) = stack_bounds();
-    let here = 0u32;
-    // Leave 256 bytes below the current frame alone: calls made from here may use them.
-    let limit = (core::ptr::addr_of!(here) as usize).saturating_sub(256) & !3;
+    // This function calls nothing while painting; 16 bytes spare its own frame's spills.
+    let limit = (cortex_m::register::msp::read() as usize).saturating_sub(16) & !3;
     let mut addr = bottom;
     while addr < limit {
-        // SAFETY: [bottom, limit) is stack memory below the deepest frame in use; nothing else
-        // lives there and nothing has a reference into it.
+        // SAFETY: [bottom, limit) is below the stack pointer: no frame lives there, interrupts
+        // are not enabled yet, and nothing has a reference into it.
         unsafe { core::ptr::write_volatile(addr as *mut u32, picolet_device::stack::PAINT) };
         addr += 4;
     }
@@ -560,45 +567,25 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
         watch_timeout_s: 290,
         facts,
     };
-    let region = PICOLET_MEMORY_REGION.init([0; REGION_SIZE]);
+    let region = MEMORY_REGION.take();
+    PICOLET_MEMORY_REGION_ADDR.store(region.as_ptr() as usize, Ordering::Relaxed);
     match Agent::new(cfg, region, now()) {
         Ok(agent) => AGENT.lock(|cell| *cell.borrow_mut() = Some(agent)),
         Err(e) => log::error!("agent configuration: {e}"),
     }
 
-    static CONTROL_BUFS: StaticCell<ControlBuffers> = StaticCell::new();
-    static WATCH_BUFS: StaticCell<WatchBuffers> = StaticCell::new();
-    static BODY: StaticCell<[u8; 8192]> = StaticCell::new();
-    static LINES: StaticCell<WatchLines> = StaticCell::new();
-    static K_RX: StaticCell<[u8; 1024]> = StaticCell::new();
-    static K_TX: StaticCell<[u8; 2048]> = StaticCell::new();
-    static K_OUT: StaticCell<[u8; 8192]> = StaticCell::new();
+    // Const cells live in .bss: built in place, never on the stack (ControlBuffers alone is
+    // 33 KiB, and building it on the stack first cost as much stack at boot).
+    static CONTROL_BUFS: ConstStaticCell<ControlBuffers> =
+        ConstStaticCell::new(ControlBuffers::new());
+    static WATCH_BUFS: ConstStaticCell<WatchBuffers> = ConstStaticCell::new(WatchBuffers::new());
+    static BODY: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
+    static LINES: ConstStaticCell<WatchLines> = ConstStaticCell::new(WatchLines::new());
+    static K_RX: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
+    static K_TX: ConstStaticCell<[u8; 2048]> = ConstStaticCell::new([0; 2048]);
+    static K_OUT: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
     // Spawning fails only if a task already runs: `start` was called twice, a wiring error.
-    spawner.spawn(
-        control_task(
-            stack,
-            settings,
-            CONTROL_BUFS.init(ControlBuffers::new()),
-            BODY.init([0; 8192]),
-        )
-        .unwrap(),
-    );
-    spawner.spawn(
-        watch_task(
-            stack,
-            settings,
-            WATCH_BUFS.init(WatchBuffers::new()),
-            LINES.init(WatchLines::new()),
-        )
-        .unwrap(),
-    );
-    spawner.spawn(
-        kubelet_task(
-            stack,
-            K_RX.init([0; 1024]),
-            K_TX.init([0; 2048]),
-            K_OUT.init([0; 8192]),
-        )
-        .unwrap(),
-    );
+    spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take()).unwrap());
+    spawner.spawn(watch_task(stack, settings, WATCH_BUFS.take(), LINES.take()).unwrap());
+    spawner.spawn(kubelet_task(stack, K_RX.take(), K_TX.take(), K_OUT.take()).unwrap());
 }

@@ -21,7 +21,7 @@ use embassy_rp::watchdog::Watchdog;
 use embassy_time::{Duration, Timer};
 use picolet_firmware::node::{self, Link, NodeSettings};
 use picolet_firmware::start_usb_log;
-use static_cell::StaticCell;
+use static_cell::ConstStaticCell;
 
 use panic_halt as _;
 
@@ -99,8 +99,8 @@ async fn main(spawner: Spawner) {
     watchdog.start(Duration::from_secs(8));
     start_usb_log(spawner, p.USB);
 
-    static TX_BUF: StaticCell<[u8; 1024]> = StaticCell::new();
-    static RX_BUF: StaticCell<[u8; 1024]> = StaticCell::new();
+    static TX_BUF: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
+    static RX_BUF: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
     let mut uart_config = embassy_rp::uart::Config::default();
     uart_config.baudrate = BAUD;
     let uart = BufferedUart::new(
@@ -108,19 +108,21 @@ async fn main(spawner: Spawner) {
         p.PIN_0,
         p.PIN_1,
         UartIrqs,
-        TX_BUF.init([0; 1024]),
-        RX_BUF.init([0; 1024]),
+        TX_BUF.take(),
+        RX_BUF.take(),
         uart_config,
     );
 
-    static PPP_STATE: StaticCell<embassy_net_ppp::State<4, 4>> = StaticCell::new();
-    let (device, ppp_runner) = embassy_net_ppp::new(PPP_STATE.init(embassy_net_ppp::State::new()));
+    static PPP_STATE: ConstStaticCell<embassy_net_ppp::State<4, 4>> =
+        ConstStaticCell::new(embassy_net_ppp::State::new());
+    let (device, ppp_runner) = embassy_net_ppp::new(PPP_STATE.take());
     let seed = rand_core::RngCore::next_u64(&mut RoscRng);
-    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    static RESOURCES: ConstStaticCell<StackResources<5>> =
+        ConstStaticCell::new(StackResources::new());
     let (stack, net_runner) = embassy_net::new(
         device,
         embassy_net::Config::default(),
-        RESOURCES.init(StackResources::new()),
+        RESOURCES.take(),
         seed,
     );
     spawner.spawn(net_task(net_runner).unwrap());

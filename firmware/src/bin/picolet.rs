@@ -16,7 +16,7 @@ use embassy_rp::watchdog::Watchdog;
 use embassy_time::{Duration, Instant, Timer};
 use picolet_firmware::node::{self, Link, NodeSettings};
 use picolet_firmware::{Cyw43Pins, start_cyw43, start_usb_log};
-use static_cell::StaticCell;
+use static_cell::ConstStaticCell;
 
 use panic_halt as _;
 
@@ -73,11 +73,12 @@ async fn main(spawner: Spawner) {
     watchdog.feed(Duration::from_secs(8));
 
     let seed = rand_core::RngCore::next_u64(&mut RoscRng);
-    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    static RESOURCES: ConstStaticCell<StackResources<5>> =
+        ConstStaticCell::new(StackResources::new());
     let (stack, net_runner) = embassy_net::new(
         net_device,
         embassy_net::Config::dhcpv4(Default::default()),
-        RESOURCES.init(StackResources::new()),
+        RESOURCES.take(),
         seed,
     );
     spawner.spawn(net_task(net_runner).unwrap());

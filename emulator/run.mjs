@@ -1,0 +1,297 @@
+// Runs a picolet firmware ELF on an emulated RP2040 (rp2040js 1.4.1) and bridges its UART0 to a
+// loopback TCP port, the way QEMU's `-serial tcp::PORT,server` does: `picolet link` connects there
+// and speaks PPP with the firmware.
+//
+//   node emulator/run.mjs --elf firmware/out/picolet-serial.elf [--uart-port 0]
+//
+// Protocol (one JSON object per line): events and replies on stdout, commands on stdin.
+//   -> {"event":"listening","uartPort":N}          once the UART port is open
+//   <- {"cmd":"read","symbol":"NAME","len":N}       -> {"reply":"read","hex":"..","nanos":T}
+//   <- {"cmd":"stats"}                              -> {"reply":"stats", ...figures}
+//   <- {"cmd":"exit"}                               stops the emulator and exits
+// Firmware trouble (watchdog reset, undefined instruction) is an {"event":"fault"} and exit 3.
+//
+// rp2040js lacks or gets wrong a few things the firmware uses; each is shimmed below, in the
+// harness, never in the firmware (see `shim*` functions and the README's emulator section).
+
+import { randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import readline from 'node:readline';
+import { RP2040 } from 'rp2040js';
+
+const FLASH_START = 0x10000000;
+const SRAM_START = 0x20000000;
+const NANOS_PER_CYCLE = 8; // clk_sys = 125 MHz
+const STACK_PAINT = 0x5ca1_ab1e; // picolet_device::stack::PAINT
+
+function parseArgs(argv) {
+  const args = { elf: null, uartPort: 0 };
+  for (let i = 2; i < argv.length; i++) {
+    const value = argv[i + 1];
+    if (argv[i] === '--elf' && value) {
+      args.elf = value;
+      i++;
+    } else if (argv[i] === '--uart-port' && value) {
+      args.uartPort = Number(value);
+      i++;
+    } else {
+      throw new Error(`unknown argument ${argv[i]}`);
+    }
+  }
+  if (!args.elf) throw new Error('usage: run.mjs --elf FILE [--uart-port N]');
+  return args;
+}
+
+/** The loadable segments and the symbol table of a 32-bit little-endian ARM ELF. */
+function readElf(bytes) {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (v.getUint32(0, false) !== 0x7f454c46 || bytes[4] !== 1 || bytes[5] !== 1) {
+    throw new Error('not a 32-bit little-endian ELF');
+  }
+  const phoff = v.getUint32(28, true);
+  const shoff = v.getUint32(32, true);
+  const phentsize = v.getUint16(42, true);
+  const phnum = v.getUint16(44, true);
+  const shentsize = v.getUint16(46, true);
+  const shnum = v.getUint16(48, true);
+  const segments = [];
+  for (let i = 0; i < phnum; i++) {
+    const o = phoff + i * phentsize;
+    if (v.getUint32(o, true) !== 1) continue; // PT_LOAD
+    const offset = v.getUint32(o + 4, true);
+    const paddr = v.getUint32(o + 12, true);
+    const filesz = v.getUint32(o + 16, true);
+    if (filesz > 0) segments.push({ paddr, data: bytes.subarray(offset, offset + filesz) });
+  }
+  const symbols = new Map();
+  for (let i = 0; i < shnum; i++) {
+    const o = shoff + i * shentsize;
+    if (v.getUint32(o + 4, true) !== 2) continue; // SHT_SYMTAB
+    const symOff = v.getUint32(o + 16, true);
+    const symSize = v.getUint32(o + 20, true);
+    const strtab = shoff + v.getUint32(o + 24, true) * shentsize;
+    const strOff = v.getUint32(strtab + 16, true);
+    for (let s = symOff; s < symOff + symSize; s += 16) {
+      let end = strOff + v.getUint32(s, true);
+      const start = end;
+      while (bytes[end] !== 0) end++;
+      const name = new TextDecoder().decode(bytes.subarray(start, end));
+      if (name) symbols.set(name, { addr: v.getUint32(s + 4, true), size: v.getUint32(s + 8, true) });
+    }
+  }
+  return { segments, symbols };
+}
+
+/** rp2040js logs every SEV and throws on errors; keep warnings quiet and make SEV a wake-up. */
+function shimLogger(mcu, faults) {
+  mcu.logger = {
+    debug() {},
+    info(_component, message) {
+      // SEV is decoded but ignored by rp2040js; Embassy's executor pends work with it, so a task
+      // woken from thread mode would sleep until the next interrupt without this.
+      if (message === 'SEV') mcu.core.eventRegistered = true;
+    },
+    warn() {},
+    error(component, message) {
+      faults.push(`${component}: ${message}`);
+    },
+  };
+}
+
+/** ROSC is not emulated (reads return all ones): give RANDOMBIT real randomness, STATUS stable. */
+function shimRosc(mcu) {
+  const regs = new Map();
+  mcu.peripherals[0x40060] = {
+    readUint32(offset) {
+      if (offset === 0x1c) return randomInt(2); // RANDOMBIT
+      if (offset === 0x18) return 0x8000_1000; // STATUS: STABLE | ENABLED
+      return regs.get(offset) ?? 0;
+    },
+    writeUint32Atomic(offset, value) {
+      regs.set(offset, value);
+    },
+  };
+}
+
+/**
+ * UART0: the TX interrupt must fire once the firmware has written data (its FIFO then drains at
+ * once), not forever; the DMA control register must read back what was written.
+ */
+function shimUart(uart) {
+  const UARTDR = 0x0;
+  const UARTDMACR = 0x48;
+  const TXINTR = 1 << 5;
+  let dmacr = 0;
+  let txPending = false;
+  uart.checkInterrupts = function () {
+    if (txPending) {
+      this.interruptStatus |= TXINTR;
+      txPending = false;
+    }
+    this.rp2040.setInterrupt(this.irq, !!(this.interruptStatus & this.interruptMask));
+  };
+  const read = uart.readUint32.bind(uart);
+  uart.readUint32 = (offset) => (offset === UARTDMACR ? dmacr : read(offset));
+  const write = uart.writeUint32.bind(uart);
+  uart.writeUint32 = (offset, value) => {
+    if (offset === UARTDMACR) {
+      dmacr = value;
+      return;
+    }
+    write(offset, value);
+    if (offset === UARTDR) {
+      txPending = true;
+      uart.checkInterrupts();
+    }
+  };
+}
+
+function main() {
+  const args = parseArgs(process.argv);
+  const elf = readElf(readFileSync(args.elf));
+  const mcu = new RP2040();
+  const faults = [];
+  shimLogger(mcu, faults);
+  shimRosc(mcu);
+  const uart = mcu.uart[0];
+  shimUart(uart);
+  for (const { paddr, data } of elf.segments) {
+    if (paddr >= FLASH_START && paddr + data.length <= FLASH_START + mcu.flash.length) {
+      mcu.flash.set(data, paddr - FLASH_START);
+    }
+  }
+  // No bootrom ships on any registry: start in boot2 at the top of flash, as rp2040js's demos do.
+  mcu.core.PC = FLASH_START;
+  mcu.core.SP = 0x20042000;
+  mcu.core.LR = 0;
+
+  const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+  const fail = (why) => {
+    emit({ event: 'fault', why, nanos: mcu.clock.nanos });
+    process.exit(3);
+  };
+  mcu.onBreak = (code) => fail(`breakpoint or undefined instruction (code ${code}) at 0x${mcu.core.PC.toString(16)}`);
+  mcu.peripherals[0x40058].onWatchdogTrigger = () => fail('watchdog reset');
+
+  // UART0 <-> one TCP client at a time. Bytes from the host wait here until the RX FIFO (32
+  // bytes, which drops on overflow) has room.
+  let client = null;
+  const rxQueue = [];
+  let txBytes = 0;
+  let rxBytes = 0;
+  uart.onByte = (b) => {
+    txBytes++;
+    if (client) client.write(Buffer.of(b));
+  };
+  const server = net.createServer((socket) => {
+    if (client) client.destroy();
+    client = socket;
+    socket.setNoDelay(true);
+    socket.on('data', (data) => {
+      for (const b of data) rxQueue.push(b);
+    });
+    socket.on('close', () => {
+      if (client === socket) client = null;
+    });
+    socket.on('error', () => {});
+  });
+  server.listen(args.uartPort, '127.0.0.1', () => emit({ event: 'listening', uartPort: server.address().port }));
+
+  const symbol = (name) => {
+    const s = elf.symbols.get(name);
+    if (!s) throw new Error(`no symbol ${name} in ${args.elf}`);
+    return s;
+  };
+  /** The function symbol covering an address, for fault reports. */
+  const functionAt = (addr) => {
+    for (const [name, s] of elf.symbols) {
+      const start = s.addr & ~1;
+      if (addr >= start && addr < start + s.size) return name;
+    }
+    return '?';
+  };
+  const stackBottom = symbol('_stack_end').addr;
+  const stackTop = symbol('_stack_start').addr;
+  const stackHighWater = () => {
+    let addr = stackBottom;
+    while (addr < stackTop && mcu.readUint32(addr) === STACK_PAINT) addr += 4;
+    return stackTop - addr;
+  };
+
+  // Emulated time follows the wall clock: when the firmware idles (WFI/WFE), the clock jumps
+  // ahead only as far as real time has passed, so its timeouts match the host's. When it is busy,
+  // it runs as fast as rp2040js can (about half a real RP2040), and emulated time lags behind.
+  const t0 = process.hrtime.bigint();
+  const wallNanos = () => Number(process.hrtime.bigint() - t0);
+  const { core, clock } = mcu;
+  let idleNanos = 0;
+  const slice = () => {
+    const until = performance.now() + 20;
+    outer: while (performance.now() < until) {
+      while (rxQueue.length > 0 && !uart.rxFIFO.full) {
+        uart.feedByte(rxQueue.shift());
+        rxBytes++;
+      }
+      for (let i = 0; i < 50_000; i++) {
+        if (core.waiting) {
+          const behind = wallNanos() - clock.nanos;
+          if (behind <= 0) break outer;
+          const next = clock.nanosToNextAlarm;
+          const step = next > 0 ? Math.min(next, behind) : behind;
+          idleNanos += step;
+          clock.tick(step);
+          if (rxQueue.length > 0 && !uart.rxFIFO.full) break;
+        } else {
+          clock.tick(core.executeInstruction() * NANOS_PER_CYCLE);
+        }
+      }
+      if (faults.length > 0) fail(faults.join('; '));
+    }
+    setTimeout(slice, core.waiting ? 1 : 0);
+  };
+  slice();
+
+  const commands = readline.createInterface({ input: process.stdin });
+  commands.on('line', (line) => {
+    let cmd;
+    try {
+      cmd = JSON.parse(line);
+    } catch {
+      emit({ reply: 'error', why: 'not JSON' });
+      return;
+    }
+    try {
+      if (cmd.cmd === 'read') {
+        const { addr, size } = symbol(cmd.symbol);
+        const len = Math.min(cmd.len ?? size, size);
+        const bytes = mcu.sram.subarray(addr - SRAM_START, addr - SRAM_START + len);
+        emit({ reply: 'read', hex: Buffer.from(bytes).toString('hex'), nanos: clock.nanos });
+      } else if (cmd.cmd === 'stats') {
+        emit({
+          reply: 'stats',
+          nanos: clock.nanos,
+          busyCycles: core.cycles,
+          idleNanos,
+          wallNanos: wallNanos(),
+          staticRamBytes: stackBottom - SRAM_START,
+          stackBytes: stackTop - stackBottom,
+          stackHighWaterBytes: stackHighWater(),
+          uartTxBytes: txBytes,
+          uartRxBytes: rxBytes,
+          pc: `0x${core.PC.toString(16)} ${functionAt(core.PC)}`,
+          regs: Array.from(core.registers.slice(0, 8), (r) => `0x${(r >>> 0).toString(16)}`),
+        });
+      } else if (cmd.cmd === 'exit') {
+        process.exit(0);
+      } else {
+        emit({ reply: 'error', why: `unknown command ${cmd.cmd}` });
+      }
+    } catch (e) {
+      emit({ reply: 'error', why: String(e.message ?? e) });
+    }
+  });
+  commands.on('close', () => process.exit(0));
+}
+
+main();
