@@ -26,12 +26,14 @@ const NANOS_PER_CYCLE = 8; // clk_sys = 125 MHz
 const STACK_PAINT = 0x5ca1_ab1e; // picolet_device::stack::PAINT
 
 function parseArgs(argv) {
-  const args = { elf: null, uartPort: 0 };
+  const args = { elf: null, uartPort: 0, traceUart: false };
   for (let i = 2; i < argv.length; i++) {
     const value = argv[i + 1];
     if (argv[i] === '--elf' && value) {
       args.elf = value;
       i++;
+    } else if (argv[i] === '--trace-uart') {
+      args.traceUart = true;
     } else if (argv[i] === '--uart-port' && value) {
       args.uartPort = Number(value);
       i++;
@@ -182,6 +184,7 @@ function main() {
   let rxBytes = 0;
   uart.onByte = (b) => {
     txBytes++;
+    if (args.traceUart) process.stderr.write(`tx ${b.toString(16).padStart(2, '0')}\n`);
     if (client) client.write(Buffer.of(b));
   };
   const server = net.createServer((socket) => {
@@ -226,11 +229,35 @@ function main() {
   const wallNanos = () => Number(process.hrtime.bigint() - t0);
   const { core, clock } = mcu;
   let idleNanos = 0;
+  // The deepest stack point seen, with the code running then and a snapshot of the stack's
+  // return addresses, to tell what uses the stack (a painted stack says how much, not who).
+  let deepest = { sp: stackTop, pc: 0, snapshot: null };
+  const noteDepth = (sp) => {
+    if (sp + 64 <= deepest.sp) {
+      deepest = { sp, pc: core.PC, snapshot: mcu.sram.slice(sp - SRAM_START, stackTop - SRAM_START) };
+    }
+  };
+  const backtrace = () => {
+    if (!deepest.snapshot) return [];
+    const v = new DataView(deepest.snapshot.buffer);
+    const frames = [functionAt(deepest.pc)];
+    for (let o = 0; o + 4 <= v.byteLength; o += 4) {
+      const w = v.getUint32(o, true);
+      // Return addresses are odd (Thumb) and point into the program.
+      if ((w & 1) === 1 && w >= FLASH_START && w < FLASH_START + 0x200000) {
+        const f = functionAt(w - 1);
+        if (f !== '?' && f !== frames[frames.length - 1]) frames.push(`${deepest.sp + o - SRAM_START}: ${f}`);
+      }
+    }
+    return frames;
+  };
   const slice = () => {
     const until = performance.now() + 20;
     outer: while (performance.now() < until) {
       while (rxQueue.length > 0 && !uart.rxFIFO.full) {
-        uart.feedByte(rxQueue.shift());
+        const b = rxQueue.shift();
+        if (args.traceUart) process.stderr.write(`rx ${b.toString(16).padStart(2, '0')}\n`);
+        uart.feedByte(b);
         rxBytes++;
       }
       for (let i = 0; i < 50_000; i++) {
@@ -244,6 +271,7 @@ function main() {
           if (rxQueue.length > 0 && !uart.rxFIFO.full) break;
         } else {
           clock.tick(core.executeInstruction() * NANOS_PER_CYCLE);
+          if (core.registers[13] < deepest.sp) noteDepth(core.registers[13]);
         }
       }
       if (faults.length > 0) fail(faults.join('; '));
@@ -282,6 +310,8 @@ function main() {
           pc: `0x${core.PC.toString(16)} ${functionAt(core.PC)}`,
           regs: Array.from(core.registers.slice(0, 8), (r) => `0x${(r >>> 0).toString(16)}`),
         });
+      } else if (cmd.cmd === 'deepest') {
+        emit({ reply: 'deepest', sp: deepest.sp, depthBytes: stackTop - deepest.sp, backtrace: backtrace() });
       } else if (cmd.cmd === 'exit') {
         process.exit(0);
       } else {

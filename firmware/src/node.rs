@@ -7,7 +7,7 @@
 use core::cell::RefCell;
 
 use embassy_executor::Spawner;
-use embassy_futures::select::select;
+use embassy_futures::select::{Either, select};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpAddress, Stack};
 use embassy_rp::clocks::RoscRng;
@@ -68,6 +68,9 @@ type Shared = Mutex<CriticalSectionRawMutex, RefCell<Option<Agent<'static>>>>;
 static AGENT: Shared = Mutex::new(RefCell::new(None));
 static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+/// Raised when the link comes up again (Wi-Fi rejoined, a new PPP session): the watch
+/// connection then predates it and is most likely dead, though nothing may say so for minutes.
+static LINK_RENEWED: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 /// Wall clock (Unix seconds) learned from the API server, for certificate validity checks.
 static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 /// When the control task last made progress; the watchdog is fed only while it does.
@@ -96,6 +99,7 @@ fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
 /// Records that the link came up (a Wi-Fi join, a PPP session).
 pub fn note_link_up() {
     LINK_UPS.fetch_add(1, Ordering::Relaxed);
+    LINK_RENEWED.signal(());
 }
 
 /// Records the Wi-Fi signal strength for `/metrics`.
@@ -148,17 +152,28 @@ fn provider(s: &'static NodeSettings) -> Provider {
 
 /// One TCP + TLS connection's buffers, sized per connection: the control connection sends
 /// whole Node objects; the watch connection sends one short GET and mostly reads.
-struct ConnBuffers<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize> {
+struct ConnBuffers<
+    const TCP_RX: usize,
+    const TCP_TX: usize,
+    const TLS_W: usize,
+    const REQ: usize,
+    const IN: usize,
+> {
     tcp_rx: [u8; TCP_RX],
     tcp_tx: [u8; TCP_TX],
     tls_read: [u8; TLS_READ],
     tls_write: [u8; TLS_W],
     request: [u8; REQ],
-    input: [u8; 2048],
+    input: [u8; IN],
 }
 
-impl<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: usize>
-    ConnBuffers<TCP_RX, TCP_TX, TLS_W, REQ>
+impl<
+    const TCP_RX: usize,
+    const TCP_TX: usize,
+    const TLS_W: usize,
+    const REQ: usize,
+    const IN: usize,
+> ConnBuffers<TCP_RX, TCP_TX, TLS_W, REQ, IN>
 {
     const fn new() -> Self {
         Self {
@@ -167,15 +182,22 @@ impl<const TCP_RX: usize, const TCP_TX: usize, const TLS_W: usize, const REQ: us
             tls_read: [0; TLS_READ],
             tls_write: [0; TLS_W],
             request: [0; REQ],
-            input: [0; 2048],
+            input: [0; IN],
         }
     }
 }
 
-/// Control connection: requests up to 4 KiB (a Node with its status), TLS records up to 4 KiB.
-type ControlBuffers = ConnBuffers<2048, 4096, 4096, 4096>;
-/// Watch connection: one short GET, then a stream of reads.
-type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024>;
+// Sizes are set against the RAM budget with the stack measured in the emulator (README,
+// "Memory and flash budget"): the TLS handshake takes about 27 KiB of stack.
+
+/// Control connection: requests up to 4 KiB (a Node with its status), sent in TLS records of up
+/// to 2 KiB through a 2 KiB TCP send buffer; response heads up to 2 KiB.
+type ControlBuffers = ConnBuffers<2048, 2048, 2048, 4096, 2048>;
+/// Watch connection: one short GET, then a stream of reads moved 1 KiB at a time into the line
+/// framer.
+type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024, 1024>;
+/// Largest kubelet response: `/metrics` and `/memory` are about 3.5 KiB each.
+const KUBELET_OUT: usize = 6144;
 
 fn tls_config(s: &'static NodeSettings) -> TlsConfig<'static> {
     picolet_device::tls::config(s.tls_server_name)
@@ -294,6 +316,7 @@ async fn watch_task(
                 continue;
             }
         };
+        LINK_RENEWED.reset();
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         // Bookmarks arrive about once a minute; silence for longer means a dead link.
         socket.set_timeout(Some(Duration::from_secs(360)));
@@ -313,7 +336,13 @@ async fn watch_task(
         }
         let mut end = 0;
         loop {
-            let read = tls.read(&mut b.input[end..]).await;
+            let read = match select(tls.read(&mut b.input[end..]), LINK_RENEWED.wait()).await {
+                Either::First(read) => read,
+                Either::Second(()) => {
+                    log::info!("watch: the link came up again; reconnecting");
+                    Ok(0)
+                }
+            };
             let t = now();
             match read {
                 Ok(0) => {
@@ -473,7 +502,7 @@ async fn kubelet_task(
     stack: Stack<'static>,
     rx: &'static mut [u8; 1024],
     tx: &'static mut [u8; 2048],
-    out: &'static mut [u8; 8192],
+    out: &'static mut [u8; KUBELET_OUT],
 ) -> ! {
     loop {
         let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
@@ -583,7 +612,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     static LINES: ConstStaticCell<WatchLines> = ConstStaticCell::new(WatchLines::new());
     static K_RX: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
     static K_TX: ConstStaticCell<[u8; 2048]> = ConstStaticCell::new([0; 2048]);
-    static K_OUT: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
+    static K_OUT: ConstStaticCell<[u8; KUBELET_OUT]> = ConstStaticCell::new([0; KUBELET_OUT]);
     // Spawning fails only if a task already runs: `start` was called twice, a wiring error.
     spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take()).unwrap());
     spawner.spawn(watch_task(stack, settings, WATCH_BUFS.take(), LINES.take()).unwrap());

@@ -2,13 +2,15 @@
 //!
 //! - `picolet enrol` gives a node its identity through the Kubernetes CSR API;
 //! - `picolet run` runs a virtual Pico: the same `picolet-core` agent the firmware runs, as a
-//!   real node of a real cluster.
+//!   real node of a real cluster;
+//! - `picolet link` is the host end of a `picolet-serial` board's PPP link.
 
 mod api;
 mod credentials;
 mod enrol;
 mod kubeconfig;
 mod kubelet_server;
+mod link;
 mod run;
 mod stats;
 mod tls;
@@ -62,6 +64,55 @@ enum Command {
     },
     /// Run a virtual Pico node until Ctrl-C.
     Run(RunArgs),
+    /// Be the host end of a picolet-serial board's PPP link, until Ctrl-C.
+    Link(LinkArgs),
+}
+
+#[derive(Args)]
+struct LinkArgs {
+    /// The board's serial device (set its speed first: stty -F DEV 115200 raw -echo).
+    #[arg(
+        long,
+        conflicts_with = "serial_tcp",
+        required_unless_present = "serial_tcp"
+    )]
+    serial: Option<PathBuf>,
+    /// A TCP address carrying the serial bytes instead (the RP2040 emulator's UART).
+    #[arg(long)]
+    serial_tcp: Option<std::net::SocketAddr>,
+    /// The host's address on the link: the board's `api_server` address.
+    #[arg(long, default_value = "10.42.0.1")]
+    host_address: std::net::Ipv4Addr,
+    /// The address given to the board.
+    #[arg(long, default_value = "10.42.0.2")]
+    board_address: std::net::Ipv4Addr,
+    /// The port the board dials for the API server on the host's link address.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// Where the API server really is.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_server: std::net::SocketAddr,
+    /// Where host clients (the API server, Prometheus) reach the board's kubelet port.
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    kubelet_listen: std::net::SocketAddr,
+}
+
+impl From<LinkArgs> for link::LinkOptions {
+    fn from(a: LinkArgs) -> Self {
+        link::LinkOptions {
+            serial: match (a.serial, a.serial_tcp) {
+                (Some(path), _) => link::SerialEndpoint::Device(path),
+                // clap requires one of the two.
+                (None, Some(addr)) => link::SerialEndpoint::Tcp(addr),
+                (None, None) => link::SerialEndpoint::Device(PathBuf::from("/dev/ttyUSB0")),
+            },
+            host_address: a.host_address,
+            board_address: a.board_address,
+            api_port: a.api_port,
+            api_server: a.api_server,
+            kubelet_listen: a.kubelet_listen,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -168,6 +219,13 @@ fn main() {
                     .map_err(|e| e.to_string())
             }
             Command::Run(args) => run::run(args.into()).await,
+            Command::Link(args) => {
+                let opts: link::LinkOptions = args.into();
+                tokio::task::spawn_blocking(move || link::run(&opts))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
         }
     });
     if let Err(e) = result {

@@ -11,6 +11,7 @@
 #![no_main]
 
 use embassy_executor::Spawner;
+use embassy_futures::select::{Either, select};
 use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
 use embassy_rp::bind_interrupts;
 use embassy_rp::clocks::RoscRng;
@@ -58,8 +59,10 @@ async fn net_task(mut runner: embassy_net::Runner<'static, embassy_net_ppp::Devi
     runner.run().await
 }
 
-/// Runs PPP over the UART; when the session ends (the host went away, LCP terminated), starts a
-/// new one after a second. IPCP's result becomes the stack's address.
+/// Runs PPP over the UART. IPCP's result becomes the stack's address. A session that ends (the
+/// host went away, LCP terminated) starts over after a second; so does one not up within 5 s:
+/// ppproto never resends its Configure-Request, so a board that booted before its host (its
+/// first request lost on the line) would otherwise wait forever.
 #[embassy_executor::task]
 async fn ppp_task(
     mut runner: embassy_net_ppp::Runner<'static>,
@@ -71,23 +74,32 @@ async fn ppp_task(
             username: b"picolet",
             password: b"",
         };
-        let result = runner
-            .run(&mut uart, config, |ipv4| {
-                let Some(address) = ipv4.address else {
-                    log::warn!("ppp: the host gave no address");
-                    return;
-                };
-                stack.set_config_v4(embassy_net::ConfigV4::Static(StaticConfigV4 {
-                    address: Ipv4Cidr::new(address, 32),
-                    gateway: ipv4.peer_address,
-                    dns_servers: heapless::Vec::new(),
-                }));
-                node::note_link_up();
-                node::set_address(address);
-            })
-            .await;
-        log::warn!("ppp: session ended: {result:?}");
-        Timer::after(Duration::from_secs(1)).await;
+        let session = runner.run(&mut uart, config, |ipv4| {
+            let Some(address) = ipv4.address else {
+                log::warn!("ppp: the host gave no address");
+                return;
+            };
+            stack.set_config_v4(embassy_net::ConfigV4::Static(StaticConfigV4 {
+                address: Ipv4Cidr::new(address, 32),
+                gateway: ipv4.peer_address,
+                dns_servers: heapless::Vec::new(),
+            }));
+            node::note_link_up();
+            node::set_address(address);
+        });
+        let stalled = async {
+            Timer::after(Duration::from_secs(5)).await;
+            if stack.is_link_up() {
+                core::future::pending::<()>().await;
+            }
+        };
+        match select(session, stalled).await {
+            Either::First(result) => {
+                log::warn!("ppp: session ended: {result:?}");
+                Timer::after(Duration::from_secs(1)).await;
+            }
+            Either::Second(()) => log::info!("ppp: no session after 5 s; starting over"),
+        }
     }
 }
 
@@ -113,7 +125,8 @@ async fn main(spawner: Spawner) {
         uart_config,
     );
 
-    static PPP_STATE: ConstStaticCell<embassy_net_ppp::State<4, 4>> =
+    // Two packets each way: the serial line, not buffering, is the bottleneck.
+    static PPP_STATE: ConstStaticCell<embassy_net_ppp::State<2, 2>> =
         ConstStaticCell::new(embassy_net_ppp::State::new());
     let (device, ppp_runner) = embassy_net_ppp::new(PPP_STATE.take());
     let seed = rand_core::RngCore::next_u64(&mut RoscRng);
