@@ -7,6 +7,9 @@
 // Protocol (one JSON object per line): events and replies on stdout, commands on stdin.
 //   -> {"event":"listening","uartPort":N}          once the UART port is open
 //   <- {"cmd":"read","symbol":"NAME","len":N}       -> {"reply":"read","hex":"..","nanos":T}
+//   <- {"cmd":"region"}                             -> {"reply":"region","hex":"..","nanos":T}
+//        (the 1 KB memory region, found through the PICOLET_MEMORY_REGION_ADDR word)
+//   <- {"cmd":"deepest"}                            -> the deepest stack point and its callers
 //   <- {"cmd":"stats"}                              -> {"reply":"stats", ...figures}
 //   <- {"cmd":"exit"}                               stops the emulator and exits
 // Firmware trouble (watchdog reset, undefined instruction) is an {"event":"fault"} and exit 3.
@@ -222,11 +225,15 @@ function main() {
     return stackTop - addr;
   };
 
-  // Emulated time follows the wall clock: when the firmware idles (WFI/WFE), the clock jumps
-  // ahead only as far as real time has passed, so its timeouts match the host's. When it is busy,
-  // it runs as fast as rp2040js can (about half a real RP2040), and emulated time lags behind.
+  // Emulated time runs at a real RP2040's pace. Busy code advances it by its cycle count at
+  // 125 MHz; rp2040js executes more slowly than that (about half speed), and the wall time it
+  // takes beyond the cycles' own time is added to `lagNanos`. Idle waits (WFI/WFE) advance it
+  // only as fast as the wall clock, less that lag, so that the firmware's timeouts match the
+  // host's and durations it measures (a TLS handshake, a ConfigMap update) are what the chip
+  // would see: its own cycles at 125 MHz plus real network waits.
   const t0 = process.hrtime.bigint();
   const wallNanos = () => Number(process.hrtime.bigint() - t0);
+  let lagNanos = 0;
   const { core, clock } = mcu;
   let idleNanos = 0;
   // The deepest stack point seen, with the code running then and a snapshot of the stack's
@@ -253,27 +260,30 @@ function main() {
   };
   const slice = () => {
     const until = performance.now() + 20;
-    outer: while (performance.now() < until) {
+    while (performance.now() < until) {
       while (rxQueue.length > 0 && !uart.rxFIFO.full) {
         const b = rxQueue.shift();
         if (args.traceUart) process.stderr.write(`rx ${b.toString(16).padStart(2, '0')}\n`);
         uart.feedByte(b);
         rxBytes++;
       }
-      for (let i = 0; i < 50_000; i++) {
-        if (core.waiting) {
-          const behind = wallNanos() - clock.nanos;
-          if (behind <= 0) break outer;
-          const next = clock.nanosToNextAlarm;
-          const step = next > 0 ? Math.min(next, behind) : behind;
-          idleNanos += step;
-          clock.tick(step);
-          if (rxQueue.length > 0 && !uart.rxFIFO.full) break;
-        } else {
-          clock.tick(core.executeInstruction() * NANOS_PER_CYCLE);
-          if (core.registers[13] < deepest.sp) noteDepth(core.registers[13]);
-        }
+      if (core.waiting) {
+        const behind = wallNanos() - lagNanos - clock.nanos;
+        if (behind <= 0) break;
+        const next = clock.nanosToNextAlarm;
+        const step = next > 0 ? Math.min(next, behind) : behind;
+        idleNanos += step;
+        clock.tick(step);
+        continue;
       }
+      const wallStart = wallNanos();
+      const emuStart = clock.nanos;
+      for (let i = 0; i < 20_000 && !core.waiting; i++) {
+        clock.tick(core.executeInstruction() * NANOS_PER_CYCLE);
+        if (core.registers[13] < deepest.sp) noteDepth(core.registers[13]);
+        if (i % 1024 === 0 && rxQueue.length > 0 && !uart.rxFIFO.full) break;
+      }
+      lagNanos += Math.max(0, wallNanos() - wallStart - (clock.nanos - emuStart));
       if (faults.length > 0) fail(faults.join('; '));
     }
     setTimeout(slice, core.waiting ? 1 : 0);
@@ -295,12 +305,21 @@ function main() {
         const len = Math.min(cmd.len ?? size, size);
         const bytes = mcu.sram.subarray(addr - SRAM_START, addr - SRAM_START + len);
         emit({ reply: 'read', hex: Buffer.from(bytes).toString('hex'), nanos: clock.nanos });
+      } else if (cmd.cmd === 'region') {
+        const addr = mcu.readUint32(symbol('PICOLET_MEMORY_REGION_ADDR').addr);
+        if (addr < SRAM_START || addr + 1024 > SRAM_START + mcu.sram.length) {
+          emit({ reply: 'error', why: 'the memory region is not set up yet' });
+        } else {
+          const bytes = mcu.sram.subarray(addr - SRAM_START, addr - SRAM_START + 1024);
+          emit({ reply: 'region', hex: Buffer.from(bytes).toString('hex'), nanos: clock.nanos });
+        }
       } else if (cmd.cmd === 'stats') {
         emit({
           reply: 'stats',
           nanos: clock.nanos,
           busyCycles: core.cycles,
           idleNanos,
+          lagNanos,
           wallNanos: wallNanos(),
           staticRamBytes: stackBottom - SRAM_START,
           stackBytes: stackTop - stackBottom,
@@ -308,7 +327,6 @@ function main() {
           uartTxBytes: txBytes,
           uartRxBytes: rxBytes,
           pc: `0x${core.PC.toString(16)} ${functionAt(core.PC)}`,
-          regs: Array.from(core.registers.slice(0, 8), (r) => `0x${(r >>> 0).toString(16)}`),
         });
       } else if (cmd.cmd === 'deepest') {
         emit({ reply: 'deepest', sp: deepest.sp, depthBytes: stackTop - deepest.sp, backtrace: backtrace() });

@@ -77,6 +77,8 @@ static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
 static LINK_UPS: AtomicU32 = AtomicU32::new(0);
 static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
+/// How long the last TLS handshake with the API server took, in device milliseconds.
+static LAST_HANDSHAKE_MS: AtomicU32 = AtomicU32::new(0);
 /// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
 static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
 static LINK_KIND: AtomicU32 = AtomicU32::new(0);
@@ -261,10 +263,9 @@ async fn control_task(
             continue;
         }
         API_RECONNECTS.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "api: TLS session open ({} ms)",
-            started.elapsed().as_millis()
-        );
+        let took = started.elapsed().as_millis();
+        LAST_HANDSHAKE_MS.store(took as u32, Ordering::Relaxed);
+        log::info!("api: TLS session open ({took} ms)");
         loop {
             match picolet_device::tls::exchange(
                 &mut tls,
@@ -493,6 +494,19 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
         w,
         "picolet_api_connections_total {}",
         API_RECONNECTS.load(Ordering::Relaxed)
+    )?;
+    family(
+        w,
+        "picolet_api_tls_handshake_seconds",
+        "gauge",
+        "Duration of the last TLS handshake with the API server (0 before the first).",
+    )?;
+    let ms = LAST_HANDSHAKE_MS.load(Ordering::Relaxed);
+    writeln!(
+        w,
+        "picolet_api_tls_handshake_seconds {}.{:03}",
+        ms / 1000,
+        ms % 1000
     )
 }
 

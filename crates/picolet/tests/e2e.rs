@@ -5,55 +5,19 @@
 //! They are `#[ignore]`d for a plain `cargo test` because they need the control plane binaries;
 //! `scripts/test.sh` (the README's test command, and CI) builds those and runs them.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::{enrol, plane};
+use common::{
+    enrol, free_port, kubectl, kubectl_try, metric, parse_memory, plane, raw_http, wait_for,
+};
 use testplane::ControlPlane;
 
 const NODE: &str = "pico-node-1";
-
-/// Runs kubectl as admin, returning stdout; panics with stderr on failure.
-fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
-    let out = plane.kubectl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs kubectl as admin, returning (success, stdout + stderr).
-fn kubectl_try(plane: &ControlPlane, args: &[&str]) -> (bool, String) {
-    let out = plane.kubectl(args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-fn free_port() -> u16 {
-    testplane::free_port().unwrap()
-}
 
 /// A running `picolet run`, killed on drop.
 struct Agent {
@@ -149,17 +113,6 @@ fn memory(plane: &ControlPlane, node: &str) -> Option<Vec<u8>> {
     parse_memory(&text)
 }
 
-fn parse_memory(text: &str) -> Option<Vec<u8>> {
-    let mut bytes = vec![];
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (_, hex) = line.split_once(':')?;
-        for b in hex.split_whitespace() {
-            bytes.push(u8::from_str_radix(b, 16).ok()?);
-        }
-    }
-    (bytes.len() == 1024).then_some(bytes)
-}
-
 /// Reads the memory region straight from a `--kubelet-plain-http` agent's port.
 fn memory_direct(port: u16) -> Option<Vec<u8>> {
     let resp = raw_http(port, b"GET /memory HTTP/1.1\r\n\r\n");
@@ -211,24 +164,6 @@ fn events(plane: &ControlPlane) -> String {
             "custom-columns=REASON:.reason,TYPE:.type,OBJ:.involvedObject.name,MSG:.message",
         ],
     )
-}
-
-/// The value of one sample in a Prometheus text page (panics when absent).
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in:\n{page}"))
-}
-
-/// Plain HTTP exchange with the kubelet port (for `--kubelet-plain-http` agents).
-fn raw_http(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]

@@ -10,8 +10,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -440,5 +440,67 @@ impl Drop for ControlPlane {
         kill(&mut self.controller_manager);
         kill(&mut self.apiserver);
         kill(&mut self.etcd);
+    }
+}
+
+/// `kubectl proxy` on loopback, so the bench can send a PATCH itself and time it from the
+/// moment it is written (spawning kubectl per update would add its start-up to every sample).
+pub struct KubectlProxy {
+    child: Child,
+    port: u16,
+}
+
+impl KubectlProxy {
+    /// Starts `kubectl proxy` as the plane's admin on a free loopback port.
+    pub fn start(plane: &ControlPlane) -> Result<KubectlProxy, Error> {
+        let port = free_port()?;
+        let child = Command::new(kubectl_path())
+            .arg(format!(
+                "--kubeconfig={}",
+                plane.admin_kubeconfig().display()
+            ))
+            .args(["proxy", "--address=127.0.0.1", &format!("--port={port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io_err("start kubectl proxy"))?;
+        let mut proxy = KubectlProxy { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || proxy.child.try_wait().ok().flatten().is_some() {
+                return Err(Error::Io {
+                    what: "kubectl proxy did not listen within 10 s".into(),
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(proxy)
+    }
+
+    /// Merge-patches a ConfigMap in `default`; returns when the API server has answered 200
+    /// (panics otherwise: this is test and bench tooling).
+    pub fn patch_configmap(&self, name: &str, body: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("proxy reachable");
+        let req = format!(
+            "PATCH /api/v1/namespaces/default/configmaps/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Content-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("PATCH written");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "PATCH failed: {}",
+            resp.lines().next().unwrap_or("")
+        );
+    }
+}
+
+impl Drop for KubectlProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use testplane::{ControlPlane, Options};
+use testplane::{ControlPlane, KubectlProxy, Options};
 
 #[derive(Parser)]
 #[command(about = "Measure picolet against a real kube-apiserver and print the figures")]
@@ -111,60 +111,6 @@ fn memory_byte(port: u16, offset: usize) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
-/// `kubectl proxy` on loopback, so the bench can send a PATCH itself and time it from the
-/// moment it is written (spawning kubectl per update would add its start-up to every sample).
-struct Proxy {
-    child: Child,
-    port: u16,
-}
-
-impl Proxy {
-    fn start(plane: &ControlPlane) -> Proxy {
-        let port = free_port();
-        let child = Command::new(testplane::kubectl_path())
-            .arg(format!(
-                "--kubeconfig={}",
-                plane.admin_kubeconfig().display()
-            ))
-            .args(["proxy", "--address=127.0.0.1", &format!("--port={port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kubectl proxy starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "kubectl proxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Proxy { child, port }
-    }
-
-    /// Merge-patches a ConfigMap in `default`; returns when the API server has answered 200.
-    fn patch_configmap(&self, name: &str, body: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("proxy reachable");
-        let req = format!(
-            "PATCH /api/v1/namespaces/default/configmaps/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-             Content-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).expect("PATCH written");
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        assert!(
-            resp.starts_with("HTTP/1.1 200"),
-            "PATCH failed: {}",
-            resp.lines().next().unwrap_or("")
-        );
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Delays before polled updates: evenly spread over the polling period (stratified), in a
 /// shuffled order, so that few samples still cover every phase of the poll cycle.
 fn stratified_delays(samples: usize, period: Duration) -> Vec<Duration> {
@@ -185,7 +131,7 @@ fn stratified_delays(samples: usize, period: Duration) -> Vec<Duration> {
 /// region. `spread`: wait part of it before each update (see [`stratified_delays`]), so that
 /// updates do not line up with the polling period.
 fn latencies(
-    proxy: &Proxy,
+    proxy: &KubectlProxy,
     node: &Node,
     samples: usize,
     spread: Option<Duration>,
@@ -357,7 +303,7 @@ fn main() {
         rss.iter().max().unwrap()
     );
 
-    let proxy = Proxy::start(&plane);
+    let proxy = KubectlProxy::start(&plane).unwrap_or_else(|e| panic!("kubectl proxy: {e}"));
     let watch = latencies(
         &proxy,
         &nodes[0],

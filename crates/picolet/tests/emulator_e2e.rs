@@ -1,0 +1,380 @@
+//! The real firmware binary against the real control plane: the `picolet-serial` ELF (built for
+//! thumbv6m with this test's enrolled credentials) runs in the rp2040js RP2040 emulator
+//! (`emulator/run.mjs`), its UART bridged by `picolet link` to a throwaway kube-apiserver.
+//!
+//! It proves that the ARM binary boots, does mutual TLS, becomes a Ready node, follows its
+//! ConfigMap into the 1 KB region (read from emulated SRAM and over the kubelet port), and that
+//! the node goes NotReady when the emulator stops. It prints the figures the README quotes
+//! (`scripts/emulator.sh` runs it alone): TLS handshake time, cycles per heartbeat,
+//! ConfigMap-to-memory latency, stack high-water mark and peak RAM.
+//!
+//! `#[ignore]`d for a plain `cargo test`: it needs the control plane, Node.js with the emulator's
+//! npm packages, and the firmware toolchain; `scripts/test.sh` provides them all.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testplane::{ControlPlane, KubectlProxy};
+
+mod common;
+
+use common::{
+    enrol, free_port, kubectl, kubectl_try, metric, parse_memory, plane, raw_http, wait_for,
+};
+
+const NODE: &str = "pico-emu-1";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds `picolet-serial` with a configuration pointing at the link and holding `creds`, and
+/// returns a copy of the ELF (the firmware target directory is shared with `scripts/firmware.sh`).
+fn build_firmware(plane: &ControlPlane, creds: &Path) -> PathBuf {
+    let config = plane.dir().join("firmware-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_server = \"10.42.0.1:6443\"\ncredentials = \"{}\"\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(repo().join("scripts/firmware-cargo.sh"))
+        .args(["build", "--release", "--bin", "picolet-serial"])
+        .current_dir(repo().join("firmware"))
+        .env("PICOLET_FIRMWARE_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "firmware build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elf = plane.dir().join("picolet-serial.elf");
+    std::fs::copy(
+        repo().join("firmware/target/thumbv6m-none-eabi/release/picolet-serial"),
+        &elf,
+    )
+    .unwrap();
+    elf
+}
+
+/// The emulator harness: commands on its stdin, JSON lines back.
+struct Emulator {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<Value>,
+}
+
+impl Emulator {
+    /// Starts the ELF in the emulator; returns it with the loopback port of its UART.
+    fn start(elf: &Path) -> (Emulator, u16) {
+        let mut child = Command::new("node")
+            .arg(repo().join("emulator/run.mjs"))
+            .arg("--elf")
+            .arg(elf)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs (scripts/install-deps.sh installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut emu = Emulator {
+            child,
+            stdin,
+            lines,
+        };
+        let first = emu.next(Duration::from_secs(20));
+        assert_eq!(first["event"], "listening", "emulator said {first}");
+        let port = first["uartPort"].as_u64().unwrap() as u16;
+        (emu, port)
+    }
+
+    fn next(&mut self, timeout: Duration) -> Value {
+        let v = self
+            .lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("emulator silent: {e}"));
+        assert_ne!(v["event"], "fault", "firmware fault in the emulator: {v}");
+        v
+    }
+
+    /// Sends a command and returns its reply.
+    fn ask(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        loop {
+            let v = self.next(Duration::from_secs(20));
+            if v.get("reply").is_some() {
+                return v;
+            }
+        }
+    }
+
+    /// The 1 KB memory region as it is in emulated SRAM, and the emulated time (ns) then.
+    fn region_at(&mut self) -> Option<(Vec<u8>, f64)> {
+        let r = self.ask(json!({"cmd": "region"}));
+        let hex = r["hex"].as_str()?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some((bytes, r["nanos"].as_f64()?))
+    }
+
+    fn region(&mut self) -> Option<Vec<u8>> {
+        self.region_at().map(|(bytes, _)| bytes)
+    }
+
+    fn stats(&mut self) -> Value {
+        self.ask(json!({"cmd": "stats"}))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A background process killed on drop.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ready(plane: &ControlPlane) -> String {
+    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    kubectl_try(plane, &["get", "nodes", NODE, "-o", jsonpath]).1
+}
+
+fn kubelet_get(port: u16, path: &str) -> String {
+    raw_http(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: pico\r\n\r\n").as_bytes(),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
+fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
+    let plane = plane();
+    let creds = enrol(&plane, NODE);
+    let elf = build_firmware(&plane, &creds);
+
+    let booted = Instant::now();
+    let (mut emu, uart_port) = Emulator::start(&elf);
+    let kubelet_port = free_port();
+    let api = plane.server().trim_start_matches("https://").to_string();
+    let _link = Background(
+        Command::new(env!("CARGO_BIN_EXE_picolet"))
+            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
+            .args(["--api-server", &api])
+            .args(["--kubelet-listen", &format!("127.0.0.1:{kubelet_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Boot, PPP, two TLS handshakes, registration: Ready.
+    wait_for("the emulated node Ready", Duration::from_secs(120), || {
+        ready(&plane) == "True"
+    });
+    let boot_to_ready = booted.elapsed();
+    let node: Value =
+        serde_json::from_str(&kubectl(&plane, &["get", "node", NODE, "-o", "json"])).unwrap();
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/arch"], "arm");
+    assert_eq!(
+        node["metadata"]["labels"]["node.kubernetes.io/instance-type"],
+        "raspberry-pi-pico"
+    );
+    assert!(
+        node["status"]["nodeInfo"]["osImage"]
+            .as_str()
+            .unwrap()
+            .contains("PPP link"),
+        "{}",
+        node["status"]["nodeInfo"]
+    );
+    assert_eq!(node["status"]["addresses"][0]["address"], "10.42.0.2");
+
+    // ConfigMap -> the region in emulated SRAM, and the same bytes over the kubelet port.
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "configmap",
+            "pico-config",
+            "--from-literal=memory_values=0=0x42,1=0x43,2=0xFF",
+        ],
+    );
+    let mut sram = None;
+    wait_for(
+        "the ConfigMap in emulated SRAM",
+        Duration::from_secs(30),
+        || {
+            sram = emu.region();
+            sram.as_ref()
+                .is_some_and(|m| m[..4] == [0x42, 0x43, 0xff, 0])
+        },
+    );
+    let page = kubelet_get(kubelet_port, "/memory");
+    let served = parse_memory(page.split("\r\n\r\n").nth(1).unwrap()).expect("a memory dump");
+    assert_eq!(
+        Some(served),
+        sram,
+        "kubelet /memory and emulated SRAM agree"
+    );
+
+    // Invalid values change nothing, in SRAM either.
+    kubectl(
+        &plane,
+        &[
+            "patch",
+            "configmap",
+            "pico-config",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"memory_values":"0=0x11,1024=0x22"}}"#,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(emu.region(), sram, "a rejected update left SRAM as it was");
+
+    // ConfigMap-to-memory latency: PATCH written -> byte in emulated SRAM, in device time (the
+    // harness runs emulated time at the chip's pace) and in wall time (slower: rp2040js runs at
+    // about half the chip's speed).
+    let proxy = KubectlProxy::start(&plane).unwrap();
+    let (mut device_ms, mut wall_ms) = (Vec::new(), Vec::new());
+    for i in 0..10u8 {
+        let value = 0x60 + i;
+        let emu_start = emu.stats()["nanos"].as_f64().unwrap();
+        let started = Instant::now();
+        proxy.patch_configmap(
+            "pico-config",
+            &format!(r#"{{"data":{{"memory_values":"7=0x{value:02x}"}}}}"#),
+        );
+        let mut seen_at = 0.0;
+        wait_for(
+            "an update in emulated SRAM",
+            Duration::from_secs(30),
+            || {
+                emu.region_at().is_some_and(|(m, at)| {
+                    seen_at = at;
+                    m[7] == value
+                })
+            },
+        );
+        wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        device_ms.push((seen_at - emu_start) / 1e6);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Steady state: busy cycles per 10 s Lease period.
+    let lease_puts = |port| {
+        let page = kubelet_get(port, "/metrics");
+        metric(
+            &page,
+            "picolet_api_requests_total{verb=\"PUT\",code=\"200\"}",
+        )
+    };
+    let (s0, puts0) = (emu.stats(), lease_puts(kubelet_port));
+    std::thread::sleep(Duration::from_secs(40));
+    let (s1, puts1) = (emu.stats(), lease_puts(kubelet_port));
+    let busy = s1["busyCycles"].as_f64().unwrap() - s0["busyCycles"].as_f64().unwrap();
+    let heartbeats = puts1 - puts0;
+    assert!(
+        heartbeats >= 3.0,
+        "Lease renewed every 10 s ({heartbeats} in 40 s)"
+    );
+    let window_s = (s1["nanos"].as_f64().unwrap() - s0["nanos"].as_f64().unwrap()) / 1e9;
+
+    // The firmware's own view of its memory agrees with the emulator's.
+    let metrics = kubelet_get(kubelet_port, "/metrics");
+    let stats = emu.stats();
+    let stack_high = stats["stackHighWaterBytes"].as_f64().unwrap();
+    let static_ram = stats["staticRamBytes"].as_f64().unwrap();
+    assert_eq!(
+        metric(&metrics, "picolet_device_static_ram_bytes"),
+        static_ram
+    );
+    let reported_high = metric(&metrics, "picolet_device_stack_high_water_bytes");
+    assert!(
+        reported_high > 0.0 && reported_high <= stack_high,
+        "firmware reports {reported_high} B of stack, emulator saw {stack_high} B"
+    );
+    assert!(
+        stack_high <= picolet_device::stack::RESERVE_BYTES as f64,
+        "measured stack {stack_high} B exceeds the budget's reserve ({} B): raise it in \
+         picolet_device::stack::RESERVE_BYTES and check the RAM budget",
+        picolet_device::stack::RESERVE_BYTES
+    );
+    let handshake_s = metric(&metrics, "picolet_api_tls_handshake_seconds");
+    assert!(handshake_s > 0.0);
+
+    println!("\nEmulated RP2040 (rp2040js, Cortex-M0+ at 125 MHz), picolet-serial firmware:");
+    println!(
+        "  boot to Ready (wall clock):            {:.1} s",
+        boot_to_ready.as_secs_f64()
+    );
+    println!(
+        "  TLS handshake with the API server:     {:.0} ms device time (at most {:.0} M cycles)",
+        handshake_s * 1e3,
+        handshake_s * 125.0
+    );
+    println!(
+        "  busy cycles per heartbeat (10 s):      {:.2} M ({:.0} Leases in {window_s:.0} s, \
+         {:.2} % CPU)",
+        busy / heartbeats / 1e6,
+        heartbeats,
+        busy / (window_s * 125e6) * 100.0
+    );
+    println!(
+        "  ConfigMap PATCH -> emulated SRAM:      median {:.0} ms device time, max {:.0} ms \
+         (wall: median {:.0} ms; 10 updates)",
+        median(device_ms.clone()),
+        device_ms.iter().cloned().fold(0.0, f64::max),
+        median(wall_ms)
+    );
+    println!(
+        "  stack high-water mark:                 {stack_high:.0} B (reserve {} B)",
+        picolet_device::stack::RESERVE_BYTES
+    );
+    println!(
+        "  peak RAM (static + stack):             {:.0} B = {:.1} KiB of 264 KiB",
+        static_ram + stack_high,
+        (static_ram + stack_high) / 1024.0
+    );
+
+    // Stopping the board (the emulator) makes the node NotReady.
+    drop(emu);
+    wait_for(
+        "the node NotReady (Unknown)",
+        Duration::from_secs(90),
+        || ready(&plane) == "Unknown",
+    );
+}
