@@ -392,4 +392,33 @@ mod tests {
         Decoder::default().feed(&out.wire, &mut frames);
         assert!(frames.iter().all(|f| f.info[0] != CONF_ACK));
     }
+
+    #[test]
+    fn random_frames_and_bytes_never_panic() {
+        // xorshift: deterministic, so a failure reproduces.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut host = PppHost::new(HOST, BOARD);
+        negotiate(&mut host, &mut Board::new(), 0);
+        for round in 0..20_000u64 {
+            let len = (next() % 64) as usize;
+            let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let protocol = [LCP, IPCP, IPV4, 0x8057, next() as u16][(next() % 5) as usize];
+            let mut wire = Vec::new();
+            if round % 3 == 0 {
+                wire = body; // raw line noise
+            } else {
+                hdlc::encode(protocol, &body, &mut wire);
+            }
+            let mut out = Output::default();
+            host.receive(&wire, round, &mut out);
+            host.poll(round, &mut out);
+            assert!(out.wire.len() < 8 * 1024, "output stays bounded");
+        }
+    }
 }
