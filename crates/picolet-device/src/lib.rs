@@ -2,7 +2,7 @@
 //!
 //! The parts of the Pico W firmware that are not Kubernetes but still need no hardware: what the
 //! LED shows in each state, what the CYW43 firmware blob says about itself, and how deep the
-//! stack has been, and the TLS client setup. Kept apart from
+//! stack has been, the TLS client setup, and the per-board settings record in flash. Kept apart from
 //! `picolet-core` (the node agent) and from the firmware binaries (thin wiring), so that all of
 //! it is tested on the host.
 
@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod board_config;
 pub mod cyw43_blob;
 pub mod led;
 pub mod stack;

@@ -3,9 +3,11 @@
 //! - `picolet enrol` gives a node its identity through the Kubernetes CSR API;
 //! - `picolet run` runs a virtual Pico: the same `picolet-core` agent the firmware runs, as a
 //!   real node of a real cluster;
-//! - `picolet link` is the host end of a `picolet-serial` board's PPP link.
+//! - `picolet link` is the host end of a `picolet-serial` board's PPP link;
+//! - `picolet board-config` writes one board's settings as a UF2 for its configuration sector.
 
 mod api;
+mod board_config;
 mod credentials;
 mod enrol;
 mod kubeconfig;
@@ -14,6 +16,7 @@ mod link;
 mod run;
 mod stats;
 mod tls;
+mod uf2;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +69,25 @@ enum Command {
     Run(RunArgs),
     /// Be the host end of a picolet-serial board's PPP link, until Ctrl-C.
     Link(LinkArgs),
+    /// Write one board's settings and credentials as a UF2 for its flash configuration sector
+    /// (flash it after the firmware: one firmware UF2 then serves every board).
+    BoardConfig {
+        /// Credentials directory written by `picolet enrol` for this board.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// The API server as the board reaches it (IPv4:PORT; 10.42.0.1:6443 over `picolet link`).
+        #[arg(long)]
+        api_server: std::net::SocketAddrV4,
+        /// Wi-Fi network name (not needed by the serial-link firmware).
+        #[arg(long, default_value = "")]
+        wifi_ssid: String,
+        /// Wi-Fi passphrase (or set PICOLET_WIFI_PASSWORD).
+        #[arg(long, env = "PICOLET_WIFI_PASSWORD", default_value = "", hide_env_values = true)]
+        wifi_password: String,
+        /// The UF2 to write (holds the board's private key; written mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -219,6 +241,31 @@ fn main() {
                     .map_err(|e| e.to_string())
             }
             Command::Run(args) => run::run(args.into()).await,
+            Command::BoardConfig {
+                credentials,
+                api_server,
+                wifi_ssid,
+                wifi_password,
+                out,
+            } => {
+                let opts = board_config::BoardConfigOptions {
+                    credentials,
+                    api_server,
+                    wifi_ssid,
+                    wifi_password,
+                    out: out.clone(),
+                };
+                board_config::write(&opts)
+                    .map(|node| {
+                        println!(
+                            "{}: configuration for {node}; flash it after the firmware \
+                             (BOOTSEL, copy), or: picotool load {}",
+                            out.display(),
+                            out.display()
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
             Command::Link(args) => {
                 let opts: link::LinkOptions = args.into();
                 tokio::task::spawn_blocking(move || link::run(&opts))
