@@ -3,6 +3,10 @@
 // and speaks PPP with the firmware.
 //
 //   node emulator/run.mjs --elf firmware/out/picolet-serial.elf [--uart-port 0]
+//        [--flash-uf2 board-config.uf2]... [--trace-uart]
+//
+// --flash-uf2 writes a UF2 image into flash before boot, as the bootrom would (for instance the
+// board configuration sector written by `picolet board-config`).
 //
 // Protocol (one JSON object per line): events and replies on stdout, commands on stdin.
 //   -> {"event":"listening","uartPort":N}          once the UART port is open
@@ -10,6 +14,8 @@
 //   <- {"cmd":"region"}                             -> {"reply":"region","hex":"..","nanos":T}
 //        (the 1 KB memory region, found through the PICOLET_MEMORY_REGION_ADDR word)
 //   <- {"cmd":"deepest"}                            -> the deepest stack point and its callers
+//   <- {"cmd":"edges","pin":N}                      -> {"reply":"edges","edges":[{high,nanos}…]}
+//        (the last 64 level changes of an output pin, for the LED patterns)
 //   <- {"cmd":"stats"}                              -> {"reply":"stats", ...figures}
 //   <- {"cmd":"exit"}                               stops the emulator and exits
 // Firmware trouble (watchdog reset, undefined instruction) is an {"event":"fault"} and exit 3.
@@ -29,11 +35,14 @@ const NANOS_PER_CYCLE = 8; // clk_sys = 125 MHz
 const STACK_PAINT = 0x5ca1_ab1e; // picolet_device::stack::PAINT
 
 function parseArgs(argv) {
-  const args = { elf: null, uartPort: 0, traceUart: false };
+  const args = { elf: null, uartPort: 0, traceUart: false, uf2: [] };
   for (let i = 2; i < argv.length; i++) {
     const value = argv[i + 1];
     if (argv[i] === '--elf' && value) {
       args.elf = value;
+      i++;
+    } else if (argv[i] === '--flash-uf2' && value) {
+      args.uf2.push(value);
       i++;
     } else if (argv[i] === '--trace-uart') {
       args.traceUart = true;
@@ -86,6 +95,22 @@ function readElf(bytes) {
     }
   }
   return { segments, symbols };
+}
+
+/** Writes each 256-byte block of an RP2040 UF2 to its flash address, as the bootrom does. */
+function loadUf2(mcu, bytes) {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let o = 0; o + 512 <= bytes.length; o += 512) {
+    const ok = v.getUint32(o, true) === 0x0a324655 && v.getUint32(o + 4, true) === 0x9e5d5157;
+    const family = (v.getUint32(o + 8, true) & 0x2000) === 0 || v.getUint32(o + 28, true) === 0xe48bff56;
+    if (!ok || !family || v.getUint32(o + 508, true) !== 0x0ab16f30) throw new Error(`bad UF2 block at ${o}`);
+    const addr = v.getUint32(o + 12, true);
+    const size = v.getUint32(o + 16, true);
+    if (addr < FLASH_START || addr + size > FLASH_START + 0x200000 || size > 476) {
+      throw new Error(`UF2 block outside the 2 MiB flash: 0x${addr.toString(16)}`);
+    }
+    mcu.flash.set(bytes.subarray(o + 32, o + 32 + size), addr - FLASH_START);
+  }
 }
 
 /** rp2040js logs every SEV and throws on errors; keep warnings quiet and make SEV a wake-up. */
@@ -165,6 +190,18 @@ function main() {
     if (paddr >= FLASH_START && paddr + data.length <= FLASH_START + mcu.flash.length) {
       mcu.flash.set(data, paddr - FLASH_START);
     }
+  }
+  for (const file of args.uf2) loadUf2(mcu, readFileSync(file));
+  // Level changes of the output pins (the LED's patterns), with their emulated time.
+  const edges = new Map();
+  for (const pin of mcu.gpio) {
+    pin.addListener((state) => {
+      if (state !== 0 && state !== 1) return;
+      const list = edges.get(pin.index) ?? [];
+      list.push({ high: state === 1, nanos: mcu.clock.nanos });
+      if (list.length > 64) list.shift();
+      edges.set(pin.index, list);
+    });
   }
   // No bootrom ships on any registry: start in boot2 at the top of flash, as rp2040js's demos do.
   mcu.core.PC = FLASH_START;
@@ -328,6 +365,8 @@ function main() {
           uartRxBytes: rxBytes,
           pc: `0x${core.PC.toString(16)} ${functionAt(core.PC)}`,
         });
+      } else if (cmd.cmd === 'edges') {
+        emit({ reply: 'edges', edges: edges.get(cmd.pin) ?? [], nanos: clock.nanos });
       } else if (cmd.cmd === 'deepest') {
         emit({ reply: 'deepest', sp: deepest.sp, depthBytes: stackTop - deepest.sp, backtrace: backtrace() });
       } else if (cmd.cmd === 'exit') {

@@ -1,9 +1,11 @@
 //! Puts `memory.x` where the linker finds it, and turns the build-time configuration
-//! (`config_local.toml` plus the credentials directory it names) into `config.rs` constants for
-//! the `picolet` firmware. A missing or wrong value becomes a `compile_error!` in that binary only,
-//! so `test-blink` builds without any configuration.
+//! (`config_local.toml` plus the credentials directory it names) into `config.rs`: the
+//! `BUILT_IN` board configuration the agent firmwares fall back to when their flash
+//! configuration sector is empty. A missing or wrong value becomes a `compile_error!` in those
+//! binaries only, so `test-blink` builds without any configuration.
+//! `PICOLET_FIRMWARE_CONFIG=none` builds a generic firmware with no built-in configuration, for
+//! boards configured with `picolet board-config`.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
@@ -20,12 +22,18 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("config_local.toml"));
     println!("cargo:rerun-if-changed={}", path.display());
-    let code = match config(&path) {
-        Ok(code) => code,
-        Err(e) => format!(
-            "compile_error!({:?});\n",
-            format!("picolet firmware configuration: {e}")
-        ),
+    let code = if path.as_os_str() == "none" {
+        "/// None: a generic build, configured per board in flash.\n\
+         pub static BUILT_IN: Option<picolet_device::board_config::BoardConfig<'static>> = None;\n"
+            .to_string()
+    } else {
+        match config(&path) {
+            Ok(code) => code,
+            Err(e) => format!(
+                "compile_error!({:?});\n",
+                format!("picolet firmware configuration: {e}")
+            ),
+        }
     };
     fs::write(out.join("config.rs"), code).expect("write config.rs");
 }
@@ -62,7 +70,9 @@ fn string(table: &toml::Table, key: &str, file: &Path) -> Result<String, String>
 fn config(path: &Path) -> Result<String, String> {
     let text = fs::read_to_string(path).map_err(|_| {
         format!(
-            "{} not found: copy config_local.toml.template to config_local.toml and fill it in",
+            "{} not found: copy config_local.toml.template to config_local.toml and fill it in \
+             (or build a generic firmware with PICOLET_FIRMWARE_CONFIG=none and configure each \
+             board with `picolet board-config`)",
             path.display()
         )
     })?;
@@ -100,39 +110,27 @@ fn config(path: &Path) -> Result<String, String> {
     let ca = pem_der(&creds.join("ca.crt"), "CERTIFICATE")?;
     let cert = pem_der(&creds.join("client.crt"), "CERTIFICATE")?;
     let key = pem_der(&creds.join("client.key"), "PRIVATE KEY")?;
-    let mut c = String::new();
     let o = ip.octets();
-    writeln!(
-        c,
-        "/// Wi-Fi network name.\npub const WIFI_SSID: Option<&str> = {ssid:?};"
-    )
-    .unwrap();
-    writeln!(
-        c,
-        "/// Wi-Fi passphrase.\npub const WIFI_PASSWORD: Option<&str> = {password:?};"
-    )
-    .unwrap();
-    writeln!(c, "/// API server address.\npub const API_SERVER: ([u8; 4], u16) = ([{}, {}, {}, {}], {port});", o[0], o[1], o[2], o[3]).unwrap();
-    writeln!(c, "/// Name checked in the API server's certificate.\npub const TLS_SERVER_NAME: &str = {server_name:?};").unwrap();
-    writeln!(
-        c,
-        "/// This board's Node name.\npub const NODE_NAME: &str = {node_name:?};"
-    )
-    .unwrap();
-    writeln!(
-        c,
-        "/// Cluster CA (DER).\npub static CA_DER: &[u8] = &{ca:?};"
-    )
-    .unwrap();
-    writeln!(
-        c,
-        "/// Client certificate (DER).\npub static CLIENT_CERT_DER: &[u8] = &{cert:?};"
-    )
-    .unwrap();
-    writeln!(
-        c,
-        "/// Client key (PKCS#8 DER).\npub static CLIENT_KEY_PKCS8_DER: &[u8] = &{key:?};"
-    )
-    .unwrap();
+    let c = format!(
+        "/// The configuration compiled in from {file:?}.\n\
+         pub static BUILT_IN: Option<picolet_device::board_config::BoardConfig<'static>> =\n\
+         Some(picolet_device::board_config::BoardConfig {{\n\
+         node_name: {node_name:?},\n\
+         tls_server_name: {server_name:?},\n\
+         api_server: ([{}, {}, {}, {}], {port}),\n\
+         wifi_ssid: {ssid:?},\n\
+         wifi_password: {password:?},\n\
+         ca_der: &{ca:?},\n\
+         client_cert_der: &{cert:?},\n\
+         client_key_pkcs8_der: &{key:?},\n\
+         }});\n",
+        o[0],
+        o[1],
+        o[2],
+        o[3],
+        file = path.display().to_string(),
+        ssid = ssid.unwrap_or_default(),
+        password = password.unwrap_or_default(),
+    );
     Ok(c)
 }

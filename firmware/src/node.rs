@@ -23,6 +23,7 @@ use picolet_core::kubelet;
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
+use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
@@ -32,25 +33,50 @@ pub const KUBELET_PORT: u16 = 10250;
 /// embedded-tls needs a full TLS record (16 KiB + overhead) to decrypt into.
 const TLS_READ: usize = 16_640;
 
-/// What a board needs to be a node: where the API server is and who this board is. The
-/// firmwares fill it from their build-time configuration.
+/// What a board needs to be a node: its board configuration (cluster, identity, network) and
+/// what kind of board it is.
 pub struct NodeSettings {
-    /// The API server's IPv4 address and port, as this board reaches it.
-    pub api_server: ([u8; 4], u16),
-    /// The DNS name the API server's certificate must carry.
-    pub tls_server_name: &'static str,
-    /// This board's Node name (also in its client certificate).
-    pub node_name: &'static str,
-    /// The cluster CA (DER) the server certificate must chain to.
-    pub ca_der: &'static [u8],
-    /// The client certificate (DER) from `picolet enrol`.
-    pub client_cert_der: &'static [u8],
-    /// The client key (PKCS#8 DER) from `picolet enrol`.
-    pub client_key_pkcs8_der: &'static [u8],
-    /// The board, as `node.kubernetes.io/instance-type` and in the OS image.
+    /// From the flash configuration sector, or compiled in (see [`load_board_config`]).
+    pub board: BoardConfig<'static>,
+    /// The board, as `node.kubernetes.io/instance-type`.
     pub instance_type: &'static str,
     /// The OS image shown by `kubectl get nodes -o wide`.
     pub os_image: &'static str,
+}
+
+/// The board's configuration: the flash configuration sector if it holds a valid record (one
+/// firmware for many boards, written by `picolet board-config`), else the one compiled in.
+/// `None` when there is neither; the caller then shows the error pattern and waits.
+pub fn load_board_config(built_in: Option<BoardConfig<'static>>) -> Option<BoardConfig<'static>> {
+    // SAFETY: the configuration sector is memory-mapped flash (XIP), 4 KiB long, never written
+    // while the firmware runs, and memory.x keeps the firmware image out of it.
+    let sector: &'static [u8] = unsafe {
+        core::slice::from_raw_parts(
+            board_config::XIP_ADDRESS as usize as *const u8,
+            board_config::SECTOR_SIZE,
+        )
+    };
+    match BoardConfig::parse(sector) {
+        Ok(board) => {
+            log::info!(
+                "config: {} from the flash configuration sector",
+                board.node_name
+            );
+            Some(board)
+        }
+        Err(e) => {
+            if e != ConfigError::Absent {
+                log::error!("config: flash configuration sector rejected: {e}");
+            }
+            match built_in {
+                Some(board) => log::info!("config: {} compiled in", board.node_name),
+                None => log::error!(
+                    "config: none; flash a board configuration UF2 (`picolet board-config`)"
+                ),
+            }
+            built_in
+        }
+    }
 }
 
 /// How the board reaches the network, for `/metrics` and the log.
@@ -149,7 +175,12 @@ impl embedded_tls::TlsClock for DeviceClock {
 type Provider = picolet_device::tls::NodeTlsProvider<'static, RoscRng, DeviceClock>;
 
 fn provider(s: &'static NodeSettings) -> Provider {
-    Provider::new(RoscRng, s.ca_der, s.client_cert_der, s.client_key_pkcs8_der)
+    Provider::new(
+        RoscRng,
+        s.board.ca_der,
+        s.board.client_cert_der,
+        s.board.client_key_pkcs8_der,
+    )
 }
 
 /// One TCP + TLS connection's buffers, sized per connection: the control connection sends
@@ -202,7 +233,7 @@ type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024, 1024>;
 const KUBELET_OUT: usize = 6144;
 
 fn tls_config(s: &'static NodeSettings) -> TlsConfig<'static> {
-    picolet_device::tls::config(s.tls_server_name)
+    picolet_device::tls::config(s.board.tls_server_name)
 }
 
 fn note_date(head: &ResponseHead) {
@@ -212,7 +243,7 @@ fn note_date(head: &ResponseHead) {
 }
 
 fn api_server(s: &NodeSettings) -> (IpAddress, u16) {
-    let (ip, port) = s.api_server;
+    let (ip, port) = s.board.api_server;
     (IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), port)
 }
 
@@ -246,7 +277,7 @@ async fn control_task(
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         socket.set_timeout(Some(Duration::from_secs(30)));
         if socket.connect(api_server(s)).await.is_err() {
-            log::warn!("api: cannot connect to {:?}", s.api_server);
+            log::warn!("api: cannot connect to {:?}", s.board.api_server);
             with_agent(|a| a.on_transport_error(now()));
             continue;
         }
@@ -257,7 +288,7 @@ async fn control_task(
         if let Err(e) = tls.open(TlsContext::new(&cfg, provider(s))).await {
             log::warn!(
                 "api: TLS handshake with {} failed: {e:?}",
-                s.tls_server_name
+                s.board.tls_server_name
             );
             with_agent(|a| a.on_transport_error(now()));
             continue;
@@ -593,17 +624,17 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
         instance_type: settings.instance_type,
         capacity: NodeFacts::PICO_W_CAPACITY,
         allocatable: NodeFacts::PICO_W_CAPACITY,
-        machine_id: settings.node_name,
-        system_uuid: settings.node_name,
+        machine_id: settings.board.node_name,
+        system_uuid: settings.board.node_name,
         boot_id: boot_id(),
         kernel_version: "embassy-executor 0.10",
         os_image: settings.os_image,
     };
     let cfg = AgentConfig {
-        node_name: settings.node_name,
+        node_name: settings.board.node_name,
         config_namespace: "default",
         config_map: "pico-config",
-        api_host: settings.tls_server_name,
+        api_host: settings.board.tls_server_name,
         kubelet_port: KUBELET_PORT,
         status_report_interval_ms: 300_000,
         config_mode: ConfigMode::Watch,

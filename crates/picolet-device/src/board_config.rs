@@ -139,8 +139,14 @@ impl<'a> BoardConfig<'a> {
             }
             rest = &rest[3 + n..];
         }
-        let nonempty = |v: Option<&'a str>, what| v.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing(what));
-        let der = |v: Option<&'a [u8]>, what| v.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing(what));
+        let nonempty = |v: Option<&'a str>, what| {
+            v.filter(|s| !s.is_empty())
+                .ok_or(ConfigError::Missing(what))
+        };
+        let der = |v: Option<&'a [u8]>, what| {
+            v.filter(|s| !s.is_empty())
+                .ok_or(ConfigError::Missing(what))
+        };
         Ok(BoardConfig {
             node_name: nonempty(node_name, "node name")?,
             tls_server_name: nonempty(tls_server_name, "TLS server name")?,
@@ -155,10 +161,19 @@ impl<'a> BoardConfig<'a> {
 
     /// Writes the record into `out` (at most one sector); returns its length.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, ConfigError> {
-        let out = out.get_mut(..SECTOR_SIZE.min(out.len())).ok_or(ConfigError::TooLarge)?;
+        let out = out
+            .get_mut(..SECTOR_SIZE.min(out.len()))
+            .ok_or(ConfigError::TooLarge)?;
         let mut at = HEADER;
         let (ip, port) = self.api_server;
-        let api = [ip[0], ip[1], ip[2], ip[3], port.to_le_bytes()[0], port.to_le_bytes()[1]];
+        let api = [
+            ip[0],
+            ip[1],
+            ip[2],
+            ip[3],
+            port.to_le_bytes()[0],
+            port.to_le_bytes()[1],
+        ];
         let fields: [(u8, &[u8]); 8] = [
             (TAG_NODE_NAME, self.node_name.as_bytes()),
             (TAG_TLS_SERVER_NAME, self.tls_server_name.as_bytes()),
@@ -219,7 +234,10 @@ mod tests {
 
     #[test]
     fn erased_flash_and_other_data_are_absent() {
-        assert_eq!(BoardConfig::parse(&[0xff; SECTOR_SIZE]), Err(ConfigError::Absent));
+        assert_eq!(
+            BoardConfig::parse(&[0xff; SECTOR_SIZE]),
+            Err(ConfigError::Absent)
+        );
         assert_eq!(BoardConfig::parse(&[0; 4]), Err(ConfigError::Absent));
     }
 
@@ -231,7 +249,10 @@ mod tests {
             for bit in 0..8 {
                 let mut s = good;
                 s[i] ^= 1 << bit;
-                assert!(BoardConfig::parse(&s).is_err(), "byte {i} bit {bit} accepted");
+                assert!(
+                    BoardConfig::parse(&s).is_err(),
+                    "byte {i} bit {bit} accepted"
+                );
             }
         }
         // A write torn at any page boundary leaves erased bytes behind.

@@ -71,7 +71,9 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<Vec<u8>, BoardConfigError> {
         client_key_pkcs8_der: key.secret_der(),
     };
     let mut sector = vec![0xff; SECTOR_SIZE];
-    config.encode(&mut sector).map_err(BoardConfigError::Record)?;
+    config
+        .encode(&mut sector)
+        .map_err(BoardConfigError::Record)?;
     // The firmware checks every field again at boot; check here too, for a clear error now.
     BoardConfig::parse(&sector).map_err(BoardConfigError::Record)?;
     Ok(sector)

@@ -82,7 +82,12 @@ enum Command {
         #[arg(long, default_value = "")]
         wifi_ssid: String,
         /// Wi-Fi passphrase (or set PICOLET_WIFI_PASSWORD).
-        #[arg(long, env = "PICOLET_WIFI_PASSWORD", default_value = "", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "PICOLET_WIFI_PASSWORD",
+            default_value = "",
+            hide_env_values = true
+        )]
         wifi_password: String,
         /// The UF2 to write (holds the board's private key; written mode 0600).
         #[arg(long)]

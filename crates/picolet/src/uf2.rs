@@ -64,6 +64,10 @@ mod tests {
             assert_eq!(word(block, 508), MAGIC_END);
         }
         assert_eq!(&img[512 * 2 + 32..512 * 2 + 32 + 88], &data[512..]);
-        assert!(img[512 * 2 + 32 + 88..512 * 2 + 32 + 256].iter().all(|&b| b == 0xff));
+        assert!(
+            img[512 * 2 + 32 + 88..512 * 2 + 32 + 256]
+                .iter()
+                .all(|&b| b == 0xff)
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The real firmware binary against the real control plane: the `picolet-serial` ELF (built for
-//! thumbv6m with this test's enrolled credentials) runs in the rp2040js RP2040 emulator
-//! (`emulator/run.mjs`), its UART bridged by `picolet link` to a throwaway kube-apiserver.
+//! The real firmware binary against the real control plane: the generic `picolet-serial` ELF
+//! (built for thumbv6m with no configuration compiled in) runs in the rp2040js RP2040 emulator
+//! (`emulator/run.mjs`) with the board configuration UF2 that `picolet board-config` made from
+//! this test's enrolment, its UART bridged by `picolet link` to a throwaway kube-apiserver.
 //!
 //! It proves that the ARM binary boots, does mutual TLS, becomes a Ready node, follows its
 //! ConfigMap into the 1 KB region (read from emulated SRAM and over the kubelet port), and that
@@ -14,9 +15,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use picolet_device::led::{LedState, Step};
 use serde_json::{Value, json};
 use testplane::{ControlPlane, KubectlProxy};
 
@@ -27,41 +30,86 @@ use common::{
 };
 
 const NODE: &str = "pico-emu-1";
+/// The plain Pico's LED.
+const LED_PIN: u32 = 25;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds `picolet-serial` with a configuration pointing at the link and holding `creds`, and
-/// returns a copy of the ELF (the firmware target directory is shared with `scripts/firmware.sh`).
-fn build_firmware(plane: &ControlPlane, creds: &Path) -> PathBuf {
-    let config = plane.dir().join("firmware-config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "api_server = \"10.42.0.1:6443\"\ncredentials = \"{}\"\n",
-            creds.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(repo().join("scripts/firmware-cargo.sh"))
-        .args(["build", "--release", "--bin", "picolet-serial"])
-        .current_dir(repo().join("firmware"))
-        .env("PICOLET_FIRMWARE_CONFIG", &config)
+/// Builds the generic `picolet-serial` (no configuration compiled in: each board's comes from
+/// its flash configuration sector) once per test run, and returns the ELF's path.
+fn generic_firmware() -> PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let out = Command::new(repo().join("scripts/firmware-cargo.sh"))
+            .args(["build", "--release", "--bin", "picolet-serial"])
+            .current_dir(repo().join("firmware"))
+            .env("PICOLET_FIRMWARE_CONFIG", "none")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "firmware build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A copy: the firmware target directory is shared with `scripts/firmware.sh`.
+        let elf =
+            std::env::temp_dir().join(format!("picolet-serial-generic-{}.elf", std::process::id()));
+        std::fs::copy(
+            repo().join("firmware/target/thumbv6m-none-eabi/release/picolet-serial"),
+            &elf,
+        )
+        .unwrap();
+        elf
+    })
+    .clone()
+}
+
+/// `picolet board-config` for the enrolled board, reaching the API server through the link.
+fn board_config_uf2(plane: &ControlPlane, creds: &Path) -> PathBuf {
+    let uf2 = plane.dir().join("board-config.uf2");
+    let out = Command::new(env!("CARGO_BIN_EXE_picolet"))
+        .args([
+            "board-config",
+            "--api-server",
+            "10.42.0.1:6443",
+            "--credentials",
+        ])
+        .arg(creds)
+        .arg("--out")
+        .arg(&uf2)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "firmware build failed:\n{}",
+        "board-config failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let elf = plane.dir().join("picolet-serial.elf");
-    std::fs::copy(
-        repo().join("firmware/target/thumbv6m-none-eabi/release/picolet-serial"),
-        &elf,
-    )
-    .unwrap();
-    elf
+    uf2
+}
+
+/// Whether the latest level changes of a pin (two cycles' worth) follow an LED pattern
+/// (cyclically, within 20 ms per step; the still-open last interval is left out).
+fn follows_pattern(edges: &[Value], pattern: &[Step]) -> bool {
+    let recent = &edges[edges.len().saturating_sub(pattern.len() * 2 + 2)..];
+    let observed: Vec<(bool, f64)> = recent
+        .windows(2)
+        .map(|w| {
+            let ms = (w[1]["nanos"].as_f64().unwrap() - w[0]["nanos"].as_f64().unwrap()) / 1e6;
+            (w[0]["high"].as_bool().unwrap(), ms)
+        })
+        .skip(1)
+        .collect();
+    if observed.len() < pattern.len() {
+        return false;
+    }
+    (0..pattern.len()).any(|start| {
+        observed.iter().enumerate().all(|(i, &(high, ms))| {
+            let step = pattern[(start + i) % pattern.len()];
+            step.on == high && (ms - f64::from(step.ms)).abs() <= 20.0
+        })
+    })
 }
 
 /// The emulator harness: commands on its stdin, JSON lines back.
@@ -72,12 +120,17 @@ struct Emulator {
 }
 
 impl Emulator {
-    /// Starts the ELF in the emulator; returns it with the loopback port of its UART.
-    fn start(elf: &Path) -> (Emulator, u16) {
-        let mut child = Command::new("node")
-            .arg(repo().join("emulator/run.mjs"))
+    /// Starts the ELF in the emulator, with UF2 images written to flash first; returns it with
+    /// the loopback port of its UART.
+    fn start(elf: &Path, uf2: &[&Path]) -> (Emulator, u16) {
+        let mut cmd = Command::new("node");
+        cmd.arg(repo().join("emulator/run.mjs"))
             .arg("--elf")
-            .arg(elf)
+            .arg(elf);
+        for image in uf2 {
+            cmd.arg("--flash-uf2").arg(image);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -143,6 +196,12 @@ impl Emulator {
     fn stats(&mut self) -> Value {
         self.ask(json!({"cmd": "stats"}))
     }
+
+    /// The last level changes of an output pin.
+    fn edges(&mut self, pin: u32) -> Vec<Value> {
+        let r = self.ask(json!({"cmd": "edges", "pin": pin}));
+        r["edges"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 impl Drop for Emulator {
@@ -184,10 +243,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     let plane = plane();
     let creds = enrol(&plane, NODE);
-    let elf = build_firmware(&plane, &creds);
+    let elf = generic_firmware();
+    let config = board_config_uf2(&plane, &creds);
 
     let booted = Instant::now();
-    let (mut emu, uart_port) = Emulator::start(&elf);
+    let (mut emu, uart_port) = Emulator::start(&elf, &[&config]);
     let kubelet_port = free_port();
     let api = plane.server().trim_start_matches("https://").to_string();
     let _link = Background(
@@ -335,6 +395,11 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     );
     let handshake_s = metric(&metrics, "picolet_api_tls_handshake_seconds");
     assert!(handshake_s > 0.0);
+    let led = emu.edges(LED_PIN);
+    assert!(
+        follows_pattern(&led, LedState::Ready.pattern()),
+        "the LED shows Ready: {led:?}"
+    );
 
     println!("\nEmulated RP2040 (rp2040js, Cortex-M0+ at 125 MHz), picolet-serial firmware:");
     println!(
@@ -377,4 +442,23 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
         Duration::from_secs(90),
         || ready(&plane) == "Unknown",
     );
+}
+
+#[test]
+#[ignore = "needs Node.js and the firmware toolchain; run by scripts/test.sh"]
+fn a_generic_firmware_without_configuration_waits_showing_the_error_pattern() {
+    let (mut emu, _) = Emulator::start(&generic_firmware(), &[]);
+    std::thread::sleep(Duration::from_secs(6));
+    let led = emu.edges(LED_PIN);
+    assert!(
+        follows_pattern(&led, LedState::Error.pattern()),
+        "the LED shows the error pattern: {led:?}"
+    );
+    let stats = emu.stats();
+    assert_eq!(
+        stats["uartTxBytes"], 0,
+        "no link is started without a configuration"
+    );
+    // Still running, not reset by the watchdog (a fault would have ended the harness).
+    assert!(stats["nanos"].as_f64().unwrap() > 5e9);
 }

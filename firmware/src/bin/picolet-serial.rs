@@ -4,8 +4,10 @@
 //! `picolet_firmware::node`, the same code as the Wi-Fi firmware. The RP2040 emulator test runs
 //! this binary, since the emulator has no CYW43.
 //!
-//! The LED is the plain Pico's GP25. Settings come from `config_local.toml` at build time
-//! (Wi-Fi values are not needed); `api_server` is the address the host answers on over PPP.
+//! The LED is the plain Pico's GP25. Settings come from the flash configuration sector
+//! (`picolet board-config`) or else from `config_local.toml` at build time (Wi-Fi values are not
+//! needed); `api_server` is the address the host answers on over PPP (10.42.0.1:6443 with
+//! `picolet link`).
 
 #![no_std]
 #![no_main]
@@ -20,14 +22,13 @@ use embassy_rp::peripherals::UART0;
 use embassy_rp::uart::{BufferedInterruptHandler, BufferedUart};
 use embassy_rp::watchdog::Watchdog;
 use embassy_time::{Duration, Timer};
+use picolet_device::led::LedState;
 use picolet_firmware::node::{self, Link, NodeSettings};
 use picolet_firmware::start_usb_log;
-use static_cell::ConstStaticCell;
+use static_cell::{ConstStaticCell, StaticCell};
 
 use panic_halt as _;
 
-// The shared configuration also carries Wi-Fi settings, which this firmware does not use.
-#[allow(dead_code)]
 mod config {
     include!(concat!(env!("OUT_DIR"), "/config.rs"));
 }
@@ -39,20 +40,12 @@ bind_interrupts!(struct UartIrqs {
 /// The serial line's speed: what a Raspberry Pi's or a USB adapter's UART does without tuning.
 const BAUD: u32 = 115_200;
 
-static SETTINGS: NodeSettings = NodeSettings {
-    api_server: config::API_SERVER,
-    tls_server_name: config::TLS_SERVER_NAME,
-    node_name: config::NODE_NAME,
-    ca_der: config::CA_DER,
-    client_cert_der: config::CLIENT_CERT_DER,
-    client_key_pkcs8_der: config::CLIENT_KEY_PKCS8_DER,
-    instance_type: "raspberry-pi-pico",
-    os_image: concat!(
-        "picolet ",
-        env!("CARGO_PKG_VERSION"),
-        " (Raspberry Pi Pico, PPP link)"
-    ),
-};
+const INSTANCE_TYPE: &str = "raspberry-pi-pico";
+const OS_IMAGE: &str = concat!(
+    "picolet ",
+    env!("CARGO_PKG_VERSION"),
+    " (Raspberry Pi Pico, PPP link)"
+);
 
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, embassy_net_ppp::Device<'static>>) -> ! {
@@ -110,6 +103,24 @@ async fn main(spawner: Spawner) {
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_secs(8));
     start_usb_log(spawner, p.USB);
+    let mut led = Output::new(p.PIN_25, Level::Low);
+    let Some(board) = node::load_board_config(config::BUILT_IN) else {
+        // Nothing to join: show the error pattern, and keep the watchdog fed (a reboot would
+        // not help; flashing a configuration does).
+        loop {
+            for step in LedState::Error.pattern() {
+                led.set_level(if step.on { Level::High } else { Level::Low });
+                watchdog.feed(Duration::from_secs(8));
+                Timer::after(Duration::from_millis(u64::from(step.ms))).await;
+            }
+        }
+    };
+    static SETTINGS: StaticCell<NodeSettings> = StaticCell::new();
+    let settings = SETTINGS.init(NodeSettings {
+        board,
+        instance_type: INSTANCE_TYPE,
+        os_image: OS_IMAGE,
+    });
 
     static TX_BUF: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
     static RX_BUF: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
@@ -140,11 +151,10 @@ async fn main(spawner: Spawner) {
     );
     spawner.spawn(net_task(net_runner).unwrap());
     spawner.spawn(ppp_task(ppp_runner, uart, stack).unwrap());
-    node::start(spawner, stack, &SETTINGS, Link::Ppp);
+    node::start(spawner, stack, settings, Link::Ppp);
 
     // Supervisor: the LED shows the state; the watchdog is fed while the control task makes
     // progress. PPP itself reconnects in `ppp_task`.
-    let mut led = Output::new(p.PIN_25, Level::Low);
     loop {
         for step in node::led_state(stack.is_link_up()).pattern() {
             led.set_level(if step.on { Level::High } else { Level::Low });

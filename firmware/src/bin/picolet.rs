@@ -4,7 +4,8 @@
 //!
 //! The node itself is `picolet_firmware::node` (shared with `picolet-serial`); this file is the
 //! Wi-Fi link: the CYW43439, its supervisor (join with backoff, DHCP, RSSI), the LED and the
-//! watchdog. Settings come from `config_local.toml` at build time (see the README).
+//! watchdog. Settings come from the flash configuration sector (`picolet board-config`) or else
+//! from `config_local.toml` at build time (see the README).
 
 #![no_std]
 #![no_main]
@@ -14,9 +15,10 @@ use embassy_net::StackResources;
 use embassy_rp::clocks::RoscRng;
 use embassy_rp::watchdog::Watchdog;
 use embassy_time::{Duration, Instant, Timer};
+use picolet_device::led::LedState;
 use picolet_firmware::node::{self, Link, NodeSettings};
 use picolet_firmware::{Cyw43Pins, start_cyw43, start_usb_log};
-use static_cell::ConstStaticCell;
+use static_cell::{ConstStaticCell, StaticCell};
 
 use panic_halt as _;
 
@@ -24,30 +26,12 @@ mod config {
     include!(concat!(env!("OUT_DIR"), "/config.rs"));
 }
 
-/// A missing Wi-Fi setting stops the build here (a const panic is a compile error).
-const WIFI_SSID: &str = match config::WIFI_SSID {
-    Some(s) => s,
-    None => panic!("config_local.toml needs wifi_ssid for the Wi-Fi firmware"),
-};
-const WIFI_PASSWORD: &str = match config::WIFI_PASSWORD {
-    Some(s) => s,
-    None => panic!("config_local.toml needs wifi_password for the Wi-Fi firmware"),
-};
-
-static SETTINGS: NodeSettings = NodeSettings {
-    api_server: config::API_SERVER,
-    tls_server_name: config::TLS_SERVER_NAME,
-    node_name: config::NODE_NAME,
-    ca_der: config::CA_DER,
-    client_cert_der: config::CLIENT_CERT_DER,
-    client_key_pkcs8_der: config::CLIENT_KEY_PKCS8_DER,
-    instance_type: "raspberry-pi-pico-w",
-    os_image: concat!(
-        "picolet ",
-        env!("CARGO_PKG_VERSION"),
-        " (Raspberry Pi Pico W)"
-    ),
-};
+const INSTANCE_TYPE: &str = "raspberry-pi-pico-w";
+const OS_IMAGE: &str = concat!(
+    "picolet ",
+    env!("CARGO_PKG_VERSION"),
+    " (Raspberry Pi Pico W)"
+);
 
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'static>>) -> ! {
@@ -71,6 +55,29 @@ async fn main(spawner: Spawner) {
     };
     let (net_device, mut control) = start_cyw43(spawner, pins).await;
     watchdog.feed(Duration::from_secs(8));
+    let board = node::load_board_config(config::BUILT_IN).filter(|b| {
+        if b.wifi_ssid.is_empty() {
+            log::error!("config: no Wi-Fi network (wifi_ssid) for this Wi-Fi firmware");
+        }
+        !b.wifi_ssid.is_empty()
+    });
+    let Some(board) = board else {
+        // Nothing to join: show the error pattern, and keep the watchdog fed (a reboot would
+        // not help; flashing a configuration does).
+        loop {
+            for step in LedState::Error.pattern() {
+                control.gpio_set(0, step.on).await;
+                watchdog.feed(Duration::from_secs(8));
+                Timer::after(Duration::from_millis(u64::from(step.ms))).await;
+            }
+        }
+    };
+    static SETTINGS: StaticCell<NodeSettings> = StaticCell::new();
+    let settings: &'static NodeSettings = SETTINGS.init(NodeSettings {
+        board,
+        instance_type: INSTANCE_TYPE,
+        os_image: OS_IMAGE,
+    });
 
     let seed = rand_core::RngCore::next_u64(&mut RoscRng);
     static RESOURCES: ConstStaticCell<StackResources<5>> =
@@ -82,7 +89,8 @@ async fn main(spawner: Spawner) {
         seed,
     );
     spawner.spawn(net_task(net_runner).unwrap());
-    node::start(spawner, stack, &SETTINGS, Link::Wifi);
+    node::start(spawner, stack, settings, Link::Wifi);
+    let (ssid, password) = (settings.board.wifi_ssid, settings.board.wifi_password);
 
     // Supervisor: keeps Wi-Fi joined (with backoff), follows DHCP address changes, reads the
     // RSSI, shows the state on the LED, and feeds the watchdog while the control task makes
@@ -93,12 +101,12 @@ async fn main(spawner: Spawner) {
     loop {
         if !stack.is_link_up() {
             watchdog.feed(Duration::from_secs(8));
-            let options = cyw43::JoinOptions::new(WIFI_PASSWORD.as_bytes());
-            match control.join(WIFI_SSID, options).await {
+            let options = cyw43::JoinOptions::new(password.as_bytes());
+            match control.join(ssid, options).await {
                 Ok(()) => {
                     node::note_link_up();
                     join_backoff_s = 1;
-                    log::info!("wifi: joined {WIFI_SSID}");
+                    log::info!("wifi: joined {ssid}");
                 }
                 Err(e) => {
                     log::warn!("wifi: join failed: {e:?}; retrying in {join_backoff_s} s");
