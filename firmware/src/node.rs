@@ -545,8 +545,8 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
 #[embassy_executor::task]
 async fn kubelet_task(
     stack: Stack<'static>,
-    rx: &'static mut [u8; 1024],
-    tx: &'static mut [u8; 2048],
+    rx: &'static mut [u8; 512],
+    tx: &'static mut [u8; 1024],
     out: &'static mut [u8; KUBELET_OUT],
 ) -> ! {
     loop {
@@ -655,8 +655,9 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     static WATCH_BUFS: ConstStaticCell<WatchBuffers> = ConstStaticCell::new(WatchBuffers::new());
     static BODY: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
     static LINES: ConstStaticCell<WatchLines> = ConstStaticCell::new(WatchLines::new());
-    static K_RX: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
-    static K_TX: ConstStaticCell<[u8; 2048]> = ConstStaticCell::new([0; 2048]);
+    // Kubelet requests are one short GET head; responses are written in 1 KiB TCP slices.
+    static K_RX: ConstStaticCell<[u8; 512]> = ConstStaticCell::new([0; 512]);
+    static K_TX: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
     static K_OUT: ConstStaticCell<[u8; KUBELET_OUT]> = ConstStaticCell::new([0; KUBELET_OUT]);
     // Spawning fails only if a task already runs: `start` was called twice, a wiring error.
     spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take()).unwrap());
