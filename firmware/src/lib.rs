@@ -4,6 +4,7 @@
 
 #![no_std]
 
+pub mod cpu;
 pub mod node;
 
 use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};

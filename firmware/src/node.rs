@@ -572,11 +572,10 @@ async fn kubelet_task(
         let n = match parsed {
             Ok(req) => {
                 let t = now();
-                // Memory in use: static RAM plus the deepest stack. CPU time is not measured on
-                // the device yet (reported as 0).
+                // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
                 let working_set = (static_ram() + stack_use().1) as u64;
                 let stats = PlatformStats {
-                    cpu_seconds: 0.0,
+                    cpu_seconds: crate::cpu::busy_seconds(),
                     memory_working_set_bytes: working_set,
                 };
                 with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))

@@ -395,6 +395,19 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     );
     let handshake_s = metric(&metrics, "picolet_api_tls_handshake_seconds");
     assert!(handshake_s > 0.0);
+    // Device CPU time (the executor's busy time, on /metrics/resource) against the emulator's
+    // count of every executed cycle (which also covers interrupt handlers).
+    let resource = kubelet_get(kubelet_port, "/metrics/resource");
+    let device_cpu = resource
+        .lines()
+        .find_map(|l| l.strip_prefix("node_cpu_usage_seconds_total "))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .expect("node_cpu_usage_seconds_total on /metrics/resource");
+    let emulated_cpu = emu.stats()["busyCycles"].as_f64().unwrap() / 125e6;
+    assert!(
+        device_cpu > 0.5 * emulated_cpu && device_cpu <= emulated_cpu * 1.02,
+        "device CPU {device_cpu} s vs {emulated_cpu} s of executed cycles"
+    );
     let led = emu.edges(LED_PIN);
     assert!(
         follows_pattern(&led, LedState::Ready.pattern()),
@@ -424,6 +437,10 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
         median(device_ms.clone()),
         device_ms.iter().cloned().fold(0.0, f64::max),
         median(wall_ms)
+    );
+    println!(
+        "  CPU since boot, device vs emulator:    {device_cpu:.2} s (executor busy time) vs \
+         {emulated_cpu:.2} s (all executed cycles)"
     );
     println!(
         "  stack high-water mark:                 {stack_high:.0} B (reserve {} B)",
