@@ -86,6 +86,22 @@ struct Pair {
     retry_at: Option<Instant>,
 }
 
+impl Pair {
+    /// A new pair; `established` when the link side is already connected (the board called in).
+    fn new(link: SocketHandle, host: TcpStream, established: bool) -> Self {
+        Pair {
+            link,
+            host,
+            to_host: Vec::new(),
+            host_eof: false,
+            link_fin_passed: false,
+            refused: 0,
+            established,
+            retry_at: None,
+        }
+    }
+}
+
 /// How often, and how far apart, a refused connection to the board is retried.
 const CONNECT_RETRIES: u32 = 40;
 const CONNECT_RETRY_GAP: Duration = Duration::from_millis(50);
@@ -230,16 +246,7 @@ impl Forwarder {
             Ok(host) if host.set_nonblocking(true).is_ok() => {
                 let _ = host.set_nodelay(true);
                 tracing::debug!("link: board connected to the API port");
-                self.pairs.push(Pair {
-                    link,
-                    host,
-                    to_host: Vec::new(),
-                    host_eof: false,
-                    link_fin_passed: false,
-                    refused: 0,
-                    established: true,
-                    retry_at: None,
-                });
+                self.pairs.push(Pair::new(link, host, true));
             }
             _ => {
                 tracing::warn!("link: cannot reach the API server at {}", self.api_server);
@@ -264,16 +271,7 @@ impl Forwarder {
             self.sockets.remove(link);
             return true;
         }
-        self.pairs.push(Pair {
-            link,
-            host,
-            to_host: Vec::new(),
-            host_eof: false,
-            link_fin_passed: false,
-            refused: 0,
-            established: false,
-            retry_at: None,
-        });
+        self.pairs.push(Pair::new(link, host, false));
         true
     }
 
