@@ -6,7 +6,7 @@ set -euo pipefail
 SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
 need=(etcd-server golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev
       openssl curl ca-certificates python3 python3-venv
-      rustc-web rust-web-src rust-web-llvm lld-22)
+      rustc-web rust-web-src rust-web-llvm rust-web-clippy lld-22)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -18,8 +18,9 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "picolet-core for thumbv6m-none-eabi"
 scripts/check-core-thumbv6m.sh
 
-step "firmware: thumbv6m build, UF2, RAM and flash budgets"
+step "firmware: format, clippy, thumbv6m build, UF2, RAM and flash budgets"
 cargo fmt --manifest-path firmware/Cargo.toml --check
+scripts/firmware-clippy.sh
 scripts/firmware.sh --ci-config
 # Without a configuration the agent firmware must not build, and must say why.
 if out=$(PICOLET_FIRMWARE_CONFIG=/nonexistent/config.toml \
