@@ -94,9 +94,12 @@ type Shared = Mutex<CriticalSectionRawMutex, RefCell<Option<Agent<'static>>>>;
 static AGENT: Shared = Mutex::new(RefCell::new(None));
 static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
-/// Raised when the link comes up again (Wi-Fi rejoined, a new PPP session): the watch
-/// connection then predates it and is most likely dead, though nothing may say so for minutes.
-static LINK_RENEWED: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+/// Raised when the watch connection is probably dead though nothing may say so for minutes: the
+/// link came up again (Wi-Fi rejoined), or the control connection to the same server just broke.
+static WATCH_SUSPECT: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+/// TCP keep-alive on the watch connection: a host that lost the connection's state answers a
+/// probe with a reset, so a dead watch is found within this time rather than the 6-min timeout.
+const WATCH_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Wall clock (Unix seconds) learned from the API server, for certificate validity checks.
 static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 /// When the control task last made progress; the watchdog is fed only while it does.
@@ -127,7 +130,7 @@ fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
 /// Records that the link came up (a Wi-Fi join, a PPP session).
 pub fn note_link_up() {
     LINK_UPS.fetch_add(1, Ordering::Relaxed);
-    LINK_RENEWED.signal(());
+    WATCH_SUSPECT.signal(());
 }
 
 /// Records the Wi-Fi signal strength for `/metrics`.
@@ -319,6 +322,7 @@ async fn control_task(
                 Err(e) => {
                     log::warn!("api: {e}");
                     with_agent(|a| a.on_transport_error(now()));
+                    WATCH_SUSPECT.signal(());
                     break;
                 }
             }
@@ -348,10 +352,11 @@ async fn watch_task(
                 continue;
             }
         };
-        LINK_RENEWED.reset();
+        WATCH_SUSPECT.reset();
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         // Bookmarks arrive about once a minute; silence for longer means a dead link.
         socket.set_timeout(Some(Duration::from_secs(360)));
+        socket.set_keep_alive(Some(WATCH_KEEP_ALIVE));
         if socket.connect(api_server(s)).await.is_err() {
             with_agent(|a| a.on_watch_closed(now(), true));
             continue;
@@ -368,10 +373,10 @@ async fn watch_task(
         }
         let mut end = 0;
         loop {
-            let read = match select(tls.read(&mut b.input[end..]), LINK_RENEWED.wait()).await {
+            let read = match select(tls.read(&mut b.input[end..]), WATCH_SUSPECT.wait()).await {
                 Either::First(read) => read,
                 Either::Second(()) => {
-                    log::info!("watch: the link came up again; reconnecting");
+                    log::info!("watch: link renewed or control connection broken; reconnecting");
                     Ok(0)
                 }
             };

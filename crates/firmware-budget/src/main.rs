@@ -3,10 +3,10 @@
 //!
 //! - flash ≤ 900 KiB, which also keeps at least half of the 2 MiB free for a second (OTA) slot;
 //! - static RAM (.data + .bss + .uninit) plus the stack reserve ≤ 160 KiB. The reserve
-//!   ([`picolet_device::stack::RESERVE_BYTES`]) is the
-//!   stack high-water mark measured by running the firmware in the RP2040 emulator (painted
-//!   stack, also reported on `/metrics`) plus a margin; the emulator test fails if the measured
-//!   mark ever exceeds it, so the two cannot drift apart.
+//!   ([`picolet_device::stack::RESERVE_BYTES`]) is the stack high-water mark measured by running
+//!   the firmware in the RP2040 emulator (painted stack, also reported on `/metrics`) plus a
+//!   margin; the emulator test fails if the measured mark ever exceeds it, so the two cannot
+//!   drift apart.
 
 use std::process::ExitCode;
 

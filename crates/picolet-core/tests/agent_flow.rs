@@ -281,6 +281,39 @@ fn patches_status_on_change_or_at_the_interval_only() {
 }
 
 #[test]
+fn reposts_status_after_a_heartbeat_gap_the_controller_may_have_noticed() {
+    let mut h = Harness::new(ConfigMode::Poll);
+    h.register();
+    h.drain();
+    // The link is down for 40 s: every request fails.
+    for t in 1..=4 {
+        h.now = t * 10_000;
+        while h.next().is_some() {
+            h.agent.on_transport_error(h.now);
+            h.now += 100;
+        }
+    }
+    // Back: the first renewal after the gap brings a status PATCH with it, though nothing in
+    // the status changed (the controller may have set Ready to Unknown meanwhile).
+    h.now = 50_000;
+    let reqs = h.drain();
+    let lease = reqs
+        .iter()
+        .position(|r| r.method == "PUT")
+        .expect("a renewal");
+    let status = reqs
+        .iter()
+        .position(|r| r.path.ends_with("/status"))
+        .expect("status posted again after the gap");
+    assert!(lease < status);
+    // And not again while heartbeats are regular.
+    for t in 6..=20 {
+        h.now = t * 10_000;
+        assert!(!h.drain().iter().any(|r| r.path.ends_with("/status")));
+    }
+}
+
+#[test]
 fn retries_with_capped_exponential_backoff() {
     let mut h = Harness::new(ConfigMode::Watch);
     let mut times = vec![];

@@ -36,6 +36,10 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_S: u32 = 40;
 /// How often the Lease is renewed (a quarter of its duration).
 pub const LEASE_RENEW_MS: Millis = 10_000;
+/// A gap between successful Lease renewals longer than this (one and a half periods) may have
+/// let the node lifecycle controller mark the node Unknown; the status is then posted again at
+/// once, as a kubelet that finds its Node's conditions changed would.
+pub const HEARTBEAT_GAP_MS: Millis = 15_000;
 /// How often node status is evaluated.
 pub const STATUS_EVAL_MS: Millis = 10_000;
 /// Default longest time between two status PATCHes, as the kubelet's.
@@ -308,6 +312,8 @@ pub struct Agent<'a> {
 
     lease: LeaseStep,
     lease_sched: Schedule,
+    /// When a Lease was last created or renewed.
+    last_heartbeat_ok: Option<Millis>,
 
     ready_since_unix_ms: Option<u64>,
     status_sent: Option<(StatusFingerprint, Millis)>,
@@ -403,6 +409,7 @@ impl<'a> Agent<'a> {
             lease_sched: start,
             ready_since_unix_ms: None,
             status_sent: None,
+            last_heartbeat_ok: None,
             status_sched: start,
             report: ConfigReport {
                 state: ConfigState::Pending,
@@ -677,6 +684,14 @@ impl<'a> Agent<'a> {
                     };
                     self.metrics.heartbeats_ok += 1;
                     self.lease_sched.ok_then(now + LEASE_RENEW_MS);
+                    if self
+                        .last_heartbeat_ok
+                        .is_some_and(|t| now.saturating_sub(t) > HEARTBEAT_GAP_MS)
+                    {
+                        self.status_sent = None;
+                        self.status_sched.ok_then(now);
+                    }
+                    self.last_heartbeat_ok = Some(now);
                 }
                 // Changed by someone else, or created meanwhile: re-read, then renew.
                 409 => {
