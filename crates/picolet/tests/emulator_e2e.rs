@@ -226,6 +226,22 @@ fn ready(plane: &ControlPlane) -> String {
     kubectl_try(plane, &["get", "nodes", NODE, "-o", jsonpath]).1
 }
 
+/// `kubectl patch` of the ConfigMap's `memory_values`.
+fn patch_values(plane: &ControlPlane, values: &str) {
+    let patch = format!(r#"{{"data":{{"memory_values":"{values}"}}}}"#);
+    kubectl(
+        plane,
+        &[
+            "patch",
+            "configmap",
+            "pico-config",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+}
+
 fn kubelet_get(port: u16, path: &str) -> String {
     raw_http(
         port,
@@ -320,17 +336,7 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     );
 
     // Invalid values change nothing, in SRAM either.
-    kubectl(
-        &plane,
-        &[
-            "patch",
-            "configmap",
-            "pico-config",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"memory_values":"0=0x11,1024=0x22"}}"#,
-        ],
-    );
+    patch_values(&plane, "0=0x11,1024=0x22");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(emu.region(), sram, "a rejected update left SRAM as it was");
 
@@ -394,17 +400,7 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     // 6-minute silence timeout.
     drop(link);
     let _link = start_link();
-    kubectl(
-        &plane,
-        &[
-            "patch",
-            "configmap",
-            "pico-config",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"memory_values":"7=0x99"}}"#,
-        ],
-    );
+    patch_values(&plane, "7=0x99");
     wait_for(
         "the update after a link restart",
         Duration::from_secs(60),
