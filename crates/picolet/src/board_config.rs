@@ -51,8 +51,8 @@ impl std::fmt::Display for BoardConfigError {
 
 impl std::error::Error for BoardConfigError {}
 
-/// The configuration sector's bytes for one board.
-pub fn sector(opts: &BoardConfigOptions) -> Result<Vec<u8>, BoardConfigError> {
+/// The configuration sector's bytes for one board, and the node name they configure.
+pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfigError> {
     let creds = Credentials::load(&opts.credentials).map_err(BoardConfigError::Credentials)?;
     let ca = CertificateDer::from_pem_slice(creds.ca_pem.as_bytes())
         .map_err(|e| BoardConfigError::Pem("cluster CA", e.to_string()))?;
@@ -76,16 +76,12 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<Vec<u8>, BoardConfigError> {
         .map_err(BoardConfigError::Record)?;
     // The firmware checks every field again at boot; check here too, for a clear error now.
     BoardConfig::parse(&sector).map_err(BoardConfigError::Record)?;
-    Ok(sector)
+    Ok((sector, creds.identity.node_name))
 }
 
 /// Writes the board's configuration UF2; returns the node name it configures.
 pub fn write(opts: &BoardConfigOptions) -> Result<String, BoardConfigError> {
-    let sector = sector(opts)?;
-    let node = BoardConfig::parse(&sector)
-        .map_err(BoardConfigError::Record)?
-        .node_name
-        .to_string();
+    let (sector, node) = sector(opts)?;
     let image = uf2::image(FLASH_OFFSET, &sector);
     write_private(&opts.out, &image).map_err(|e| BoardConfigError::Write(opts.out.clone(), e))?;
     Ok(node)
@@ -141,7 +137,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         credentials(&dir.path().join("creds"));
         let opts = options(dir.path());
-        let sector = sector(&opts).unwrap();
+        let (sector, node) = sector(&opts).unwrap();
+        assert_eq!(node, "pico-node-3");
         let c = BoardConfig::parse(&sector).unwrap();
         assert_eq!(c.node_name, "pico-node-3");
         assert_eq!(c.tls_server_name, "kubernetes");
