@@ -39,5 +39,6 @@ pub mod lines;
 pub mod memory;
 pub mod metrics;
 pub mod objects;
+pub mod pki;
 pub mod time;
 pub mod write;

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub pods_rejected: u32,
     /// Events dropped (queue full, or refused by the server).
     pub events_dropped: u32,
+    /// CertificateSigningRequests created, by kind (client, serving).
+    pub csr_submitted: [u32; 2],
+    /// Issued certificates installed by the driver, by kind.
+    pub certificates_installed: [u32; 2],
+    /// CSRs that were denied, failed, vanished or could not be built or read, by kind.
+    pub csr_failures: [u32; 2],
     api: heapless::Vec<ApiCount, API_SLOTS>,
     api_other: u32,
 }
@@ -93,6 +99,8 @@ pub struct Gauges {
     pub registered: bool,
     /// A watch stream is open.
     pub watching: bool,
+    /// When the client and serving certificates expire (Unix seconds), where known.
+    pub certificate_not_after: [Option<u64>; 2],
 }
 
 impl Metrics {
@@ -227,7 +235,40 @@ impl Metrics {
             "counter",
             "Kubernetes Events not sent because the queue was full.",
         )?;
-        writeln!(w, "picolet_events_dropped_total {}", self.events_dropped)
+        writeln!(w, "picolet_events_dropped_total {}", self.events_dropped)?;
+        family(
+            w,
+            "picolet_certificate_expiration_timestamp_seconds",
+            "gauge",
+            "When the node's certificate expires (Unix time), by kind.",
+        )?;
+        for (kind, not_after) in ["client", "serving"].iter().zip(g.certificate_not_after) {
+            if let Some(t) = not_after {
+                writeln!(
+                    w,
+                    "picolet_certificate_expiration_timestamp_seconds{{kind=\"{kind}\"}} {t}"
+                )?;
+            }
+        }
+        family(
+            w,
+            "picolet_certificate_requests_total",
+            "counter",
+            "CertificateSigningRequests by kind and result (submitted, installed, failed).",
+        )?;
+        for (i, kind) in ["client", "serving"].iter().enumerate() {
+            for (result, n) in [
+                ("submitted", self.csr_submitted[i]),
+                ("installed", self.certificates_installed[i]),
+                ("failed", self.csr_failures[i]),
+            ] {
+                writeln!(
+                    w,
+                    "picolet_certificate_requests_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -289,6 +330,7 @@ mod tests {
                 memory_crc32: 7,
                 registered: true,
                 watching: false,
+                certificate_not_after: [Some(5), None],
             },
         )
         .unwrap();
@@ -310,6 +352,7 @@ mod tests {
                     memory_crc32: 0,
                     registered: false,
                     watching: false,
+                    certificate_not_after: [Some(9), Some(10)],
                 },
             )
             .unwrap();

@@ -658,3 +658,317 @@ fn requests_fit_the_firmware_buffers_and_truncated_replies_still_work() {
     );
     assert!(seen.iter().any(|s| s.starts_with("PUT ")), "{seen:?}");
 }
+
+// ---------------------------------------------------------------- certificates (CSR API)
+
+mod certificates {
+    use super::*;
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    use p256::ecdsa::{Signature, SigningKey};
+    use picolet_core::agent::{CertKind, CertificatePolicy};
+    use picolet_core::pki;
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    /// A CA that signs whatever CSR it is shown, for 2026-11-01 .. 2026-12-31.
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    impl Ca {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let cert = p.self_signed(&key).unwrap();
+            Self { cert, key }
+        }
+
+        fn sign(&self, csr_der: &[u8]) -> Vec<u8> {
+            let der = rustls_pki_types_der(csr_der);
+            let mut params = rcgen::CertificateSigningRequestParams::from_der(&der).unwrap();
+            params.params.not_before = rcgen::date_time_ymd(2026, 11, 1);
+            params.params.not_after = rcgen::date_time_ymd(2026, 12, 31);
+            params
+                .signed_by(&self.cert, &self.key)
+                .unwrap()
+                .der()
+                .to_vec()
+        }
+    }
+
+    fn rustls_pki_types_der(der: &[u8]) -> rustls_pki_types::CertificateSigningRequestDer<'static> {
+        rustls_pki_types::CertificateSigningRequestDer::from(der.to_vec())
+    }
+
+    fn key(seed: u8) -> (SigningKey, [u8; 65]) {
+        let k = SigningKey::from_slice(&[seed; 32]).unwrap();
+        let mut public = [0u8; 65];
+        public.copy_from_slice(k.verifying_key().to_encoded_point(false).as_bytes());
+        (k, public)
+    }
+
+    fn submit(h: &mut Harness, kind: CertKind, k: &SigningKey, public: &[u8; 65]) {
+        h.agent
+            .submit_csr(h.now, kind, public, |subject, out| {
+                pki::build_csr(
+                    subject,
+                    public,
+                    |info| {
+                        let s: Signature = k.sign(info);
+                        s.to_bytes().into()
+                    },
+                    out,
+                )
+            })
+            .unwrap();
+    }
+
+    /// Answers everything else with success until a CSR request comes (or nothing is due).
+    fn until_csr(h: &mut Harness) -> Option<Req> {
+        while let Some(r) = h.next() {
+            if r.path.contains("certificatesigningrequests") {
+                return Some(r);
+            }
+            let body = if r.path.contains("/configmaps") || r.path.contains("/pods") {
+                r#"{"metadata":{"resourceVersion":"1"},"items":[]}"#
+            } else {
+                r#"{"metadata":{"resourceVersion":"5","uid":"node-uid-1"}}"#
+            };
+            h.reply(if r.method == "POST" { 201 } else { 200 }, body);
+        }
+        None
+    }
+
+    fn csr_der_of(req: &Req) -> Vec<u8> {
+        let pem = B64
+            .decode(req.body["spec"]["request"].as_str().unwrap())
+            .unwrap();
+        let pem = String::from_utf8(pem).unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"),
+            "{pem}"
+        );
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        B64.decode(b64).unwrap()
+    }
+
+    fn issued_body(cert_der: &[u8]) -> String {
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            B64.encode(cert_der)
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        format!(
+            r#"{{"metadata":{{"name":"x","managedFields":[{{"manager":"kube-controller-manager"}}]}},"status":{{"conditions":[{{"type":"Approved","status":"True","reason":"AutoApproved","message":"m"}}],"certificate":"{}"}}}}"#,
+            B64.encode(pem)
+        )
+    }
+
+    fn started(policy: CertificatePolicy) -> (Harness, Ca) {
+        let mut h = Harness::new(ConfigMode::Watch);
+        h.agent.sync_clock(0, DATE * 1000);
+        h.agent.set_internal_ip("10.42.0.2");
+        h.register();
+        h.agent.set_certificate_policy(h.now, policy, 50); // renew at 75 %
+        (h, Ca::new())
+    }
+
+    #[test]
+    fn renews_the_client_certificate_at_three_quarters_of_its_lifetime() {
+        let (mut h, ca) = started(CertificatePolicy {
+            rotate_client: true,
+            request_serving: false,
+        });
+        let (k0, p0) = key(1);
+        let first = ca.sign(&{
+            let mut b = [0u8; 600];
+            let n = pki::build_csr(
+                &pki::CsrSubject {
+                    node_name: "pico-node-1",
+                    sans: &[],
+                },
+                &p0,
+                |i| {
+                    let s: Signature = k0.sign(i);
+                    s.to_bytes().into()
+                },
+                &mut b,
+            )
+            .unwrap();
+            b[..n].to_vec()
+        });
+        let installed = h.agent.set_certificate(CertKind::Client, &first).unwrap();
+        // 2026-11-01 + 0.75 × 60 days = 2026-12-16 00:00 UTC.
+        assert_eq!(installed.renew_at, 1_797_379_200);
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), None);
+
+        // One second before the renewal point nothing happens; at it, a key is asked for.
+        h.now += 60_000;
+        h.agent.sync_clock(h.now, (installed.renew_at - 1) * 1000);
+        assert!(until_csr(&mut h).is_none());
+        h.now += 61_000;
+        h.agent.sync_clock(h.now, (installed.renew_at + 60) * 1000);
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), Some(CertKind::Client));
+
+        let (k1, p1) = key(2);
+        submit(&mut h, CertKind::Client, &k1, &p1);
+        let post = until_csr(&mut h).unwrap();
+        assert_eq!(post.method, "POST");
+        assert_eq!(
+            post.path,
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+        );
+        let spec = &post.body["spec"];
+        assert_eq!(
+            spec["signerName"],
+            "kubernetes.io/kube-apiserver-client-kubelet"
+        );
+        assert_eq!(
+            spec["usages"],
+            serde_json::json!(["digital signature", "key encipherment", "client auth"])
+        );
+        let name = post.body["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(name.starts_with("picolet-pico-node-1-client-"), "{name}");
+        let csr = csr_der_of(&post);
+        h.reply(201, "{}");
+
+        // Pending: read back every 2 s.
+        h.now += 2_000;
+        let get = until_csr(&mut h).unwrap();
+        assert_eq!(
+            (get.method.as_str(), get.path.ends_with(&name)),
+            ("GET", true)
+        );
+        h.reply(200, r#"{"metadata":{"name":"x"},"status":{}}"#);
+        assert!(h.agent.issued_certificate().is_none());
+        h.now += 2_000;
+        until_csr(&mut h).unwrap();
+        let second = ca.sign(&csr);
+        h.reply(200, &issued_body(&second));
+        let (kind, der) = h.agent.issued_certificate().expect("issued");
+        assert_eq!((kind, der), (CertKind::Client, &second[..]));
+        // Nothing more is asked until the driver has installed it.
+        h.now += 10_000;
+        assert!(until_csr(&mut h).is_none());
+        h.agent.set_certificate(CertKind::Client, &second).unwrap();
+        assert!(h.agent.issued_certificate().is_none());
+        let mut text = String::new();
+        h.agent
+            .metrics()
+            .render(&mut text, &h.agent.gauges(h.now))
+            .unwrap();
+        assert!(
+            text.contains(
+                "picolet_certificate_requests_total{kind=\"client\",result=\"installed\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_for_another_key_or_a_denial_installs_nothing() {
+        let (mut h, ca) = started(CertificatePolicy {
+            rotate_client: false,
+            request_serving: true,
+        });
+        // No serving certificate yet: one is requested, with the node's name and IP as SANs.
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), Some(CertKind::Serving));
+        let (k1, p1) = key(3);
+        submit(&mut h, CertKind::Serving, &k1, &p1);
+        let post = until_csr(&mut h).unwrap();
+        assert_eq!(
+            post.body["spec"]["signerName"],
+            "kubernetes.io/kubelet-serving"
+        );
+        let csr = csr_der_of(&post);
+        let text = String::from_utf8_lossy(&csr);
+        assert!(text.contains("pico-node-1"));
+        assert!(
+            csr.windows(4).any(|w| w == [10, 42, 0, 2]),
+            "IP SAN present"
+        );
+        h.reply(201, "{}");
+        h.now += 2_000;
+        until_csr(&mut h).unwrap();
+        // Signed, but for a different key: refused.
+        let (k2, p2) = key(4);
+        let mut other = [0u8; 600];
+        let n = pki::build_csr(
+            &pki::CsrSubject {
+                node_name: "pico-node-1",
+                sans: &[],
+            },
+            &p2,
+            |i| {
+                let s: Signature = k2.sign(i);
+                s.to_bytes().into()
+            },
+            &mut other,
+        )
+        .unwrap();
+        h.reply(200, &issued_body(&ca.sign(&other[..n])));
+        assert!(h.agent.issued_certificate().is_none());
+        // Garbage in the certificate field: refused too, without a panic.
+        h.now += 400_000;
+        assert!(until_csr(&mut h).is_none());
+        submit(&mut h, CertKind::Serving, &k1, &p1);
+        until_csr(&mut h).unwrap();
+        h.reply(201, "{}");
+        h.now += 2_000;
+        until_csr(&mut h).unwrap();
+        h.reply(200, r#"{"status":{"certificate":"bm90IGEgUEVN"}}"#);
+        assert!(h.agent.issued_certificate().is_none());
+        // A denial: given up, retried with a new key after five minutes, not before.
+        h.now += 400_000;
+        until_csr(&mut h);
+        submit(&mut h, CertKind::Serving, &k1, &p1);
+        until_csr(&mut h).unwrap();
+        h.reply(201, "{}");
+        h.now += 2_000;
+        until_csr(&mut h).unwrap();
+        h.reply(
+            200,
+            r#"{"status":{"conditions":[{"type":"Denied","status":"True"}]}}"#,
+        );
+        h.now += 200_000;
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), None);
+        h.now += 101_000;
+        until_csr(&mut h);
+        assert_eq!(h.agent.csr_wanted(), Some(CertKind::Serving));
+        let mut text = String::new();
+        h.agent
+            .metrics()
+            .render(&mut text, &h.agent.gauges(h.now))
+            .unwrap();
+        assert!(
+            text.contains(
+                "picolet_certificate_requests_total{kind=\"serving\",result=\"failed\"} 3\n"
+            ),
+            "{text}"
+        );
+        // Finally a good one.
+        submit(&mut h, CertKind::Serving, &k1, &p1);
+        until_csr(&mut h).unwrap();
+        h.reply(201, "{}");
+        h.now += 2_000;
+        until_csr(&mut h).unwrap();
+        let good = ca.sign(&csr);
+        h.reply(200, &issued_body(&good));
+        assert_eq!(
+            h.agent.issued_certificate().map(|(k, _)| k),
+            Some(CertKind::Serving)
+        );
+        let _ = k1;
+    }
+}

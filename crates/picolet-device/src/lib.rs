@@ -12,6 +12,7 @@
 
 pub mod board_config;
 pub mod cyw43_blob;
+pub mod keys;
 pub mod led;
 pub mod stack;
 pub mod tls;

@@ -24,6 +24,8 @@ pub(super) fn pending_name(p: Pending) -> &'static str {
         Pending::ConfigList => "configmap list",
         Pending::PodList => "pod list",
         Pending::PodFail => "pod status",
+        Pending::CsrCreate(_) => "certificate signing request",
+        Pending::CsrGet(_) => "certificate signing request read",
     }
 }
 
@@ -95,6 +97,9 @@ impl<'a> Agent<'a> {
         now: Millis,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
+        if let Pending::CsrCreate(_) | Pending::CsrGet(_) = pending {
+            return self.encode_certificate_request(pending, out);
+        }
         let unix = self.clock.unix_ms(now);
         if unix.is_some() && self.ready_since_unix_ms.is_none() {
             self.ready_since_unix_ms = unix;
@@ -334,6 +339,7 @@ impl<'a> Agent<'a> {
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
+            Pending::CsrCreate(_) | Pending::CsrGet(_) => Err(HttpError::BufferTooSmall),
         }
     }
 }

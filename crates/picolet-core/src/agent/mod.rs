@@ -15,8 +15,13 @@
 //! Time is always an argument (monotonic milliseconds); wall-clock time comes from
 //! [`Agent::sync_clock`] or the responses' `Date` headers.
 
+mod certificates;
 mod config_map;
 mod encode;
+
+pub use certificates::{
+    CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
+};
 
 use core::fmt;
 
@@ -213,13 +218,19 @@ enum Pending {
     ConfigList,
     PodList,
     PodFail,
+    CsrCreate(CertKind),
+    CsrGet(CertKind),
 }
 
 impl Pending {
     fn method(self) -> Method {
         match self {
-            Self::NodeCreate | Self::LeaseCreate | Self::EventCreate => Method::Post,
-            Self::NodeGet | Self::LeaseGet | Self::ConfigList | Self::PodList => Method::Get,
+            Self::NodeCreate | Self::LeaseCreate | Self::EventCreate | Self::CsrCreate(_) => {
+                Method::Post
+            }
+            Self::NodeGet | Self::LeaseGet | Self::ConfigList | Self::PodList | Self::CsrGet(_) => {
+                Method::Get
+            }
             Self::LeaseRenew => Method::Put,
             Self::NodeAdopt | Self::StatusPatch(_) | Self::ConfigReport(_) | Self::PodFail => {
                 Method::Patch
@@ -337,6 +348,8 @@ pub struct Agent<'a> {
 
     pod_sched: Schedule,
     pods_to_fail: heapless::Vec<(String<64>, String<256>), 4>,
+
+    certs: certificates::Certificates,
 }
 
 fn valid_label(s: &str) -> bool {
@@ -434,6 +447,7 @@ impl<'a> Agent<'a> {
             watch_decoder: http::ResponseDecoder::new(),
             pod_sched: start,
             pods_to_fail: heapless::Vec::new(),
+            certs: certificates::Certificates::new(CertificatePolicy::default(), 0, now),
         })
     }
 
@@ -442,6 +456,14 @@ impl<'a> Agent<'a> {
     /// Gives the agent wall-clock time from a precise source (SNTP or the host clock).
     pub fn sync_clock(&mut self, now: Millis, unix_ms: u64) {
         self.clock.sync(now, unix_ms, ClockSource::Precise);
+    }
+
+    /// Turns on certificate management (see [`CertKind`]); off by default. `seed` varies the
+    /// renewal point within 70–80 % of a certificate's lifetime (any per-boot random number).
+    pub fn set_certificate_policy(&mut self, now: Millis, policy: CertificatePolicy, seed: u32) {
+        let installed = self.certs.installed_all();
+        self.certs = certificates::Certificates::new(policy, seed, now);
+        self.certs.restore(installed);
     }
 
     /// Sets the node's InternalIP (after DHCP); a change makes a status PATCH due.
@@ -492,6 +514,8 @@ impl<'a> Agent<'a> {
             memory_crc32: self.region.checksum(),
             registered: self.registered(),
             watching: self.watch == WatchState::Streaming,
+            certificate_not_after: [CertKind::Client, CertKind::Serving]
+                .map(|k| self.certificate(k).map(|c| c.not_after)),
         }
     }
 
@@ -523,6 +547,7 @@ impl<'a> Agent<'a> {
         if !self.pods_to_fail.is_empty() {
             t = t.min(self.pod_sched.at);
         }
+        t = t.min(self.certificate_wakeup(now));
         t.max(now)
     }
 
@@ -548,7 +573,7 @@ impl<'a> Agent<'a> {
         Ok(Some(n))
     }
 
-    fn next_due(&self, now: Millis) -> Option<Pending> {
+    fn next_due(&mut self, now: Millis) -> Option<Pending> {
         match self.registration {
             Registration::Create if self.registration_sched.due(now) => {
                 return Some(Pending::NodeCreate);
@@ -578,6 +603,9 @@ impl<'a> Agent<'a> {
         }
         if self.list_wanted(now) && self.list_sched.due(now) {
             return Some(Pending::ConfigList);
+        }
+        if let Some(p) = self.next_certificate_request(now) {
+            return Some(p);
         }
         if self.pod_sched.due(now) {
             return Some(if self.pods_to_fail.is_empty() {
@@ -747,6 +775,9 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.pod_sched.retry(now),
             },
+            Pending::CsrCreate(_) | Pending::CsrGet(_) => {
+                self.on_certificate_response(now, pending, status, body)
+            }
             Pending::PodFail => match status {
                 _ if ok || status == 404 || status == 409 => {
                     if ok {
@@ -779,6 +810,7 @@ impl<'a> Agent<'a> {
             Pending::EventCreate => self.event_sched.retry(now),
             Pending::ConfigList => self.list_sched.retry(now),
             Pending::PodList | Pending::PodFail => self.pod_sched.retry(now),
+            Pending::CsrCreate(_) | Pending::CsrGet(_) => self.on_certificate_transport_error(now),
         }
     }
 
