@@ -26,6 +26,8 @@ pub enum PkiError {
     Base64,
     /// A name or address does not fit in a certificate request.
     BadName,
+    /// No certificate request of this kind was asked for.
+    NotWanted,
 }
 
 impl fmt::Display for PkiError {
@@ -36,6 +38,7 @@ impl fmt::Display for PkiError {
             Self::Pem => f.write_str("malformed PEM"),
             Self::Base64 => f.write_str("malformed base64"),
             Self::BadName => f.write_str("name or address not usable in a certificate request"),
+            Self::NotWanted => f.write_str("no certificate request of this kind is wanted now"),
         }
     }
 }

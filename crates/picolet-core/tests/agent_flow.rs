@@ -971,4 +971,67 @@ mod certificates {
         );
         let _ = k1;
     }
+
+    #[test]
+    fn a_serving_csr_waiting_for_approval_does_not_hold_up_a_client_renewal() {
+        let (mut h, ca) = started(CertificatePolicy {
+            rotate_client: true,
+            request_serving: true,
+        });
+        let (k0, p0) = key(5);
+        let mut b = [0u8; 600];
+        let n = pki::build_csr(
+            &pki::CsrSubject {
+                node_name: "pico-node-1",
+                sans: &[],
+            },
+            &p0,
+            |i| {
+                let s: Signature = k0.sign(i);
+                s.to_bytes().into()
+            },
+            &mut b,
+        )
+        .unwrap();
+        let client = h
+            .agent
+            .set_certificate(CertKind::Client, &ca.sign(&b[..n]))
+            .unwrap();
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), Some(CertKind::Serving));
+        let (ks, ps) = key(6);
+        submit(&mut h, CertKind::Serving, &ks, &ps);
+        until_csr(&mut h).unwrap();
+        h.reply(201, "{}");
+        // The serving CSR stays pending; the client certificate comes due.
+        h.now += 2_000;
+        h.agent.sync_clock(h.now, (client.renew_at + 1) * 1000);
+        let get = until_csr(&mut h).unwrap();
+        assert!(get.path.contains("-serving-"), "{get:?}");
+        h.reply(200, r#"{"status":{}}"#);
+        assert!(until_csr(&mut h).is_none());
+        assert_eq!(h.agent.csr_wanted(), Some(CertKind::Client));
+        let (kc, pc) = key(7);
+        submit(&mut h, CertKind::Client, &kc, &pc);
+        let post = until_csr(&mut h).unwrap();
+        assert_eq!(post.method, "POST");
+        let csr = csr_der_of(&post);
+        h.reply(201, "{}");
+        h.now += 2_000;
+        // Both are read back; the client one is issued.
+        let mut issued = false;
+        while let Some(r) = until_csr(&mut h) {
+            if r.path.contains("-client-") {
+                h.reply(200, &issued_body(&ca.sign(&csr)));
+                issued = true;
+            } else {
+                h.reply(200, r#"{"status":{}}"#);
+            }
+        }
+        assert!(issued);
+        assert_eq!(
+            h.agent.issued_certificate().map(|(k, _)| k),
+            Some(CertKind::Client)
+        );
+    }
 }

@@ -184,6 +184,58 @@ pub fn rbac_objects(node: &str, namespace: &str, config_map: &str) -> [Value; 2]
     ]
 }
 
+/// The cluster-wide binding that lets every node renew its own client certificate: the CSR
+/// approver auto-approves a `selfnodeclient` request only for users who may create
+/// `certificatesigningrequests/selfnodeclient` (kubeadm makes the same binding).
+pub fn renewal_rbac_object() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "picolet-node-client-renewal", "labels": {"app.kubernetes.io/managed-by": "picolet"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    })
+}
+
+/// Applies one object by server-side apply (re-running is harmless).
+pub async fn apply(admin: &mut AdminClient, obj: &Value) -> Result<(), EnrolError> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let path = match (obj["kind"].as_str(), obj["metadata"]["namespace"].as_str()) {
+        (Some("Role"), Some(ns)) => {
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{name}")
+        }
+        (Some("RoleBinding"), Some(ns)) => {
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
+        }
+        (Some("ClusterRoleBinding"), _) => {
+            format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}")
+        }
+        (Some("Secret"), Some(ns)) => format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+        _ => {
+            return Err(EnrolError::Api {
+                what: "applying an object of unknown kind",
+                status: 0,
+                body: obj.to_string(),
+            });
+        }
+    };
+    let (status, body) = admin
+        .request(
+            Method::Patch,
+            &format!("{path}?fieldManager=picolet&force=true"),
+            Some((BodyType::ApplyPatch, obj)),
+        )
+        .await?;
+    if !(200..300).contains(&status) {
+        return Err(EnrolError::Api {
+            what: "applying RBAC",
+            status,
+            body: body.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Applies (server-side apply, so re-running is harmless) the RBAC objects for a node.
 pub async fn apply_rbac(
     admin: &mut AdminClient,
@@ -192,27 +244,9 @@ pub async fn apply_rbac(
     config_map: &str,
 ) -> Result<(), EnrolError> {
     for obj in rbac_objects(node, namespace, config_map) {
-        let kind = if obj["kind"] == "Role" {
-            "roles"
-        } else {
-            "rolebindings"
-        };
-        let path = format!(
-            "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/{kind}/{}?fieldManager=picolet&force=true",
-            obj["metadata"]["name"].as_str().unwrap_or_default()
-        );
-        let (status, body) = admin
-            .request(Method::Patch, &path, Some((BodyType::ApplyPatch, &obj)))
-            .await?;
-        if !(200..300).contains(&status) {
-            return Err(EnrolError::Api {
-                what: "applying RBAC",
-                status,
-                body: body.to_string(),
-            });
-        }
+        apply(admin, &obj).await?;
     }
-    Ok(())
+    apply(admin, &renewal_rbac_object()).await
 }
 
 /// A fresh P-256 key and a CSR (PEM) for the node's client identity.

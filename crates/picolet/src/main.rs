@@ -13,6 +13,7 @@ mod enrol;
 mod kubeconfig;
 mod kubelet_server;
 mod link;
+mod node_certs;
 mod run;
 mod stats;
 mod tls;
@@ -170,6 +171,22 @@ struct RunArgs {
     /// node.kubernetes.io/instance-type label.
     #[arg(long, default_value = "virtual-pico-w")]
     instance_type: String,
+    /// Do not renew the client certificate through the CSR API (it is renewed by default at
+    /// 70-80 % of its lifetime, as a kubelet with rotateCertificates does).
+    #[arg(long)]
+    no_certificate_rotation: bool,
+    /// Where the kubelet port's certificate comes from: a kubelet-serving CSR (approve it with
+    /// `picolet approve`; self-signed until then), or self-signed only.
+    #[arg(long, value_enum, default_value = "csr")]
+    serving_certificate: Serving,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Serving {
+    /// A kubernetes.io/kubelet-serving CSR.
+    Csr,
+    /// A self-signed certificate.
+    SelfSigned,
 }
 
 impl From<RunArgs> for run::RunOptions {
@@ -188,6 +205,11 @@ impl From<RunArgs> for run::RunOptions {
             },
             watch_timeout: Duration::from_secs(a.watch_timeout.max(1)),
             instance_type: a.instance_type,
+            rotate_client_certificate: !a.no_certificate_rotation,
+            serving_certificate: match a.serving_certificate {
+                Serving::Csr => run::ServingSource::Csr,
+                Serving::SelfSigned => run::ServingSource::SelfSigned,
+            },
         }
     }
 }

@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::agent::{
+    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
+};
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::time::Millis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::api::{Connection, Endpoint};
 use crate::credentials::Credentials;
 use crate::kubelet_server::{self, ServerCounters};
+use crate::node_certs::{self, PendingKeys, ServingCertificate};
 use crate::tls;
 
 /// Everything `picolet run` can be told.
@@ -33,6 +36,20 @@ pub struct RunOptions {
     pub config_mode: ConfigMode,
     pub watch_timeout: Duration,
     pub instance_type: String,
+    /// Renew the client certificate through the CSR API before it expires.
+    pub rotate_client_certificate: bool,
+    /// Where the kubelet port's certificate comes from.
+    pub serving_certificate: ServingSource,
+}
+
+/// Where the kubelet port's serving certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServingSource {
+    /// A `kubernetes.io/kubelet-serving` CSR (approved by an administrator or `picolet
+    /// approve`); a self-signed certificate is served until it is issued.
+    Csr,
+    /// Only a self-signed certificate.
+    SelfSigned,
 }
 
 /// State shared by the tasks: the agent behind a lock that is never held across an await.
@@ -46,9 +63,23 @@ pub struct Shared {
     pub api_bytes_sent: AtomicU64,
     pub api_bytes_received: AtomicU64,
     stopping: AtomicBool,
+    /// The API server endpoint with the current client certificate (replaced on renewal).
+    endpoint: RwLock<Arc<Endpoint>>,
+    /// The kubelet port's serving certificate, when it is served over TLS.
+    serving: Option<Arc<ServingCertificate>>,
+    credentials_dir: PathBuf,
+    identity: crate::credentials::NodeIdentity,
+    ca_pem: String,
 }
 
 impl Shared {
+    fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Monotonic milliseconds since start: the core's clock.
     pub fn now(&self) -> Millis {
         self.start.elapsed().as_millis() as Millis
@@ -137,6 +168,49 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     let mut agent = Agent::new(config, region, 0).map_err(|e| e.to_string())?;
     agent.sync_clock(0, unix_ms());
     agent.set_internal_ip(&opts.node_ip);
+    let serving_csr = opts.serving_certificate == ServingSource::Csr && !opts.kubelet_plain_http;
+    agent.set_certificate_policy(
+        0,
+        CertificatePolicy {
+            rotate_client: opts.rotate_client_certificate,
+            request_serving: serving_csr,
+        },
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+    );
+    match tls::certs(&creds.cert_pem, "client certificate")
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            agent
+                .set_certificate(CertKind::Client, &c[0])
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(c) => info!(
+            "client certificate valid until {} (Unix), renewal from {}",
+            c.not_after, c.renew_at
+        ),
+        Err(e) => warn!("client certificate: {e}; it will not be renewed"),
+    }
+    let serving_files = serving_csr
+        .then(|| existing_serving_certificate(&opts.credentials, node_name, &opts.node_ip))
+        .flatten();
+    if let Some((cert_pem, _)) = &serving_files
+        && let Ok(c) = tls::certs(cert_pem, "serving certificate")
+    {
+        let _ = agent.set_certificate(CertKind::Serving, &c[0]);
+    }
+    let serving = if opts.kubelet_plain_http {
+        None
+    } else {
+        let (cert, key) = match serving_files {
+            Some(pair) => pair,
+            None => {
+                kubelet_server::self_signed(node_name, &opts.node_ip).map_err(|e| e.to_string())?
+            }
+        };
+        Some(Arc::new(
+            ServingCertificate::new(&cert, &key).map_err(|e| e.to_string())?,
+        ))
+    };
     let shared = Arc::new(Shared {
         agent: Mutex::new(agent),
         wake_control: Notify::new(),
@@ -146,26 +220,30 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         api_bytes_sent: AtomicU64::new(0),
         api_bytes_received: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        endpoint: RwLock::new(endpoint),
+        serving: serving.clone(),
+        credentials_dir: opts.credentials.clone(),
+        identity: creds.identity.clone(),
+        ca_pem: creds.ca_pem.clone(),
     });
 
     let bind = format!("{}:{}", opts.node_ip, opts.kubelet_port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
-    let acceptor = if opts.kubelet_plain_http {
-        warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
-        None
-    } else {
-        let (cert, key) =
-            kubelet_server::self_signed(node_name, &opts.node_ip).map_err(|e| e.to_string())?;
-        Some(tokio_rustls::TlsAcceptor::from(
-            tls::server_config(&cert, &key).map_err(|e| e.to_string())?,
-        ))
+    let acceptor = match &serving {
+        None => {
+            warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
+            None
+        }
+        Some(resolver) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(resolver.clone(), None).map_err(|e| e.to_string())?,
+        )),
     };
     info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
     tokio::spawn(kubelet_server::serve(listener, acceptor, shared.clone()));
-    tokio::spawn(control_loop(shared.clone(), endpoint.clone()));
-    tokio::spawn(watch_loop(shared.clone(), endpoint, opts.watch_timeout));
+    tokio::spawn(control_loop(shared.clone()));
+    tokio::spawn(watch_loop(shared.clone(), opts.watch_timeout));
     tokio::spawn(clock_loop(shared.clone()));
 
     shutdown_signal().await;
@@ -231,8 +309,127 @@ fn first_line(req: &[u8]) -> &str {
     std::str::from_utf8(&req[..end]).unwrap_or("?")
 }
 
-async fn control_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
-    let mut conn = Connection::new(endpoint, 16 * 1024);
+/// A serving certificate and key left by an earlier run, if they still fit this node's name
+/// and address.
+fn existing_serving_certificate(
+    dir: &std::path::Path,
+    node_name: &str,
+    node_ip: &str,
+) -> Option<(String, String)> {
+    let cert = std::fs::read_to_string(dir.join("serving.crt")).ok()?;
+    let key = std::fs::read_to_string(dir.join("serving.key")).ok()?;
+    let der = tls::certs(&cert, "serving certificate").ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der[0]).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let ip: Option<std::net::IpAddr> = node_ip.parse().ok();
+    let mut has_name = false;
+    let mut has_ip = ip.is_none();
+    for name in &san.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(n) => has_name |= *n == node_name,
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                has_ip |= match ip {
+                    Some(std::net::IpAddr::V4(v4)) => *b == v4.octets(),
+                    Some(std::net::IpAddr::V6(v6)) => *b == v6.octets(),
+                    None => false,
+                }
+            }
+            _ => {}
+        }
+    }
+    let fresh = parsed.validity().is_valid();
+    if has_name && has_ip && fresh {
+        Some((cert, key))
+    } else {
+        info!(
+            "serving.crt does not cover {node_name} / {node_ip} or has expired; requesting a new one"
+        );
+        None
+    }
+}
+
+/// Makes a key for a CSR the agent wants, and installs a certificate it got.
+fn manage_certificates(shared: &Shared, keys: &mut PendingKeys) {
+    let now = shared.now();
+    let wanted = shared.lock().csr_wanted();
+    if let Some(kind) = wanted {
+        let key = node_certs::new_key();
+        let submitted = shared
+            .lock()
+            .submit_csr(now, kind, &key.public_key(), |subject, out| {
+                key.csr(subject, out)
+            });
+        match submitted {
+            Ok(()) => {
+                info!("requesting a new {} certificate", kind.as_str());
+                keys.put(kind, key);
+            }
+            Err(e) => error!("cannot build a {} certificate request: {e}", kind.as_str()),
+        }
+    }
+    let issued = shared
+        .lock()
+        .issued_certificate()
+        .map(|(kind, der)| (kind, der.to_vec()));
+    if let Some((kind, der)) = issued {
+        match install(shared, keys, kind, &der) {
+            Ok(()) => {
+                let installed = shared.lock().set_certificate(kind, &der);
+                match installed {
+                    Ok(c) => info!(
+                        "new {} certificate installed, valid until {} (Unix)",
+                        kind.as_str(),
+                        c.not_after
+                    ),
+                    Err(e) => error!("new {} certificate: {e}", kind.as_str()),
+                }
+            }
+            Err(e) => error!("cannot install the new {} certificate: {e}", kind.as_str()),
+        }
+    }
+}
+
+fn install(
+    shared: &Shared,
+    keys: &mut PendingKeys,
+    kind: CertKind,
+    der: &[u8],
+) -> Result<(), node_certs::InstallError> {
+    use node_certs::InstallError;
+    let key = keys.take(kind)?;
+    let (cert_pem, key_pem) = node_certs::pem_pair(der, &key).map_err(InstallError::Pem)?;
+    let dir = &shared.credentials_dir;
+    match kind {
+        CertKind::Client => {
+            let endpoint = Endpoint::new(
+                &shared.identity.server,
+                &shared.identity.tls_server_name,
+                &shared.ca_pem,
+                Some((&cert_pem, &key_pem)),
+            )
+            .map_err(InstallError::Tls)?;
+            // The key first: a crash between the two renames leaves a new key with the old
+            // certificate, which `picolet run` reports clearly at start.
+            node_certs::write_atomic(&dir.join("client.key"), &key_pem, true)?;
+            node_certs::write_atomic(&dir.join("client.crt"), &cert_pem, false)?;
+            *shared.endpoint.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(endpoint);
+        }
+        CertKind::Serving => {
+            if let Some(serving) = &shared.serving {
+                serving
+                    .replace(&cert_pem, &key_pem)
+                    .map_err(InstallError::Tls)?;
+            }
+            node_certs::write_atomic(&dir.join("serving.key"), &key_pem, true)?;
+            node_certs::write_atomic(&dir.join("serving.crt"), &cert_pem, false)?;
+        }
+    }
+    Ok(())
+}
+
+async fn control_loop(shared: Arc<Shared>) {
+    let mut conn = Connection::new(shared.endpoint(), 16 * 1024);
+    let mut keys = PendingKeys::default();
     let mut request = vec![0u8; 32 * 1024];
     let mut body = vec![0u8; 64 * 1024];
     let mut observer = Observer {
@@ -240,6 +437,11 @@ async fn control_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
         config: (picolet_core::agent::ConfigState::Pending, String::new()),
     };
     while !shared.stopping.load(Ordering::Relaxed) {
+        manage_certificates(&shared, &mut keys);
+        let current = shared.endpoint();
+        if !Arc::ptr_eq(&current, conn.endpoint()) {
+            conn = Connection::new(current, 16 * 1024);
+        }
         let now = shared.now();
         let polled = shared.lock().poll_request(now, &mut request);
         let n = match polled {
@@ -300,7 +502,7 @@ async fn control_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
     }
 }
 
-async fn watch_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>, watch_timeout: Duration) {
+async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
     let mut request = vec![0u8; 4 * 1024];
     let mut inbuf = vec![0u8; 16 * 1024];
     let mut lines = Box::new(WatchLines::new());
@@ -322,7 +524,7 @@ async fn watch_loop(shared: Arc<Shared>, endpoint: Arc<Endpoint>, watch_timeout:
                 continue;
             }
         };
-        let mut stream = match endpoint.connect().await {
+        let mut stream = match shared.endpoint().connect().await {
             Ok(s) => s,
             Err(e) => {
                 warn!("watch: {e}");

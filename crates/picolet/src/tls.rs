@@ -101,22 +101,59 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.into()))
 }
 
-/// A server configuration for the kubelet port.
-pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+/// A certificate chain and key for rustls.
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(key(key_pem, "serving key")?)
+        .map_err(|source| TlsError::Rustls {
+            what: "serving key",
+            source,
+        })?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        certs(cert_pem, "serving certificate")?,
+        key,
+    )))
+}
+
+/// A server configuration for the kubelet port. With `client_ca_pem`, client certificates
+/// are verified against it when presented (a handshake with a bad one fails); clients without
+/// one still connect, and the request handler decides what they may see (only `/healthz`).
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_ca_pem: Option<&str>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls {
             what: "protocol versions",
             source,
-        })?
-        .with_no_client_auth()
-        .with_single_cert(
-            certs(cert_pem, "serving certificate")?,
-            key(key_pem, "serving key")?,
-        )
-        .map_err(|source| TlsError::Rustls {
-            what: "serving certificate",
-            source,
         })?;
-    Ok(Arc::new(config))
+    let builder = match client_ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(pem, "client CA")? {
+                roots.add(c).map_err(|source| TlsError::Rustls {
+                    what: "client CA",
+                    source,
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Pem {
+                what: "client CA",
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(builder.with_cert_resolver(resolver)))
 }

@@ -7,72 +7,16 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
 use common::{
-    enrol, free_port, kubectl, kubectl_try, metric, parse_memory, plane, raw_http, wait_for,
+    Agent, NODE, enrol, kubectl, kubectl_try, metric, parse_memory, plane, raw_http, ready,
+    running_node, wait_for, wait_ready,
 };
 use testplane::ControlPlane;
-
-const NODE: &str = "pico-node-1";
-
-/// A running `picolet run`, killed on drop.
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(creds: &Path, extra: &[&str]) -> Agent {
-        let port = free_port();
-        let log = creds.with_extension(format!("agent-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_picolet"))
-            .arg("run")
-            .arg("--credentials")
-            .arg(creds)
-            .args(["--kubelet-port", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Agent { child, port, log }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A fresh control plane with `pico-node-1` enrolled, running and Ready.
-fn running_node(extra: &[&str]) -> (ControlPlane, PathBuf, Agent) {
-    let plane = plane();
-    let creds = enrol(&plane, NODE);
-    let agent = Agent::start(&creds, extra);
-    wait_ready(&plane, NODE);
-    (plane, creds, agent)
-}
 
 /// Creates `pico-config` with `values` and waits until a plain-HTTP agent shows `expect`.
 fn configure_direct(plane: &ControlPlane, agent: &Agent, values: &str, expect: &[(usize, u8)]) {
@@ -84,17 +28,6 @@ fn configure_direct(plane: &ControlPlane, agent: &Agent, values: &str, expect: &
         expect,
         Duration::from_secs(10),
     );
-}
-
-fn ready(plane: &ControlPlane, node: &str) -> String {
-    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
-    kubectl_try(plane, &["get", "nodes", node, "-o", jsonpath]).1
-}
-
-fn wait_ready(plane: &ControlPlane, node: &str) {
-    wait_for("node Ready", Duration::from_secs(45), || {
-        ready(plane, node) == "True"
-    });
 }
 
 /// Reads the memory region through the API server's node proxy (kubelet port, HTTPS).

@@ -92,6 +92,10 @@ pub struct Options {
     pub node_monitor_grace_period_s: u32,
     /// Keep the state directory here instead of a temporary one.
     pub state_dir: Option<PathBuf>,
+    /// `--cluster-signing-duration` of the CSR signer (Go duration; the default is a year).
+    /// Certificates are backdated 5 minutes, so a renewal test needs more than 7m10s for
+    /// 70 % of the lifetime to fall after issuance.
+    pub cluster_signing_duration: Option<String>,
 }
 
 impl Default for Options {
@@ -99,6 +103,7 @@ impl Default for Options {
         Self {
             node_monitor_grace_period_s: 25,
             state_dir: None,
+            cluster_signing_duration: None,
         }
     }
 }
@@ -394,6 +399,10 @@ impl ControlPlane {
             "--node-monitor-period=2s".into(),
             "--v=1".into(),
         ];
+        let mut args = args;
+        if let Some(d) = &self.opts.cluster_signing_duration {
+            args.push(format!("--cluster-signing-duration={d}"));
+        }
         let bin = k8s_bin_dir().join("kube-controller-manager");
         self.controller_manager = Some(self.spawn("kube-controller-manager", &bin, &args)?);
         Ok(())

@@ -87,58 +87,81 @@ pub struct InstalledCertificate {
     pub renew_at: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     /// The driver is to make a key and call [`Agent::submit_csr`].
     NeedCsr,
     /// POST the CSR held in `pem`.
     Submit,
-    /// Read the CSR back until it carries a certificate.
+    /// Read the CSR back until it carries a certificate (may last long: a serving CSR waits
+    /// for an administrator, and must not hold up a client renewal meanwhile).
     Wait { since: Millis },
     /// The certificate is in `der`, waiting for the driver to install it.
     Issued,
 }
 
-/// The CSR state of the agent: at most one certificate is being obtained at a time.
+impl Step {
+    /// Steps that use the shared `pem` / `der` buffers: one certificate at a time.
+    fn exclusive(self) -> bool {
+        !matches!(self, Step::Wait { .. })
+    }
+}
+
+/// One certificate's request in progress.
+struct Slot {
+    step: Option<Step>,
+    name: String<96>,
+    public_key: PublicKey,
+    sched: Schedule,
+    installed: Option<InstalledCertificate>,
+}
+
+/// The CSR state of the agent.
 pub(super) struct Certificates {
     policy: CertificatePolicy,
     /// Where each renewal falls within the lifetime, in ‰ (700–799, fixed per boot, so a fleet
     /// does not renew in step).
     fraction_permille: u32,
-    installed: [Option<InstalledCertificate>; 2],
-    active: Option<(CertKind, Step)>,
-    name: String<96>,
-    public_key: PublicKey,
+    slots: [Slot; 2],
     /// The CSR as PEM while submitting; the issued certificate's PEM while decoding.
     pem: Vec<u8, CERT_PEM_MAX>,
     der: Vec<u8, CERT_DER_MAX>,
-    sched: Schedule,
 }
+
+const KINDS: [CertKind; 2] = [CertKind::Client, CertKind::Serving];
 
 impl Certificates {
     pub(super) fn new(policy: CertificatePolicy, seed: u32, now: Millis) -> Self {
-        Self {
-            policy,
-            fraction_permille: 700 + seed % 100,
-            installed: [None; 2],
-            active: None,
+        let slot = || Slot {
+            step: None,
             name: String::new(),
             public_key: [0; 65],
-            pem: Vec::new(),
-            der: Vec::new(),
             sched: Schedule {
                 at: now,
                 backoff: Backoff::default(),
             },
+            installed: None,
+        };
+        Self {
+            policy,
+            fraction_permille: 700 + seed % 100,
+            slots: [slot(), slot()],
+            pem: Vec::new(),
+            der: Vec::new(),
         }
     }
 
     pub(super) fn installed_all(&self) -> [Option<InstalledCertificate>; 2] {
-        self.installed
+        [self.slots[0].installed, self.slots[1].installed]
     }
 
     pub(super) fn restore(&mut self, installed: [Option<InstalledCertificate>; 2]) {
-        self.installed = installed;
+        self.slots[0].installed = installed[0];
+        self.slots[1].installed = installed[1];
+    }
+
+    fn slot(&mut self, kind: CertKind) -> &mut Slot {
+        &mut self.slots[kind.index()]
     }
 
     fn wanted(&self, kind: CertKind) -> bool {
@@ -148,18 +171,30 @@ impl Certificates {
         }
     }
 
-    /// A certificate that should be obtained now, if none is being obtained.
-    fn due(&self, unix_s: Option<u64>) -> Option<CertKind> {
-        let unix_s = unix_s?;
-        [CertKind::Client, CertKind::Serving]
-            .into_iter()
-            .filter(|&k| self.wanted(k))
-            .find(|&k| match self.installed[k.index()] {
+    fn busy(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.step.is_some_and(Step::exclusive))
+    }
+
+    /// Whether `kind` should be obtained now (nothing in progress for it).
+    fn due(&self, kind: CertKind, unix_s: Option<u64>) -> bool {
+        let slot = &self.slots[kind.index()];
+        let Some(unix_s) = unix_s else {
+            return false;
+        };
+        self.wanted(kind)
+            && slot.step.is_none()
+            && match slot.installed {
                 Some(c) => unix_s >= c.renew_at,
                 // No client certificate means the driver cannot talk to us at all; a missing
                 // serving certificate is requested.
-                None => k == CertKind::Serving,
-            })
+                None => kind == CertKind::Serving,
+            }
+    }
+
+    fn step(&self, kind: CertKind) -> Option<Step> {
+        self.slots[kind.index()].step
     }
 }
 
@@ -249,9 +284,11 @@ impl Agent<'_> {
             not_after: info.not_after,
             renew_at: info.renew_at(self.certs.fraction_permille),
         };
-        self.certs.installed[kind.index()] = Some(c);
-        if matches!(&self.certs.active, Some((k, Step::Issued)) if *k == kind) {
-            self.certs.active = None;
+        let issued = self.certs.step(kind) == Some(Step::Issued);
+        let slot = self.certs.slot(kind);
+        slot.installed = Some(c);
+        if issued {
+            slot.step = None;
             self.certs.der.clear();
             self.metrics.certificates_installed[kind.index()] += 1;
         }
@@ -260,20 +297,19 @@ impl Agent<'_> {
 
     /// The installed certificate of `kind`, as last told by [`Agent::set_certificate`].
     pub fn certificate(&self, kind: CertKind) -> Option<InstalledCertificate> {
-        self.certs.installed[kind.index()]
+        self.certs.slots[kind.index()].installed
     }
 
     /// A certificate for which the driver should make a new key and call
     /// [`Agent::submit_csr`]. Asked before [`Agent::poll_request`].
     pub fn csr_wanted(&self) -> Option<CertKind> {
-        match &self.certs.active {
-            Some((kind, Step::NeedCsr)) => Some(*kind),
-            _ => None,
-        }
+        KINDS
+            .into_iter()
+            .find(|&k| self.certs.step(k) == Some(Step::NeedCsr))
     }
 
     /// Builds the CSR for `kind` with `build` (which signs it with the new key whose public
-    /// half is `public_key`) and queues it. On error nothing changes and the request is asked
+    /// half is `public_key`) and queues it. On error nothing is sent and the request is asked
     /// for again after a backoff.
     pub fn submit_csr(
         &mut self,
@@ -282,6 +318,9 @@ impl Agent<'_> {
         public_key: &PublicKey,
         build: impl FnOnce(&CsrSubject<'_>, &mut [u8]) -> Result<usize, PkiError>,
     ) -> Result<(), PkiError> {
+        if self.certs.step(kind) != Some(Step::NeedCsr) {
+            return Err(PkiError::NotWanted);
+        }
         let mut der = [0u8; 640];
         let ip: Option<[u8; 4]> = parse_ipv4(&self.internal_ip);
         let sans_buf = [
@@ -297,89 +336,96 @@ impl Agent<'_> {
             node_name: self.cfg.node_name,
             sans,
         };
+        let certs = &mut self.certs;
         let result = build(&subject, &mut der).and_then(|n| {
-            self.certs.pem.clear();
-            self.certs
+            certs.pem.clear();
+            certs
                 .pem
                 .resize_default(CERT_PEM_MAX)
                 .map_err(|_| PkiError::BufferTooSmall)?;
-            let len = pki::pem_encode(pki::CERTIFICATE_REQUEST, &der[..n], &mut self.certs.pem)?;
-            self.certs.pem.truncate(len);
+            let len = pki::pem_encode(pki::CERTIFICATE_REQUEST, &der[..n], &mut certs.pem)?;
+            certs.pem.truncate(len);
             Ok(())
         });
         if let Err(e) = result {
-            self.certs.pem.clear();
-            self.certs.active = None;
-            self.metrics.csr_failures[kind.index()] += 1;
-            self.certs.sched.retry(now);
+            self.csr_failed(now, kind, false);
             return Err(e);
         }
         let unix_s = self.clock.unix_ms(now).unwrap_or(0) / 1000;
-        self.certs.name = bounded(format_args!(
+        let name = bounded(format_args!(
             "picolet-{}-{}-{unix_s}",
             self.cfg.node_name,
             kind.as_str()
         ));
-        self.certs.public_key = *public_key;
-        self.certs.active = Some((kind, Step::Submit));
-        self.certs.sched.ok_then(now);
+        let slot = self.certs.slot(kind);
+        slot.name = name;
+        slot.public_key = *public_key;
+        slot.step = Some(Step::Submit);
+        slot.sched.ok_then(now);
         Ok(())
     }
 
     /// A certificate that was issued for the key of the last [`Agent::submit_csr`], as DER.
     /// The driver installs it with that key, then calls [`Agent::set_certificate`].
     pub fn issued_certificate(&self) -> Option<(CertKind, &[u8])> {
-        match &self.certs.active {
-            Some((kind, Step::Issued)) => Some((*kind, &self.certs.der)),
-            _ => None,
-        }
+        KINDS
+            .into_iter()
+            .find(|&k| self.certs.step(k) == Some(Step::Issued))
+            .map(|k| (k, &self.certs.der[..]))
     }
 
     /// The next CSR request, if one is due (called by the scheduler).
     pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<Pending> {
-        if self.certs.active.is_none() && self.certs.sched.due(now) {
-            let unix_s = self.clock.unix_ms(now).map(|ms| ms / 1000);
-            if let Some(kind) = self.certs.due(unix_s) {
-                self.certs.active = Some((kind, Step::NeedCsr));
+        let unix_s = self.clock.unix_ms(now).map(|ms| ms / 1000);
+        for kind in KINDS {
+            if !self.certs.busy()
+                && self.certs.slots[kind.index()].sched.due(now)
+                && self.certs.due(kind, unix_s)
+            {
+                self.certs.slot(kind).step = Some(Step::NeedCsr);
             }
         }
-        match &self.certs.active {
-            Some((kind, Step::Submit)) if self.certs.sched.due(now) => {
-                Some(Pending::CsrCreate(*kind))
+        for kind in KINDS {
+            let slot = &self.certs.slots[kind.index()];
+            if !slot.sched.due(now) {
+                continue;
             }
-            Some((kind, Step::Wait { .. })) if self.certs.sched.due(now) => {
-                Some(Pending::CsrGet(*kind))
+            match slot.step {
+                Some(Step::Submit) => return Some(Pending::CsrCreate(kind)),
+                Some(Step::Wait { .. }) => return Some(Pending::CsrGet(kind)),
+                _ => {}
             }
-            _ => None,
         }
+        None
     }
 
     /// When the certificates next need the control connection.
     pub(super) fn certificate_wakeup(&self, now: Millis) -> Millis {
-        match &self.certs.active {
-            Some((_, Step::NeedCsr)) => now,
-            Some((_, Step::Issued)) => Millis::MAX,
-            Some(_) => self.certs.sched.at,
-            None => {
-                let unix = self.clock.unix_ms(now);
-                match (unix, self.certs.due(unix.map(|ms| ms / 1000))) {
-                    (Some(_), Some(_)) => self.certs.sched.at,
-                    (Some(ms), None) => {
-                        // Wake at the next renewal time (at least once a minute, as clocks move).
-                        let next = [CertKind::Client, CertKind::Serving]
-                            .into_iter()
-                            .filter(|&k| self.certs.wanted(k))
-                            .filter_map(|k| self.certs.installed[k.index()])
-                            .map(|c| c.renew_at.saturating_mul(1000).saturating_sub(ms))
-                            .min()
-                            .unwrap_or(60_000)
-                            .min(60_000);
-                        now + next
+        let unix = self.clock.unix_ms(now);
+        let mut t = Millis::MAX;
+        for kind in KINDS {
+            let slot = &self.certs.slots[kind.index()];
+            let at = match slot.step {
+                Some(Step::NeedCsr) => now,
+                Some(Step::Issued) => Millis::MAX,
+                Some(_) => slot.sched.at,
+                None if !self.certs.wanted(kind) => Millis::MAX,
+                None => match (unix, slot.installed) {
+                    // Nothing known yet: look again in a minute.
+                    (None, _) | (_, None) => slot.sched.at.max(now + 60_000),
+                    // At the renewal time, looking again at least once a minute as clocks move.
+                    (Some(ms), Some(c)) => {
+                        let wait = c.renew_at.saturating_mul(1000).saturating_sub(ms);
+                        slot.sched.at.max(now + wait.min(60_000))
                     }
-                    (None, _) => now + 60_000,
-                }
-            }
+                },
+            };
+            t = t.min(at);
         }
+        if self.certs.due(CertKind::Serving, unix.map(|ms| ms / 1000)) {
+            t = t.min(self.certs.slots[1].sched.at.max(now));
+        }
+        t
     }
 
     pub(super) fn encode_certificate_request(
@@ -394,7 +440,7 @@ impl Agent<'_> {
                     api_version: "certificates.k8s.io/v1",
                     kind: "CertificateSigningRequest",
                     metadata: CsrMeta {
-                        name: &self.certs.name,
+                        name: &self.certs.slots[kind.index()].name,
                         labels: ManagedBy {
                             managed_by: "picolet",
                         },
@@ -414,13 +460,14 @@ impl Agent<'_> {
                     Some((BodyType::Json, &mut body)),
                 )
             }
-            _ => http::encode_request(
+            Pending::CsrGet(kind) => http::encode_request(
                 out,
                 Method::Get,
                 host,
-                format_args!("{CSR_PATH}/{}", self.certs.name),
+                format_args!("{CSR_PATH}/{}", self.certs.slots[kind.index()].name),
                 None,
             ),
+            _ => Err(HttpError::BufferTooSmall),
         }
     }
 
@@ -432,32 +479,33 @@ impl Agent<'_> {
         body: &[u8],
     ) {
         let ok = (200..300).contains(&status);
-        let Some((kind, _)) = self.certs.active.clone() else {
-            return;
-        };
         match pending {
             // 409: a CSR of this name exists (an earlier POST whose answer was lost).
-            Pending::CsrCreate(_) if ok || status == 409 => {
+            Pending::CsrCreate(kind) if ok || status == 409 => {
                 self.metrics.csr_submitted[kind.index()] += 1;
-                self.certs.active = Some((kind, Step::Wait { since: now }));
-                self.certs.sched.ok_then(now + CSR_POLL_FAST_MS);
+                self.certs.pem.clear();
+                let slot = self.certs.slot(kind);
+                slot.step = Some(Step::Wait { since: now });
+                slot.sched.ok_then(now + CSR_POLL_FAST_MS);
             }
-            Pending::CsrCreate(_) => self.csr_failed(now, kind, false),
-            Pending::CsrGet(_) if ok => self.read_csr(now, kind, body),
+            Pending::CsrCreate(kind) => self.csr_failed(now, kind, false),
+            Pending::CsrGet(kind) if ok => self.read_csr(now, kind, body),
             // Deleted (for example by the CSR cleaner): start again with a new key.
-            Pending::CsrGet(_) if status == 404 => self.csr_failed(now, kind, false),
-            Pending::CsrGet(_) => self.certs.sched.retry(now),
+            Pending::CsrGet(kind) if status == 404 => self.csr_failed(now, kind, false),
+            Pending::CsrGet(kind) => self.certs.slot(kind).sched.retry(now),
             _ => {}
         }
     }
 
-    pub(super) fn on_certificate_transport_error(&mut self, now: Millis) {
-        self.certs.sched.retry(now);
+    pub(super) fn on_certificate_transport_error(&mut self, now: Millis, pending: Pending) {
+        if let Pending::CsrCreate(kind) | Pending::CsrGet(kind) = pending {
+            self.certs.slot(kind).sched.retry(now);
+        }
     }
 
     fn read_csr(&mut self, now: Millis, kind: CertKind, body: &[u8]) {
         let Some(csr) = obj::from_json::<CsrLite<'_>>(body) else {
-            self.certs.sched.retry(now);
+            self.certs.slot(kind).sched.retry(now);
             return;
         };
         let refused = csr
@@ -466,59 +514,81 @@ impl Agent<'_> {
             .iter()
             .any(|c| c.kind == "Denied" || c.kind == "Failed");
         match csr.status.certificate.filter(|c| !c.is_empty()) {
-            Some(b64) => match self.decode_issued(b64.as_bytes()) {
-                Ok(()) => self.certs.active = Some((kind, Step::Issued)),
+            // The shared buffers are taken: read it again shortly.
+            Some(_) if self.certs.busy() => self.certs.slot(kind).sched.retry(now),
+            Some(b64) => match self.decode_issued(kind, b64.as_bytes()) {
+                Ok(()) => self.certs.slot(kind).step = Some(Step::Issued),
                 Err(_) => self.csr_failed(now, kind, true),
             },
             None if refused => self.csr_failed(now, kind, true),
             None => {
-                let Some((_, Step::Wait { since })) = self.certs.active else {
-                    return;
+                let slot = self.certs.slot(kind);
+                let since = match slot.step {
+                    Some(Step::Wait { since }) => since,
+                    _ => now,
                 };
                 let wait = if now.saturating_sub(since) < 60_000 {
                     CSR_POLL_FAST_MS
                 } else {
                     CSR_POLL_SLOW_MS
                 };
-                self.certs.sched.ok_then(now + wait);
+                slot.sched.ok_then(now + wait);
             }
         }
     }
 
     /// base64 → PEM → DER, then checks the certificate is for the submitted key.
-    fn decode_issued(&mut self, b64: &[u8]) -> Result<(), PkiError> {
+    fn decode_issued(&mut self, kind: CertKind, b64: &[u8]) -> Result<(), PkiError> {
         let c = &mut self.certs;
         c.pem.clear();
         c.pem
             .resize_default(CERT_PEM_MAX)
             .map_err(|_| PkiError::BufferTooSmall)?;
-        let pem_len = pki::base64_decode(b64, &mut c.pem)?.len();
+        let decoded = pki::base64_decode(b64, &mut c.pem).map(|p| p.len());
+        let pem_len = match decoded {
+            Ok(n) => n,
+            Err(e) => {
+                c.pem.clear();
+                return Err(e);
+            }
+        };
         c.der.clear();
-        c.der
+        let result = c
+            .der
             .resize_default(CERT_DER_MAX)
-            .map_err(|_| PkiError::BufferTooSmall)?;
-        let der_len = pki::pem_decode(pki::CERTIFICATE, &c.pem[..pem_len], &mut c.der)?.len();
-        c.der.truncate(der_len);
+            .map_err(|_| PkiError::BufferTooSmall)
+            .and_then(|()| pki::pem_decode(pki::CERTIFICATE, &c.pem[..pem_len], &mut c.der))
+            .map(|d| d.len());
         c.pem.clear();
-        let info: CertificateInfo<'_> = pki::certificate_info(&c.der)?;
-        if info.public_key != c.public_key {
+        let checked = result.and_then(|len| {
+            c.der.truncate(len);
+            let info: CertificateInfo<'_> = pki::certificate_info(&c.der)?;
+            if info.public_key != c.slots[kind.index()].public_key {
+                return Err(PkiError::Malformed {
+                    at: "subjectPublicKey (not the requested key)",
+                });
+            }
+            Ok(())
+        });
+        if checked.is_err() {
             c.der.clear();
-            return Err(PkiError::Malformed {
-                at: "subjectPublicKey (not the requested key)",
-            });
         }
-        Ok(())
+        checked
     }
 
     fn csr_failed(&mut self, now: Millis, kind: CertKind, refused: bool) {
         self.metrics.csr_failures[kind.index()] += 1;
-        self.certs.active = None;
-        self.certs.pem.clear();
-        self.certs.der.clear();
+        let exclusive = self.certs.step(kind).is_some_and(Step::exclusive);
+        if exclusive {
+            self.certs.pem.clear();
+            self.certs.der.clear();
+        }
+        let slot = self.certs.slot(kind);
+        slot.step = None;
         if refused {
-            self.certs.sched.ok_then(now + CSR_RETRY_AFTER_DENIAL_MS);
+            slot.sched.ok_then(now + CSR_RETRY_AFTER_DENIAL_MS);
         } else {
-            self.certs.sched.retry(now);
+            slot.sched.retry(now);
         }
     }
 }

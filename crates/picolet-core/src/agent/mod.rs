@@ -810,7 +810,9 @@ impl<'a> Agent<'a> {
             Pending::EventCreate => self.event_sched.retry(now),
             Pending::ConfigList => self.list_sched.retry(now),
             Pending::PodList | Pending::PodFail => self.pod_sched.retry(now),
-            Pending::CsrCreate(_) | Pending::CsrGet(_) => self.on_certificate_transport_error(now),
+            Pending::CsrCreate(_) | Pending::CsrGet(_) => {
+                self.on_certificate_transport_error(now, pending)
+            }
         }
     }
 

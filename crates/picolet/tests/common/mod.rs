@@ -4,11 +4,80 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testplane::{ControlPlane, Options};
+
+/// The node name the tests enrol.
+pub const NODE: &str = "pico-node-1";
+
+/// A running `picolet run`, killed on drop.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(creds: &Path, extra: &[&str]) -> Agent {
+        let port = free_port();
+        let log = creds.with_extension(format!("agent-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_picolet"))
+            .arg("run")
+            .arg("--credentials")
+            .arg(creds)
+            .args(["--kubelet-port", &port.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Agent { child, port, log }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh control plane with `pico-node-1` enrolled, running and Ready.
+pub fn running_node(extra: &[&str]) -> (ControlPlane, PathBuf, Agent) {
+    let plane = plane();
+    let creds = enrol(&plane, NODE);
+    let agent = Agent::start(&creds, extra);
+    wait_ready(&plane, NODE);
+    (plane, creds, agent)
+}
+
+pub fn ready(plane: &ControlPlane, node: &str) -> String {
+    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    kubectl_try(plane, &["get", "nodes", node, "-o", jsonpath]).1
+}
+
+pub fn wait_ready(plane: &ControlPlane, node: &str) {
+    wait_for("node Ready", Duration::from_secs(45), || {
+        ready(plane, node) == "True"
+    });
+}
 
 /// A fresh control plane for one test (killed when dropped).
 pub fn plane() -> ControlPlane {

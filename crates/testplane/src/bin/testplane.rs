@@ -41,6 +41,7 @@ fn main() {
     let opts = testplane::Options {
         node_monitor_grace_period_s: grace_period,
         state_dir: Some(state_dir),
+        ..testplane::Options::default()
     };
     let plane = match testplane::ControlPlane::start(opts) {
         Ok(p) => p,
