@@ -26,6 +26,18 @@ pub enum Route {
     Memory,
 }
 
+impl Route {
+    /// The `nodes` subresource a caller needs `get` on, as the kubelet maps its paths
+    /// (`/metrics*` → `metrics`, everything else → `proxy`); `None` for `/healthz`, which is open.
+    pub fn subresource(self) -> Option<&'static str> {
+        match self {
+            Self::Healthz => None,
+            Self::Metrics | Self::MetricsResource => Some("metrics"),
+            Self::Pods | Self::Memory => Some("proxy"),
+        }
+    }
+}
+
 /// A request that cannot be served, with the status to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -37,6 +49,12 @@ pub enum Refusal {
     MethodNotAllowed,
     /// 431: the head does not fit in the server's buffer.
     HeadTooLarge,
+    /// 401: no verified client certificate (everything but `/healthz` needs one).
+    Unauthorized,
+    /// 403: the API server's SubjectAccessReview said no.
+    Forbidden,
+    /// 503: the API server could not be asked in time.
+    AuthorizationUnavailable,
 }
 
 impl Refusal {
@@ -46,6 +64,9 @@ impl Refusal {
             Self::NotFound => (404, "Not Found"),
             Self::MethodNotAllowed => (405, "Method Not Allowed"),
             Self::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            Self::Unauthorized => (401, "Unauthorized"),
+            Self::Forbidden => (403, "Forbidden"),
+            Self::AuthorizationUnavailable => (503, "Service Unavailable"),
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub certificates_installed: [u32; 2],
     /// CSRs that were denied, failed, vanished or could not be built or read, by kind.
     pub csr_failures: [u32; 2],
+    /// Kubelet-port authorization reviews: allowed, denied, error (no answer, or an identity
+    /// too large to hold).
+    pub kubelet_authz: [u32; 3],
     api: heapless::Vec<ApiCount, API_SLOTS>,
     api_other: u32,
 }
@@ -236,6 +239,21 @@ impl Metrics {
             "Kubernetes Events not sent because the queue was full.",
         )?;
         writeln!(w, "picolet_events_dropped_total {}", self.events_dropped)?;
+        family(
+            w,
+            "picolet_kubelet_authorization_reviews_total",
+            "counter",
+            "SubjectAccessReviews for kubelet-port callers by result.",
+        )?;
+        for (result, n) in ["allowed", "denied", "error"]
+            .iter()
+            .zip(self.kubelet_authz)
+        {
+            writeln!(
+                w,
+                "picolet_kubelet_authorization_reviews_total{{result=\"{result}\"}} {n}"
+            )?;
+        }
         family(
             w,
             "picolet_certificate_expiration_timestamp_seconds",

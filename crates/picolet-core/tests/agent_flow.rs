@@ -1035,3 +1035,189 @@ mod certificates {
         );
     }
 }
+
+// ---------------------------------------------------------------- kubelet-port authorization
+
+mod authorization {
+    use super::*;
+    use picolet_core::agent::{ALLOW_TTL_MS, DENY_TTL_MS, Decision, Identity, REVIEW_TIMEOUT_MS};
+    use picolet_core::kubelet::Route;
+
+    const PROM: Identity<'static> = Identity {
+        user: "prometheus",
+        groups: &["monitoring"],
+    };
+
+    fn registered() -> Harness {
+        let mut h = Harness::new(ConfigMode::Poll);
+        h.agent.sync_clock(0, DATE * 1000);
+        h.register();
+        h.drain();
+        h
+    }
+
+    fn answer_review(h: &mut Harness, allowed: bool) -> serde_json::Value {
+        let r = h.expect("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        h.reply(
+            201,
+            &format!(r#"{{"kind":"SubjectAccessReview","status":{{"allowed":{allowed}}}}}"#),
+        );
+        r.body
+    }
+
+    #[test]
+    fn healthz_is_open_and_everything_else_needs_an_allowed_identity() {
+        let mut h = registered();
+        assert_eq!(
+            h.agent.authorize(h.now, None, Route::Healthz),
+            Decision::Allow
+        );
+        assert_eq!(
+            h.agent.authorize(h.now, None, Route::Metrics),
+            Decision::Deny
+        );
+        assert_eq!(
+            h.agent.authorize(h.now, None, Route::Memory),
+            Decision::Deny
+        );
+
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Pending
+        );
+        // The review goes out first, ahead of anything else due.
+        h.now += 60_000;
+        let review = answer_review(&mut h, true);
+        assert_eq!(review["spec"]["user"], "prometheus");
+        assert_eq!(review["spec"]["groups"], serde_json::json!(["monitoring"]));
+        assert_eq!(
+            review["spec"]["resourceAttributes"],
+            serde_json::json!({"verb": "get", "resource": "nodes", "subresource": "metrics", "name": "pico-node-1"})
+        );
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Allow
+        );
+        assert_eq!(
+            h.agent
+                .authorize(h.now, Some(&PROM), Route::MetricsResource),
+            Decision::Allow,
+            "same subresource, same decision"
+        );
+        // /memory is nodes/proxy: a separate review, denied.
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Memory),
+            Decision::Pending
+        );
+        answer_review(&mut h, false);
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Memory),
+            Decision::Deny
+        );
+        // A same-named user in other groups is another identity.
+        let other = Identity {
+            user: "prometheus",
+            groups: &["system:masters"],
+        };
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&other), Route::Metrics),
+            Decision::Pending
+        );
+        answer_review(&mut h, false);
+        // Decisions expire: a revoked binding is noticed.
+        h.now += DENY_TTL_MS.max(ALLOW_TTL_MS);
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Pending
+        );
+        answer_review(&mut h, false);
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Deny
+        );
+        let mut text = String::new();
+        h.agent
+            .metrics()
+            .render(&mut text, &h.agent.gauges(h.now))
+            .unwrap();
+        assert!(
+            text.contains("picolet_kubelet_authorization_reviews_total{result=\"allowed\"} 1\n")
+        );
+        assert!(
+            text.contains("picolet_kubelet_authorization_reviews_total{result=\"denied\"} 3\n")
+        );
+    }
+
+    #[test]
+    fn oversized_identities_unanswered_reviews_and_late_answers_fail_closed() {
+        let mut h = registered();
+        let long = "x".repeat(200);
+        let big = Identity {
+            user: &long,
+            groups: &[],
+        };
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&big), Route::Metrics),
+            Decision::Deny
+        );
+        let many = Identity {
+            user: "a",
+            groups: &["1", "2", "3", "4", "5"],
+        };
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&many), Route::Metrics),
+            Decision::Deny
+        );
+
+        // Sent, never answered: the caller gets 503 after the timeout, and a late "allowed"
+        // is ignored.
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Pending
+        );
+        h.expect("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        h.now += REVIEW_TIMEOUT_MS;
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Unavailable
+        );
+        h.reply(201, r#"{"status":{"allowed":true}}"#);
+        assert_ne!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Allow
+        );
+        // An error from the API server is not a yes either.
+        h.now += 2_000;
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Pending
+        );
+        h.expect("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        h.reply(403, r#"{"kind":"Status","code":403}"#);
+        assert_eq!(
+            h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
+            Decision::Unavailable
+        );
+        // Many identities: slots are reused, never granting one identity another's answer.
+        for i in 0..10 {
+            let user = format!("user-{i}");
+            let id = Identity {
+                user: &user,
+                groups: &[],
+            };
+            h.now += 2_000;
+            assert_eq!(
+                h.agent.authorize(h.now, Some(&id), Route::Metrics),
+                Decision::Pending
+            );
+            let body = answer_review(&mut h, i % 2 == 0);
+            assert_eq!(body["spec"]["user"], user.as_str());
+            let expect = if i % 2 == 0 {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            };
+            assert_eq!(h.agent.authorize(h.now, Some(&id), Route::Metrics), expect);
+        }
+    }
+}

@@ -117,6 +117,7 @@ mod tests {
             ca_pem: ca.cert.pem(),
             cert_pem: node.cert.pem(),
             key_pem: node.key_pair.serialize_pem(),
+            client_ca_pem: None,
         }
         .save(dir)
         .unwrap();

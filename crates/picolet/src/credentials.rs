@@ -6,6 +6,9 @@
 //! ca.crt       the cluster CA that signs the API server's certificate
 //! client.crt   the node's client certificate (CN=system:node:NAME, O=system:nodes)
 //! client.key   its P-256 private key (mode 0600)
+//! client-ca.crt  the CA that signs client certificates (the API server's `--client-ca-file`):
+//!              kubelet-port callers are verified against it; `ca.crt` when absent
+//! serving.crt, serving.key  the kubelet port's certificate, once issued (see `node_certs`)
 //! kubeconfig   the same, for kubectl
 //! ```
 
@@ -65,6 +68,8 @@ pub struct Credentials {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The client CA, when enrolment could read it.
+    pub client_ca_pem: Option<String>,
 }
 
 fn read(path: &Path) -> Result<String, CredentialsError> {
@@ -88,6 +93,11 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), CredentialsErr
 }
 
 impl Credentials {
+    /// The CA kubelet-port client certificates are checked against.
+    pub fn client_ca_pem(&self) -> &str {
+        self.client_ca_pem.as_deref().unwrap_or(&self.ca_pem)
+    }
+
     /// Reads a credentials directory.
     pub fn load(dir: &Path) -> Result<Self, CredentialsError> {
         let path = dir.join("node.toml");
@@ -100,6 +110,7 @@ impl Credentials {
             ca_pem: read(&dir.join("ca.crt"))?,
             cert_pem: read(&dir.join("client.crt"))?,
             key_pem: read(&dir.join("client.key"))?,
+            client_ca_pem: fs::read_to_string(dir.join("client-ca.crt")).ok(),
         })
     }
 
@@ -114,6 +125,9 @@ impl Credentials {
         write(&dir.join("ca.crt"), &self.ca_pem, false)?;
         write(&dir.join("client.crt"), &self.cert_pem, false)?;
         write(&dir.join("client.key"), &self.key_pem, true)?;
+        if let Some(ca) = &self.client_ca_pem {
+            write(&dir.join("client-ca.crt"), ca, false)?;
+        }
         write(&dir.join("kubeconfig"), &self.kubeconfig(dir), true)
     }
 
@@ -148,11 +162,13 @@ mod tests {
             ca_pem: "CA".into(),
             cert_pem: "CERT".into(),
             key_pem: "KEY".into(),
+            client_ca_pem: Some("CLIENT CA".into()),
         };
         c.save(dir.path()).unwrap();
         let back = Credentials::load(dir.path()).unwrap();
         assert_eq!(back.identity, c.identity);
         assert_eq!((back.ca_pem.as_str(), back.key_pem.as_str()), ("CA", "KEY"));
+        assert_eq!(back.client_ca_pem(), "CLIENT CA");
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir.path().join("client.key"))
             .unwrap()

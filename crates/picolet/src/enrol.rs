@@ -288,7 +288,13 @@ pub async fn issue_certificate(
             body: body.to_string(),
         });
     }
-    approve(admin, &format!("{base}/{csr_name}")).await?;
+    approve(
+        admin,
+        &format!("{base}/{csr_name}"),
+        "PicoletEnrol",
+        "approved by picolet enrol",
+    )
+    .await?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let (status, body) = admin
@@ -321,8 +327,13 @@ pub async fn issue_certificate(
 }
 
 /// Adds the Approved condition, re-reading the CSR when a controller changed it meanwhile (409).
-async fn approve(admin: &mut AdminClient, path: &str) -> Result<(), EnrolError> {
-    let cond = json!({"type": "Approved", "status": "True", "reason": "PicoletEnrol", "message": "approved by picolet enrol"});
+pub async fn approve(
+    admin: &mut AdminClient,
+    path: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), EnrolError> {
+    let cond = json!({"type": "Approved", "status": "True", "reason": reason, "message": message});
     let mut last = (0, Value::Null);
     for _ in 0..5 {
         let (status, mut obj) = admin.request(Method::Get, path, None).await?;
@@ -369,6 +380,21 @@ async fn approve(admin: &mut AdminClient, path: &str) -> Result<(), EnrolError> 
     })
 }
 
+/// The API server's client CA, as it publishes it for extension servers (and kubelets).
+pub async fn read_client_ca(admin: &mut AdminClient) -> Option<String> {
+    let (status, cm) = admin
+        .request(
+            Method::Get,
+            "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication",
+            None,
+        )
+        .await
+        .ok()?;
+    (status == 200)
+        .then(|| cm["data"]["client-ca-file"].as_str().map(String::from))
+        .flatten()
+}
+
 /// Runs the whole enrolment and returns the credentials written.
 pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
     let access = kubeconfig::load(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
@@ -396,6 +422,12 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
         &opts.config_map,
     )
     .await?;
+    let client_ca_pem = read_client_ca(&mut admin).await;
+    if client_ca_pem.is_none() {
+        tracing::warn!(
+            "cannot read kube-system/extension-apiserver-authentication; kubelet-port callers will be checked against the cluster CA"
+        );
+    }
     let creds = Credentials {
         identity: NodeIdentity {
             node_name: opts.node_name.clone(),
@@ -405,6 +437,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
         ca_pem: access.ca_pem.clone(),
         cert_pem,
         key_pem: key.serialize_pem(),
+        client_ca_pem,
     };
     creds.save(&opts.out_dir).map_err(EnrolError::Credentials)?;
     Ok(creds)

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use picolet_core::kubelet::{self, Refusal};
+use picolet_core::agent::{Decision, Identity, REVIEW_TIMEOUT_MS};
+use picolet_core::kubelet::{self, Refusal, Route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,6 +29,34 @@ pub struct ServerCounters {
     pub refused: AtomicU64,
     pub over_limit: AtomicU64,
     pub tls_failures: AtomicU64,
+    pub unauthenticated: AtomicU64,
+    pub forbidden: AtomicU64,
+}
+
+/// A caller's identity from its verified client certificate: CN and O values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Caller {
+    /// Reads the identity from a certificate rustls already verified against the client CA.
+    pub fn from_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let user = subject
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string();
+        let groups = subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(String::from))
+            .collect();
+        Some(Self { user, groups })
+    }
 }
 
 /// A self-signed serving certificate for the node's name and IP (PEM cert, PEM key).
@@ -48,7 +77,7 @@ pub fn self_signed(node_name: &str, node_ip: &str) -> Result<(String, String), r
 pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((tcp, _peer)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -62,19 +91,111 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared:
         tokio::spawn(async move {
             match acceptor {
                 Some(acc) => match tokio::time::timeout(REQUEST_DEADLINE, acc.accept(tcp)).await {
-                    Ok(Ok(tls)) => handle(tls, &shared).await,
-                    _ => {
+                    Ok(Ok(tls)) => {
+                        // rustls verified the chain against the client CA; no certificate
+                        // means an anonymous caller.
+                        let caller = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| Caller::from_certificate(c));
+                        handle(tls, &shared, Access::Authenticated(caller)).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("kubelet port: TLS handshake from {peer} refused: {e}");
+                        shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        tracing::warn!("kubelet port: TLS handshake from {peer} timed out");
                         shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
                     }
                 },
-                None => handle(tcp, &shared).await,
+                None => handle(tcp, &shared, Access::Open).await,
             }
             drop(permit);
         });
     }
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared) {
+/// Who is asking, as far as the transport can tell.
+pub enum Access {
+    /// Plain HTTP (`--kubelet-plain-http`): like the kubelet's read-only port, no
+    /// authentication and no authorization.
+    Open,
+    /// HTTPS: the verified client certificate's identity, or `None` for no certificate.
+    Authenticated(Option<Caller>),
+}
+
+/// Asks the agent (and through it the API server) whether `caller` may use `route`.
+async fn authorize(shared: &Shared, caller: Option<&Caller>, route: Route) -> Decision {
+    let groups: Vec<&str> = caller
+        .map(|c| c.groups.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let id = caller.map(|c| Identity {
+        user: &c.user,
+        groups: &groups,
+    });
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(REVIEW_TIMEOUT_MS)
+        + Duration::from_secs(1);
+    loop {
+        let now = shared.now();
+        let decision = shared
+            .agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .authorize(now, id.as_ref(), route);
+        if decision != Decision::Pending {
+            return decision;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Decision::Unavailable;
+        }
+        shared.wake_control();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Authentication, then authorization; a refusal is logged and counted.
+async fn allowed(shared: &Shared, access: &Access, req: kubelet::Request) -> Result<(), Refusal> {
+    let Access::Authenticated(caller) = access else {
+        return Ok(());
+    };
+    let refusal = match authorize(shared, caller.as_ref(), req.route).await {
+        Decision::Allow => return Ok(()),
+        Decision::Deny if caller.is_none() => {
+            shared
+                .server
+                .unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+            Refusal::Unauthorized
+        }
+        Decision::Deny => {
+            shared.server.forbidden.fetch_add(1, Ordering::Relaxed);
+            Refusal::Forbidden
+        }
+        Decision::Pending | Decision::Unavailable => Refusal::AuthorizationUnavailable,
+    };
+    let who = caller
+        .as_ref()
+        .map_or("anonymous (no client certificate)".to_string(), |c| {
+            format!("user={} groups={:?}", c.user, c.groups)
+        });
+    tracing::warn!(
+        "kubelet port: {:?} refused for {who}: {} (get nodes/{})",
+        req.route,
+        match refusal {
+            Refusal::Unauthorized => "401, a client certificate is required",
+            Refusal::Forbidden => "403, the API server's SubjectAccessReview denied it",
+            _ => "503, the API server could not be asked",
+        },
+        req.route.subresource().unwrap_or("-"),
+    );
+    Err(refusal)
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared, access: Access) {
     let mut head = vec![0u8; MAX_HEAD];
     let mut len = 0;
     let parsed = tokio::time::timeout(REQUEST_DEADLINE, async {
@@ -93,6 +214,13 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Share
     })
     .await;
     let mut out = vec![0u8; 64 * 1024];
+    let parsed = match parsed {
+        Ok(Ok(req)) => match allowed(shared, &access, req).await {
+            Ok(()) => Ok(Ok(req)),
+            Err(refusal) => Ok(Err(refusal)),
+        },
+        other => other,
+    };
     let n = match parsed {
         // Nothing complete arrived in time: close without an answer.
         Err(_) => return,
@@ -179,5 +307,15 @@ fn render_extra(
         w,
         "picolet_kubelet_requests_total{{outcome=\"tls_failure\"}} {}",
         c.tls_failures.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        w,
+        "picolet_kubelet_requests_total{{outcome=\"unauthenticated\"}} {}",
+        c.unauthenticated.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        w,
+        "picolet_kubelet_requests_total{{outcome=\"forbidden\"}} {}",
+        c.forbidden.load(Ordering::Relaxed)
     )
 }

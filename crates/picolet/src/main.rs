@@ -7,6 +7,7 @@
 //! - `picolet board-config` writes one board's settings as a UF2 for its configuration sector.
 
 mod api;
+mod approve;
 mod board_config;
 mod credentials;
 mod enrol;
@@ -65,6 +66,19 @@ enum Command {
         config_namespace: String,
         #[arg(long, default_value = "pico-config")]
         config_map: String,
+    },
+    /// Approve picolet nodes' kubelet-serving CSRs that pass the checks (requested by the node
+    /// itself, for its own name and the addresses its Node publishes).
+    Approve {
+        /// Admin kubeconfig.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Only this node's requests (default: every node's).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Keep looking until one request was approved, for up to this many seconds.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        wait: u64,
     },
     /// Run a virtual Pico node until Ctrl-C.
     Run(RunArgs),
@@ -266,6 +280,33 @@ fn main() {
                         )
                     })
                     .map_err(|e| e.to_string())
+            }
+            Command::Approve {
+                kubeconfig,
+                node_name,
+                wait,
+            } => {
+                let opts = approve::ApproveOptions {
+                    kubeconfig,
+                    node_name,
+                    wait: Duration::from_secs(wait),
+                };
+                approve::approve(&opts)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|verdicts| {
+                        for v in &verdicts {
+                            match &v.refused {
+                                None => println!("approved {}", v.csr),
+                                Some(why) => println!("left pending {}: {why}", v.csr),
+                            }
+                        }
+                        if verdicts.iter().any(|v| v.refused.is_none()) {
+                            Ok(())
+                        } else {
+                            Err("no kubelet-serving request was approved".into())
+                        }
+                    })
             }
             Command::Run(args) => run::run(args.into()).await,
             Command::BoardConfig {

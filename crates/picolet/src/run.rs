@@ -73,6 +73,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Wakes the control connection (a kubelet-port caller waits for an authorization review).
+    pub fn wake_control(&self) {
+        self.wake_control.notify_one();
+    }
+
     fn endpoint(&self) -> Arc<Endpoint> {
         self.endpoint
             .read()
@@ -237,7 +242,8 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
             None
         }
         Some(resolver) => Some(tokio_rustls::TlsAcceptor::from(
-            tls::server_config(resolver.clone(), None).map_err(|e| e.to_string())?,
+            tls::server_config(resolver.clone(), Some(creds.client_ca_pem()))
+                .map_err(|e| e.to_string())?,
         )),
     };
     info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");

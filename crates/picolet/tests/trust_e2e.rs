@@ -153,3 +153,265 @@ fn chrono_like_parse(s: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
 }
+
+// ---------------------------------------------------------------- the kubelet port
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+/// A client certificate signed by the plane's CA (or any other), PEM cert and key.
+fn client_cert(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    cn: &str,
+    org: &str,
+    expired: bool,
+) -> (String, String) {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, org);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn other_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "not-the-cluster-ca");
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// GET `path` over HTTPS, verifying the kubelet port's certificate against `ca_pem` for
+/// `server_name`; returns the status line and body, or the TLS error.
+fn https_get(
+    port: u16,
+    ca_pem: &str,
+    server_name: &str,
+    client: Option<&(String, String)>,
+    path: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok(format!("{status}\n{body}"))
+}
+
+fn picolet(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_picolet"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
+    let plane = plane_with(Options::default());
+    let creds = enrol(&plane, NODE);
+    assert!(
+        creds.join("client-ca.crt").exists(),
+        "enrol stores the client CA"
+    );
+    let agent = Agent::start(&creds, &[]);
+    wait_ready(&plane, NODE);
+    let port = agent.port;
+    let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(plane.dir().join("ca.key")).unwrap();
+
+    // Until approved, the port serves a self-signed certificate the cluster CA does not verify.
+    let early = https_get(port, &ca, NODE, None, "/healthz");
+    assert!(early.is_err(), "{early:?}");
+
+    // The serving CSR comes from the node; `picolet approve` checks and approves it.
+    let admin = plane.admin_kubeconfig();
+    let out = picolet(&[
+        "approve",
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "--node-name",
+        NODE,
+        "--wait",
+        "30",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("approved picolet-pico-node-1-serving-"),
+        "{stdout}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !creds.join("serving.crt").exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Now verified by the cluster CA, by the node's name and by its IP.
+    let healthz = https_get(port, &ca, NODE, None, "/healthz").unwrap();
+    assert_eq!(healthz, "HTTP/1.1 200 OK\nok");
+    assert!(https_get(port, &ca, "127.0.0.1", None, "/healthz").is_ok());
+    assert!(https_get(port, &ca, "kubernetes", None, "/healthz").is_err());
+
+    // Anonymous: only /healthz.
+    let anon = https_get(port, &ca, NODE, None, "/metrics").unwrap();
+    assert!(anon.starts_with("HTTP/1.1 401 "), "{anon}");
+
+    // An authenticated caller without RBAC: 403, logged.
+    let prom = client_cert(&ca, &ca_key, "prometheus-test", "monitoring", false);
+    let denied = https_get(port, &ca, NODE, Some(&prom), "/metrics").unwrap();
+    assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+    assert!(
+        agent.log().contains("refused for user=prometheus-test"),
+        "{}",
+        agent.log()
+    );
+
+    // Granted nodes/metrics: allowed once the cached denial expires; /memory stays closed.
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrole",
+            "node-metrics",
+            "--verb=get",
+            "--resource=nodes/metrics",
+        ],
+    );
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrolebinding",
+            "prometheus-test",
+            "--clusterrole=node-metrics",
+            "--user=prometheus-test",
+        ],
+    );
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while !last.starts_with("HTTP/1.1 200 ") {
+        assert!(std::time::Instant::now() < deadline, "still {last}");
+        std::thread::sleep(Duration::from_secs(1));
+        last = https_get(port, &ca, NODE, Some(&prom), "/metrics").unwrap();
+    }
+    assert!(last.contains("picolet_heartbeats_total"));
+    let memory = https_get(port, &ca, NODE, Some(&prom), "/memory").unwrap();
+    assert!(memory.starts_with("HTTP/1.1 403 "), "{memory}");
+
+    // Revoked: refused again within the cache lifetime.
+    kubectl(&plane, &["delete", "clusterrolebinding", "prometheus-test"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(75);
+    while last.starts_with("HTTP/1.1 200 ") {
+        assert!(std::time::Instant::now() < deadline, "revocation not felt");
+        std::thread::sleep(Duration::from_secs(1));
+        last = https_get(port, &ca, NODE, Some(&prom), "/metrics").unwrap();
+    }
+    assert!(last.starts_with("HTTP/1.1 403 "), "{last}");
+
+    // Certificates the client CA did not sign, or expired ones: no handshake at all.
+    let (other, other_key) = other_ca();
+    let stranger = client_cert(
+        &other,
+        &other_key,
+        "system:kube-apiserver",
+        "system:masters",
+        false,
+    );
+    assert!(https_get(port, &ca, NODE, Some(&stranger), "/metrics").is_err());
+    let expired = client_cert(&ca, &ca_key, "prometheus-test", "monitoring", true);
+    assert!(https_get(port, &ca, NODE, Some(&expired), "/metrics").is_err());
+
+    // Garbage and an oversized record where a ClientHello belongs.
+    for junk in [
+        b"GET /metrics HTTP/1.1\r\n\r\n".to_vec(),
+        [&[0x16u8, 0x03, 0x01, 0xff, 0xff][..], &[0u8; 70_000][..]].concat(),
+        vec![0x16, 0x03, 0x03, 0x00, 0x05, 1, 0, 0, 1, 9],
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(&junk);
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(n < 64, "no HTTP answer to junk");
+    }
+
+    // The API server's kubelet client (system:masters) gets through, and sees the counters.
+    let metrics = kubectl(
+        &plane,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
+        ],
+    );
+    for outcome in ["unauthenticated", "forbidden", "tls_failure"] {
+        let n = metric(
+            &metrics,
+            &format!("picolet_kubelet_requests_total{{outcome=\"{outcome}\"}}"),
+        );
+        assert!(n >= 1.0, "{outcome}: {n}");
+    }
+    assert!(
+        metric(
+            &metrics,
+            "picolet_kubelet_authorization_reviews_total{result=\"allowed\"}"
+        ) >= 2.0
+    );
+    assert_eq!(ready(&plane, NODE), "True");
+    assert!(
+        agent.log().contains("kubelet port: TLS handshake"),
+        "{}",
+        agent.log()
+    );
+}

@@ -26,6 +26,7 @@ pub(super) fn pending_name(p: Pending) -> &'static str {
         Pending::PodFail => "pod status",
         Pending::CsrCreate(_) => "certificate signing request",
         Pending::CsrGet(_) => "certificate signing request read",
+        Pending::AccessReview(_) => "subject access review",
     }
 }
 
@@ -99,6 +100,9 @@ impl<'a> Agent<'a> {
     ) -> Result<usize, HttpError> {
         if let Pending::CsrCreate(_) | Pending::CsrGet(_) = pending {
             return self.encode_certificate_request(pending, out);
+        }
+        if let Pending::AccessReview(id) = pending {
+            return self.encode_access_review(id, out);
         }
         let unix = self.clock.unix_ms(now);
         if unix.is_some() && self.ready_since_unix_ms.is_none() {
@@ -339,7 +343,9 @@ impl<'a> Agent<'a> {
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
-            Pending::CsrCreate(_) | Pending::CsrGet(_) => Err(HttpError::BufferTooSmall),
+            Pending::CsrCreate(_) | Pending::CsrGet(_) | Pending::AccessReview(_) => {
+                Err(HttpError::BufferTooSmall)
+            }
         }
     }
 }

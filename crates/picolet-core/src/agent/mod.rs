@@ -15,10 +15,15 @@
 //! Time is always an argument (monotonic milliseconds); wall-clock time comes from
 //! [`Agent::sync_clock`] or the responses' `Date` headers.
 
+mod authorization;
 mod certificates;
 mod config_map;
 mod encode;
 
+pub use authorization::{
+    ALLOW_TTL_MS, AUTHZ_SLOTS, DENY_TTL_MS, Decision, IDENTITY_GROUPS_MAX, IDENTITY_NAME_MAX,
+    Identity, REVIEW_TIMEOUT_MS,
+};
 pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
@@ -220,14 +225,18 @@ enum Pending {
     PodFail,
     CsrCreate(CertKind),
     CsrGet(CertKind),
+    /// A SubjectAccessReview for the authorization slot with this id.
+    AccessReview(u16),
 }
 
 impl Pending {
     fn method(self) -> Method {
         match self {
-            Self::NodeCreate | Self::LeaseCreate | Self::EventCreate | Self::CsrCreate(_) => {
-                Method::Post
-            }
+            Self::NodeCreate
+            | Self::LeaseCreate
+            | Self::EventCreate
+            | Self::CsrCreate(_)
+            | Self::AccessReview(_) => Method::Post,
             Self::NodeGet | Self::LeaseGet | Self::ConfigList | Self::PodList | Self::CsrGet(_) => {
                 Method::Get
             }
@@ -350,6 +359,7 @@ pub struct Agent<'a> {
     pods_to_fail: heapless::Vec<(String<64>, String<256>), 4>,
 
     certs: certificates::Certificates,
+    authz: authorization::Authorizations,
 }
 
 fn valid_label(s: &str) -> bool {
@@ -448,6 +458,7 @@ impl<'a> Agent<'a> {
             pod_sched: start,
             pods_to_fail: heapless::Vec::new(),
             certs: certificates::Certificates::new(CertificatePolicy::default(), 0, now),
+            authz: authorization::Authorizations::new(),
         })
     }
 
@@ -527,6 +538,9 @@ impl<'a> Agent<'a> {
         if self.in_flight.is_some() {
             return Millis::MAX;
         }
+        if self.access_review_queued() {
+            return now;
+        }
         if self.registration != Registration::Done {
             return self.registration_sched.at;
         }
@@ -574,6 +588,10 @@ impl<'a> Agent<'a> {
     }
 
     fn next_due(&mut self, now: Millis) -> Option<Pending> {
+        // A kubelet-port caller is waiting for this answer.
+        if let Some(p) = self.next_access_review(now) {
+            return Some(p);
+        }
         match self.registration {
             Registration::Create if self.registration_sched.due(now) => {
                 return Some(Pending::NodeCreate);
@@ -778,6 +796,7 @@ impl<'a> Agent<'a> {
             Pending::CsrCreate(_) | Pending::CsrGet(_) => {
                 self.on_certificate_response(now, pending, status, body)
             }
+            Pending::AccessReview(id) => self.on_access_review(now, id, status, body),
             Pending::PodFail => match status {
                 _ if ok || status == 404 || status == 409 => {
                     if ok {
@@ -813,6 +832,7 @@ impl<'a> Agent<'a> {
             Pending::CsrCreate(_) | Pending::CsrGet(_) => {
                 self.on_certificate_transport_error(now, pending)
             }
+            Pending::AccessReview(id) => self.on_access_review_lost(now, id),
         }
     }
 
