@@ -69,6 +69,9 @@ pub enum HttpError {
     Truncated,
     /// The body is larger than the caller is willing to hold.
     BodyTooLarge,
+    /// A header value holds characters that could end the header (a bearer token must be
+    /// visible ASCII).
+    BadHeaderValue,
 }
 
 impl fmt::Display for HttpError {
@@ -80,6 +83,7 @@ impl fmt::Display for HttpError {
             Self::BadChunk => "malformed chunked encoding",
             Self::Truncated => "connection closed before the response ended",
             Self::BodyTooLarge => "response body too large",
+            Self::BadHeaderValue => "header value with control or non-ASCII characters",
         })
     }
 }
@@ -101,8 +105,24 @@ pub fn encode_request(
     path: fmt::Arguments<'_>,
     body: Option<(BodyType, BodyWriter<'_>)>,
 ) -> Result<usize, HttpError> {
+    encode_request_with_token(out, method, host, path, None, body)
+}
+
+/// [`encode_request`] with an `Authorization: Bearer` header: how a node authenticates with
+/// a bootstrap token before it has a client certificate.
+pub fn encode_request_with_token(
+    out: &mut [u8],
+    method: Method,
+    host: &str,
+    path: fmt::Arguments<'_>,
+    bearer: Option<&str>,
+    body: Option<(BodyType, BodyWriter<'_>)>,
+) -> Result<usize, HttpError> {
     if out.len() <= HEAD_RESERVE {
         return Err(HttpError::BufferTooSmall);
+    }
+    if bearer.is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(HttpError::BadHeaderValue);
     }
     let (ctype, body_len) = match body {
         Some((ctype, write_body)) => {
@@ -125,6 +145,9 @@ pub fn encode_request(
             env!("CARGO_PKG_VERSION"),
             "\r\nAccept: application/json\r\n"
         ))?;
+        if let Some(token) = bearer {
+            write!(w, "Authorization: Bearer {token}\r\n")?;
+        }
         if let Some(ctype) = ctype {
             write!(
                 w,
@@ -389,6 +412,34 @@ mod tests {
             "Content-Type: application/merge-patch+json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
         ));
         assert!(text.ends_with("\r\n\r\n{\"a\":1}"));
+        let mut buf = [0u8; 2048];
+        let n = encode_request_with_token(
+            &mut buf,
+            Method::Get,
+            "h",
+            format_args!("/"),
+            Some("abcdef.0123456789abcdef"),
+            None,
+        )
+        .unwrap();
+        assert!(
+            core::str::from_utf8(&buf[..n])
+                .unwrap()
+                .contains("\r\nAuthorization: Bearer abcdef.0123456789abcdef\r\n")
+        );
+        for bad in ["", "a\r\nX-Evil: 1", "t ok", "caf\u{e9}"] {
+            assert_eq!(
+                encode_request_with_token(
+                    &mut buf,
+                    Method::Get,
+                    "h",
+                    format_args!("/"),
+                    Some(bad),
+                    None
+                ),
+                Err(HttpError::BadHeaderValue)
+            );
+        }
         assert_eq!(
             encode_request(&mut [0u8; 100], Method::Get, "h", format_args!("/"), None),
             Err(HttpError::BufferTooSmall)

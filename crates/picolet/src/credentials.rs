@@ -114,6 +114,40 @@ impl Credentials {
         })
     }
 
+    /// Writes a directory for a node that will join with a bootstrap token: everything but
+    /// the key and certificate, which the node makes and obtains itself.
+    pub fn save_bootstrap(
+        dir: &Path,
+        identity: &NodeIdentity,
+        ca_pem: &str,
+        client_ca_pem: Option<&str>,
+        token: &str,
+    ) -> Result<(), CredentialsError> {
+        fs::create_dir_all(dir).map_err(|source| CredentialsError::Write {
+            path: dir.into(),
+            source,
+        })?;
+        let toml = toml::to_string(identity).expect("NodeIdentity serializes");
+        write(&dir.join("node.toml"), &toml, false)?;
+        write(&dir.join("ca.crt"), ca_pem, false)?;
+        if let Some(ca) = client_ca_pem {
+            write(&dir.join("client-ca.crt"), ca, false)?;
+        }
+        write(&dir.join(crate::bootstrap::TOKEN_FILE), token, true)
+    }
+
+    /// Reads what [`Credentials::save_bootstrap`] wrote: identity, cluster CA, token.
+    pub fn load_bootstrap(dir: &Path) -> Result<(NodeIdentity, String, String), CredentialsError> {
+        let path = dir.join("node.toml");
+        let identity = toml::from_str(&read(&path)?).map_err(|e| CredentialsError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let ca = read(&dir.join("ca.crt"))?;
+        let token = read(&dir.join(crate::bootstrap::TOKEN_FILE))?;
+        Ok((identity, ca, token.trim().to_string()))
+    }
+
     /// Writes a credentials directory (the key readable by the owner only).
     pub fn save(&self, dir: &Path) -> Result<(), CredentialsError> {
         fs::create_dir_all(dir).map_err(|source| CredentialsError::Write {

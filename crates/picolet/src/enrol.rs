@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use picolet_core::http::{self, BodyType, Method};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use picolet_core::pki::{self, CsrSubject, PkiError};
+use picolet_device::keys::NodeKey;
 use serde_json::{Value, json};
 
 use crate::api::{Connection, Endpoint, TransportError};
@@ -44,7 +45,7 @@ pub enum EnrolError {
     Kubeconfig(KubeconfigError),
     Tls(TlsError),
     Transport(TransportError),
-    Key(rcgen::Error),
+    Key(PkiError),
     /// The API server answered with an unexpected status.
     Api {
         what: &'static str,
@@ -85,6 +86,8 @@ pub struct AdminClient {
     host: String,
     buf: Vec<u8>,
     body: Vec<u8>,
+    /// A bearer token sent with every request (bootstrap tokens); `None` with a client certificate.
+    bearer: Option<String>,
 }
 
 impl AdminClient {
@@ -107,6 +110,25 @@ impl AdminClient {
             host: name,
             buf: vec![0; 256 * 1024],
             body: vec![0; 1 << 20],
+            bearer: None,
+        })
+    }
+
+    /// Connects with a bearer token and no client certificate, verifying `server_name`
+    /// against `ca_pem`.
+    pub fn with_token(
+        server: &str,
+        server_name: &str,
+        ca_pem: &str,
+        token: &str,
+    ) -> Result<Self, EnrolError> {
+        let endpoint = Endpoint::new(server, server_name, ca_pem, None).map_err(EnrolError::Tls)?;
+        Ok(Self {
+            conn: Connection::new(Arc::new(endpoint), 16 * 1024),
+            host: server_name.into(),
+            buf: vec![0; 64 * 1024],
+            body: vec![0; 1 << 20],
+            bearer: Some(token.into()),
         })
     }
 
@@ -123,11 +145,12 @@ impl AdminClient {
             out.get_mut(..t.len())?.copy_from_slice(t);
             Some(t.len())
         };
-        let n = http::encode_request(
+        let n = http::encode_request_with_token(
             &mut self.buf,
             method,
             &self.host,
             format_args!("{path}"),
+            self.bearer.as_deref(),
             body.map(|(ct, _)| {
                 (
                     ct,
@@ -249,27 +272,38 @@ pub async fn apply_rbac(
     apply(admin, &renewal_rbac_object()).await
 }
 
-/// A fresh P-256 key and a CSR (PEM) for the node's client identity.
-pub fn node_client_csr(node: &str) -> Result<(KeyPair, String), rcgen::Error> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "system:nodes");
-    dn.push(DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?;
-    Ok((key, csr.pem()?))
+/// A fresh P-256 key (the same key and CSR code the firmware runs) and a CSR (PEM) for the
+/// node's client identity.
+pub fn node_client_csr(node: &str) -> Result<(NodeKey, String), PkiError> {
+    let key = crate::node_certs::new_key();
+    let mut der = [0u8; 1024];
+    let n = key.csr(
+        &CsrSubject {
+            node_name: node,
+            sans: &[],
+        },
+        &mut der,
+    )?;
+    let mut pem = [0u8; 2048];
+    let m = pki::pem_encode(pki::CERTIFICATE_REQUEST, &der[..n], &mut pem)?;
+    Ok((key, String::from_utf8_lossy(&pem[..m]).into_owned()))
 }
 
-/// Submits a CSR as the admin, approves it and waits for the signed certificate (PEM).
-pub async fn issue_certificate(
-    admin: &mut AdminClient,
+const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
+/// The signer and usages of a node client certificate.
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// See [`CLIENT_SIGNER`].
+pub const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+
+/// Creates a CertificateSigningRequest.
+pub async fn submit_csr(
+    client: &mut AdminClient,
     csr_name: &str,
     csr_pem: &str,
     signer: &str,
     usages: &[&str],
-    timeout: Duration,
-) -> Result<String, EnrolError> {
+) -> Result<(), EnrolError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let csr = json!({
         "apiVersion": "certificates.k8s.io/v1",
@@ -277,9 +311,8 @@ pub async fn issue_certificate(
         "metadata": {"name": csr_name, "labels": {"app.kubernetes.io/managed-by": "picolet"}},
         "spec": {"request": b64.encode(csr_pem), "signerName": signer, "usages": usages}
     });
-    let base = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-    let (status, body) = admin
-        .request(Method::Post, base, Some((BodyType::Json, &csr)))
+    let (status, body) = client
+        .request(Method::Post, CSR_PATH, Some((BodyType::Json, &csr)))
         .await?;
     if status != 201 {
         return Err(EnrolError::Api {
@@ -288,23 +321,38 @@ pub async fn issue_certificate(
             body: body.to_string(),
         });
     }
-    approve(
-        admin,
-        &format!("{base}/{csr_name}"),
-        "PicoletEnrol",
-        "approved by picolet enrol",
-    )
-    .await?;
+    Ok(())
+}
+
+/// Reads a CSR until it carries a certificate (PEM); a denial or failure is an error.
+pub async fn wait_for_certificate(
+    client: &mut AdminClient,
+    csr_name: &str,
+    timeout: Duration,
+) -> Result<String, EnrolError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let (status, body) = admin
-            .request(Method::Get, &format!("{base}/{csr_name}"), None)
+        let (status, body) = client
+            .request(Method::Get, &format!("{CSR_PATH}/{csr_name}"), None)
             .await?;
         if status != 200 {
             return Err(EnrolError::Api {
                 what: "reading the CSR",
                 status,
                 body: body.to_string(),
+            });
+        }
+        let refused = body["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Denied" || c["type"] == "Failed");
+        if let Some(c) = refused {
+            return Err(EnrolError::Api {
+                what: "the CSR was refused",
+                status: 200,
+                body: c.to_string(),
             });
         }
         if let Some(cert) = body["status"]["certificate"]
@@ -324,6 +372,26 @@ pub async fn issue_certificate(
     Err(EnrolError::NotIssued {
         csr: csr_name.into(),
     })
+}
+
+/// Submits a CSR as the admin, approves it and waits for the signed certificate (PEM).
+pub async fn issue_certificate(
+    admin: &mut AdminClient,
+    csr_name: &str,
+    csr_pem: &str,
+    signer: &str,
+    usages: &[&str],
+    timeout: Duration,
+) -> Result<String, EnrolError> {
+    submit_csr(admin, csr_name, csr_pem, signer, usages).await?;
+    approve(
+        admin,
+        &format!("{CSR_PATH}/{csr_name}"),
+        "PicoletEnrol",
+        "approved by picolet enrol",
+    )
+    .await?;
+    wait_for_certificate(admin, csr_name, timeout).await
 }
 
 /// Adds the Approved condition, re-reading the CSR when a controller changed it meanwhile (409).
@@ -410,8 +478,8 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
         &mut admin,
         &csr_name,
         &csr_pem,
-        "kubernetes.io/kube-apiserver-client-kubelet",
-        &["digital signature", "key encipherment", "client auth"],
+        CLIENT_SIGNER,
+        &CLIENT_USAGES,
         opts.timeout,
     )
     .await?;
@@ -436,7 +504,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
         },
         ca_pem: access.ca_pem.clone(),
         cert_pem,
-        key_pem: key.serialize_pem(),
+        key_pem: crate::node_certs::key_pem(&key).map_err(EnrolError::Key)?,
         client_ca_pem,
     };
     creds.save(&opts.out_dir).map_err(EnrolError::Credentials)?;

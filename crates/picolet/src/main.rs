@@ -9,6 +9,7 @@
 mod api;
 mod approve;
 mod board_config;
+mod bootstrap;
 mod credentials;
 mod enrol;
 mod kubeconfig;
@@ -66,6 +67,31 @@ enum Command {
         config_namespace: String,
         #[arg(long, default_value = "pico-config")]
         config_map: String,
+    },
+    /// Create a short-lived bootstrap token for one node and write that node's directory
+    /// (no key: the node makes its own and gets its certificate through the CSR API).
+    Token {
+        /// Admin kubeconfig (used once, never stored).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        #[arg(long, default_value = "pico-node-1")]
+        node_name: String,
+        /// Where to write the node's directory (default: credentials/NODE_NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// API server URL the node should use (default: the kubeconfig's server).
+        #[arg(long)]
+        server: Option<String>,
+        /// DNS name checked in the API server's certificate.
+        #[arg(long, default_value = "kubernetes")]
+        tls_server_name: String,
+        #[arg(long, default_value = "default")]
+        config_namespace: String,
+        #[arg(long, default_value = "pico-config")]
+        config_map: String,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+        ttl: u64,
     },
     /// Approve picolet nodes' kubelet-serving CSRs that pass the checks (requested by the node
     /// itself, for its own name and the addresses its Node publishes).
@@ -276,6 +302,41 @@ fn main() {
                             "enrolled system:node:{} for {}; credentials in {}",
                             c.identity.node_name,
                             c.identity.server,
+                            out_dir.display()
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Command::Token {
+                kubeconfig,
+                node_name,
+                out,
+                server,
+                tls_server_name,
+                config_namespace,
+                config_map,
+                ttl,
+            } => {
+                let out_dir = out.unwrap_or_else(|| PathBuf::from("credentials").join(&node_name));
+                let opts = bootstrap::TokenOptions {
+                    kubeconfig,
+                    node_name: node_name.clone(),
+                    out_dir: out_dir.clone(),
+                    server,
+                    tls_server_name,
+                    config_namespace,
+                    config_map,
+                    ttl: Duration::from_secs(ttl.max(1) * 60),
+                };
+                bootstrap::create_token(&opts)
+                    .await
+                    .map(|token| {
+                        let id = token.split('.').next().unwrap_or_default();
+                        println!(
+                            "bootstrap token {id}.… for {node_name}, valid {ttl} min, written to {}; \
+                             `picolet run --credentials {}` joins with it \
+                             (revoke: kubectl -n kube-system delete secret bootstrap-token-{id})",
+                            out_dir.join(bootstrap::TOKEN_FILE).display(),
                             out_dir.display()
                         )
                     })

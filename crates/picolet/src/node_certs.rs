@@ -61,6 +61,13 @@ pub fn new_key() -> NodeKey {
     .expect("64 bytes of entropy are enough")
 }
 
+/// A key as `EC PRIVATE KEY` PEM.
+pub fn key_pem(key: &NodeKey) -> Result<String, pki::PkiError> {
+    let mut buf = [0u8; 512];
+    let n = pki::pem_encode(pki::EC_PRIVATE_KEY, &key.sec1_der(), &mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// PEM for a certificate DER and a key.
 pub fn pem_pair(cert_der: &[u8], key: &NodeKey) -> Result<(String, String), pki::PkiError> {
     let mut buf = vec![0u8; 4096];

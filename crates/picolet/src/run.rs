@@ -107,8 +107,18 @@ fn unix_ms() -> u64 {
 }
 
 /// Reads the credentials, retrying every 10 s with a clear message until they are usable.
+/// A directory with a bootstrap token and no certificate joins first.
 async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>) {
     loop {
+        match crate::bootstrap::join_if_needed(dir).await {
+            Ok(true) => info!("joined with the bootstrap token; client certificate written"),
+            Ok(false) => {}
+            Err(e) => {
+                error!("bootstrap: {e}; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                continue;
+            }
+        }
         let attempt = Credentials::load(dir)
             .map_err(|e| e.to_string())
             .and_then(|c| {

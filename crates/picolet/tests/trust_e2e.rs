@@ -415,3 +415,122 @@ fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
         agent.log()
     );
 }
+
+// ---------------------------------------------------------------- bootstrap tokens
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn a_node_joins_with_a_bootstrap_token_and_a_bad_token_is_refused() {
+    let plane = plane_with(Options::default());
+    let admin = plane.admin_kubeconfig();
+    let node = "pico-node-2";
+    let dir = plane.dir().join("join-pico-node-2");
+    let out = picolet(&[
+        "token",
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "--node-name",
+        node,
+        "--out",
+        dir.to_str().unwrap(),
+        "--ttl",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let token_file = dir.join("bootstrap-token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !dir.join("client.key").exists(),
+        "no key before the node makes one"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let id = token.split('.').next().unwrap().to_string();
+
+    // A copy of the directory with a wrong secret: refused (401), retried, nothing created.
+    let bad = plane.dir().join("join-bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["node.toml", "ca.crt", "client-ca.crt"] {
+        std::fs::copy(dir.join(f), bad.join(f)).unwrap();
+    }
+    std::fs::write(
+        bad.join("bootstrap-token"),
+        format!("{id}.0000000000000000"),
+    )
+    .unwrap();
+    let bad_agent = Agent::start(&bad, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !bad_agent
+        .log()
+        .contains("bootstrap: creating the CSR failed with HTTP 401")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", bad_agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(bad_agent);
+    assert!(!bad.join("client.crt").exists());
+
+    // The real token: the node makes its key, its CSR is auto-approved, it becomes Ready.
+    let agent = Agent::start(&dir, &[]);
+    wait_ready(&plane, node);
+    assert!(dir.join("client.crt").exists() && dir.join("client.key").exists());
+    assert!(!token_file.exists(), "the token is deleted once used");
+    let csrs = kubectl(
+        &plane,
+        &[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
+        ],
+    );
+    let line = csrs
+        .lines()
+        .find(|l| l.starts_with("picolet-pico-node-2-bootstrap-"))
+        .unwrap_or_else(|| panic!("{csrs}"));
+    assert!(
+        line.ends_with(&format!(" system:bootstrap:{id} AutoApproved")),
+        "{line}"
+    );
+    let (_, _, _) = cert_facts(&dir.join("client.crt"));
+    drop(agent);
+
+    // An expired token is refused by the API server.
+    let dir3 = plane.dir().join("join-pico-node-3");
+    let out = picolet(&[
+        "token",
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "--node-name",
+        "pico-node-3",
+        "--out",
+        dir3.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let id3 = std::fs::read_to_string(dir3.join("bootstrap-token")).unwrap()[..6].to_string();
+    kubectl(
+        &plane,
+        &[
+            "-n",
+            "kube-system",
+            "patch",
+            "secret",
+            &format!("bootstrap-token-{id3}"),
+            "--type=merge",
+            "-p",
+            r#"{"stringData":{"expiration":"2020-01-01T00:00:00Z"}}"#,
+        ],
+    );
+    let expired = Agent::start(&dir3, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !expired.log().contains("HTTP 401") {
+        assert!(std::time::Instant::now() < deadline, "{}", expired.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!dir3.join("client.crt").exists());
+}
