@@ -53,6 +53,25 @@ impl fmt::Display for TransportError {
 
 impl std::error::Error for TransportError {}
 
+fn is_alert(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)))
+}
+
+impl TransportError {
+    /// Whether TLS refused the connection: a failed handshake, or (TLS 1.3, where the server
+    /// checks the client certificate after the client's handshake ends) an alert from the
+    /// server on the first read.
+    pub fn is_tls_refusal(&self) -> bool {
+        match self {
+            Self::Handshake { .. } => true,
+            Self::Io(e) => is_alert(e),
+            _ => false,
+        }
+    }
+}
+
 /// Splits `https://HOST:PORT[/…]` into `HOST:PORT`.
 pub fn host_port(server: &str) -> Option<String> {
     let rest = server.strip_prefix("https://")?;
@@ -228,6 +247,11 @@ impl Connection {
                     }
                     let stream = self.stream.as_mut().expect("connected");
                     let read = match stream.read(&mut self.inbuf[self.end..]).await {
+                        // The server refused us in TLS (a TLS 1.3 client-certificate check):
+                        // not a stale connection, and retrying will not help.
+                        Err(e) if is_alert(&e) => {
+                            return Err(Attempt::Failed(TransportError::Io(e)));
+                        }
                         Ok(0) | Err(_) if !got_any => return Err(Attempt::Stale),
                         Ok(0) => {
                             decoder.finish().map_err(http)?;

@@ -266,6 +266,17 @@ fn render_extra(
     )?;
     family(
         w,
+        "picolet_api_tls_failures_total",
+        "counter",
+        "API server connections refused in the TLS handshake (CA, server name, client certificate).",
+    )?;
+    writeln!(
+        w,
+        "picolet_api_tls_failures_total {}",
+        shared.api_tls_failures.load(Ordering::Relaxed)
+    )?;
+    family(
+        w,
         "process_cpu_seconds_total",
         "counter",
         "CPU time of the host agent process.",

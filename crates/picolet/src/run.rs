@@ -62,6 +62,9 @@ pub struct Shared {
     /// HTTP bytes to and from the API server on both connections (before TLS).
     pub api_bytes_sent: AtomicU64,
     pub api_bytes_received: AtomicU64,
+    /// Connections to the API server whose TLS handshake failed (wrong CA, server name,
+    /// refused or expired client certificate).
+    pub api_tls_failures: AtomicU64,
     stopping: AtomicBool,
     /// The API server endpoint with the current client certificate (replaced on renewal).
     endpoint: RwLock<Arc<Endpoint>>,
@@ -192,6 +195,9 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         },
         rand_core::RngCore::next_u32(&mut rand_core::OsRng),
     );
+    if let Ok(c) = tls::certs(&creds.cert_pem, "client certificate") {
+        check_client_certificate(&c[0], node_name);
+    }
     match tls::certs(&creds.cert_pem, "client certificate")
         .map_err(|e| e.to_string())
         .and_then(|c| {
@@ -234,6 +240,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         server: ServerCounters::default(),
         api_bytes_sent: AtomicU64::new(0),
         api_bytes_received: AtomicU64::new(0),
+        api_tls_failures: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         endpoint: RwLock::new(endpoint),
         serving: serving.clone(),
@@ -443,6 +450,39 @@ fn install(
     Ok(())
 }
 
+fn count_tls_failure(shared: &Shared, e: &crate::api::TransportError) {
+    if e.is_tls_refusal() {
+        shared.api_tls_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Says clearly, at start, what is wrong with a client certificate the API server will refuse.
+fn check_client_certificate(der: &[u8], node_name: &str) {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        error!("client.crt is not a readable X.509 certificate");
+        return;
+    };
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or("");
+    let expected = format!("system:node:{node_name}");
+    if cn != expected {
+        error!(
+            "client.crt is for {cn:?}, not {expected:?}: the API server's node authorizer will refuse this node's requests (re-enrol this node)"
+        );
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after * 1000 < unix_ms() as i64 {
+        error!(
+            "client certificate expired at {} (Unix); the API server will refuse it: re-enrol, or join with a bootstrap token",
+            not_after
+        );
+    }
+}
+
 async fn control_loop(shared: Arc<Shared>) {
     let mut conn = Connection::new(shared.endpoint(), 16 * 1024);
     let mut keys = PendingKeys::default();
@@ -509,6 +549,7 @@ async fn control_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 warn!("{} -> {e}", first_line(&request));
+                count_tls_failure(&shared, &e);
                 agent.on_transport_error(now);
             }
         }
@@ -544,6 +585,7 @@ async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
             Ok(s) => s,
             Err(e) => {
                 warn!("watch: {e}");
+                count_tls_failure(&shared, &e);
                 let now = shared.now();
                 shared.lock().on_watch_closed(now, true);
                 continue;

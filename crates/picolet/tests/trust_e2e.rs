@@ -534,3 +534,158 @@ fn a_node_joins_with_a_bootstrap_token_and_a_bad_token_is_refused() {
     }
     assert!(!dir3.join("client.crt").exists());
 }
+
+// ---------------------------------------------------------------- refusals towards the API server
+
+fn http_metrics(agent: &Agent) -> String {
+    common::raw_http(agent.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+}
+
+fn wait_log(agent: &Agent, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} not in:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn wrong_names_expired_or_foreign_certificates_and_revoked_rbac_are_refused_cleanly() {
+    let plane = plane_with(Options::default());
+    let one = enrol(&plane, NODE);
+    let two = enrol(&plane, "pico-node-2");
+    let plain = ["--kubelet-plain-http", "--no-certificate-rotation"];
+
+    // 1. A server name the API server's certificate does not carry.
+    let wrong_name = plane.dir().join("wrong-name");
+    copy_dir(&one, &wrong_name);
+    let toml = std::fs::read_to_string(one.join("node.toml")).unwrap();
+    std::fs::write(
+        wrong_name.join("node.toml"),
+        toml.replace(
+            "tls_server_name = \"kubernetes\"",
+            "tls_server_name = \"wrong.example\"",
+        ),
+    )
+    .unwrap();
+    let a = Agent::start(&wrong_name, &plain);
+    wait_log(&a, "TLS handshake with wrong.example failed");
+    assert!(metric(&http_metrics(&a), "picolet_api_tls_failures_total") >= 1.0);
+
+    // 2. An expired client certificate (signed by the right CA).
+    let expired = plane.dir().join("expired");
+    copy_dir(&one, &expired);
+    let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(plane.dir().join("ca.key")).unwrap();
+    let (cert, key) = client_cert(
+        &ca,
+        &ca_key,
+        "system:node:pico-node-1",
+        "system:nodes",
+        true,
+    );
+    std::fs::write(expired.join("client.crt"), cert).unwrap();
+    std::fs::write(expired.join("client.key"), key).unwrap();
+    let b = Agent::start(&expired, &plain);
+    wait_log(&b, "client certificate expired at");
+    // kube-apiserver takes any client certificate in the handshake and refuses it in its
+    // authenticator: HTTP 401.
+    wait_log(&b, "HTTP 401 (the client certificate is not accepted");
+    assert!(
+        metric(
+            &http_metrics(&b),
+            "picolet_api_requests_total{verb=\"POST\",code=\"401\"}"
+        ) >= 1.0
+    );
+
+    // 3. pico-node-2's certificate in pico-node-1's directory: the node authorizer refuses.
+    let foreign = plane.dir().join("foreign");
+    copy_dir(&one, &foreign);
+    std::fs::copy(two.join("client.crt"), foreign.join("client.crt")).unwrap();
+    std::fs::copy(two.join("client.key"), foreign.join("client.key")).unwrap();
+    let c = Agent::start(&foreign, &plain);
+    wait_log(&c, "client.crt is for \"system:node:pico-node-2\"");
+    wait_log(&c, "HTTP 403 (forbidden");
+    assert!(
+        metric(
+            &http_metrics(&c),
+            "picolet_api_requests_total{verb=\"POST\",code=\"403\"}"
+        ) >= 1.0
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (found, _) = common::kubectl_try(&plane, &["get", "node", NODE]);
+    assert!(!found, "no pico-node-1 was registered by anyone");
+
+    // 4. Revoked RBAC: pico-node-2 loses its ConfigMap role; the config state says so.
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "configmap",
+            "pico-config",
+            "--from-literal=memory_values=0=1",
+        ],
+    );
+    let d = Agent::start(&two, &["--kubelet-plain-http", "--config-mode", "poll"]);
+    wait_ready(&plane, "pico-node-2");
+    let state = |plane: &ControlPlane| {
+        kubectl(
+            plane,
+            &[
+                "get",
+                "node",
+                "pico-node-2",
+                "-o",
+                "jsonpath={.metadata.annotations.picolet\\.dev/config-state}",
+            ],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while state(&plane) != "Applied" {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kubectl(
+        &plane,
+        &["delete", "rolebinding", "picolet-config-reader-pico-node-2"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(75);
+    while state(&plane) != "Error" {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        metric(
+            &http_metrics(&d),
+            "picolet_api_requests_total{verb=\"GET\",code=\"403\"}"
+        ) >= 1.0
+    );
+    assert_eq!(ready(&plane, "pico-node-2"), "True", "still a Ready node");
+
+    for (name, agent) in [
+        ("wrong name", a),
+        ("expired", b),
+        ("foreign", c),
+        ("revoked", d),
+    ] {
+        let mut agent = agent;
+        assert!(agent.alive(), "{name}: {}", agent.log());
+        assert!(!agent.log().contains("panicked"), "{name}");
+    }
+}
