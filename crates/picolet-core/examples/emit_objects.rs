@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use picolet_core::agent::{Agent, ConfigMode, WatchLines};
+use p256::ecdsa::signature::Signer;
+use picolet_core::agent::{Agent, CertificatePolicy, ConfigMode, Identity, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
 use serde_json::{Value, json};
@@ -57,6 +58,17 @@ fn main() {
     let mut agent = Agent::new(cfg, region, 0).unwrap();
     agent.sync_clock(0, 1_795_707_601_000);
     agent.set_internal_ip("192.168.1.50");
+    agent.set_certificate_policy(
+        0,
+        CertificatePolicy {
+            rotate_client: true,
+            request_serving: true,
+        },
+        0,
+    );
+    let key = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let mut public = [0u8; 65];
+    public.copy_from_slice(key.verifying_key().to_encoded_point(false).as_bytes());
     let head = |status| ResponseHead {
         status,
         content_length: None,
@@ -84,6 +96,28 @@ fn main() {
             }
         }
         now += 1_000;
+        if let Some(kind) = agent.csr_wanted() {
+            agent
+                .submit_csr(now, kind, &public, |subject, out| {
+                    picolet_core::pki::build_csr(
+                        subject,
+                        &public,
+                        |info| {
+                            let s: p256::ecdsa::Signature = key.sign(info);
+                            s.to_bytes().into()
+                        },
+                        out,
+                    )
+                })
+                .unwrap();
+        }
+        if step == 30 {
+            let id = Identity {
+                user: "system:serviceaccount:monitoring:prometheus",
+                groups: &["system:serviceaccounts", "system:authenticated"],
+            };
+            agent.authorize(now, Some(&id), picolet_core::kubelet::Route::Metrics);
+        }
         let Some(n) = agent.poll_request(now, &mut buf).unwrap() else {
             continue;
         };
@@ -136,6 +170,17 @@ fn main() {
                 written.insert("pod-after-reject", pod.clone());
                 (200, json!({}))
             }
+            ("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests") => {
+                written.insert("csr-kubelet-serving", body.clone());
+                (201, json!({}))
+            }
+            ("GET", p) if p.starts_with("/apis/certificates.k8s.io/") => {
+                (200, json!({"status": {}}))
+            }
+            ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews") => {
+                written.insert("subjectaccessreview", body.clone());
+                (201, json!({"status": {"allowed": true}}))
+            }
             other => panic!("unexpected request {other:?}"),
         };
         let text = reply.to_string();
@@ -151,6 +196,8 @@ fn main() {
         "event-configapplied",
         "event-configrejected",
         "pod-after-reject",
+        "csr-kubelet-serving",
+        "subjectaccessreview",
     ] {
         let obj = written
             .get(want)
