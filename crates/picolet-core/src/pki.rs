@@ -266,6 +266,43 @@ pub fn ec_private_key_der(secret: &[u8; 32], public_key: &PublicKey) -> [u8; 121
     out
 }
 
+/// Length of [`ec_private_key_pkcs8_der`]'s output.
+pub const PKCS8_LEN: usize = 138;
+
+/// The PKCS#8 `PrivateKeyInfo` DER of a P-256 key (`PRIVATE KEY` PEM; what embedded-tls and
+/// `picolet enrol` use): the SEC1 key without its curve parameters, which the algorithm
+/// identifier carries.
+pub fn ec_private_key_pkcs8_der(secret: &[u8; 32], public_key: &PublicKey) -> [u8; PKCS8_LEN] {
+    let mut scratch = [0u8; PKCS8_LEN + 24];
+    let mut w = DerWriter {
+        buf: &mut scratch,
+        len: 0,
+    };
+    // Cannot fail: the sizes are fixed and fit (the test checks the shape).
+    let _ = w.nested(SEQUENCE, |w| {
+        w.tlv(INTEGER, &[0])?;
+        p256_algorithm(w)?;
+        w.nested(OCTET_STRING, |w| {
+            w.nested(SEQUENCE, |w| {
+                w.tlv(INTEGER, &[1])?;
+                w.tlv(OCTET_STRING, secret)?;
+                w.nested(0xa1, |w| {
+                    w.nested(BIT_STRING, |w| {
+                        w.bytes(&[0])?;
+                        w.bytes(public_key)
+                    })
+                })
+            })
+        })
+    });
+    let mut out = [0u8; PKCS8_LEN];
+    out.copy_from_slice(&scratch[..PKCS8_LEN]);
+    out
+}
+
+/// The PEM label of a PKCS#8 private key.
+pub const PRIVATE_KEY: &str = "PRIVATE KEY";
+
 // ---------------------------------------------------------------------------- reading
 
 /// Splits one DER TLV off the front of `input`: (tag, content, rest).

@@ -85,6 +85,12 @@ impl NodeKey {
         pki::ec_private_key_der(&secret, &self.public_key())
     }
 
+    /// The private key as PKCS#8 DER (`PRIVATE KEY` PEM; embedded-tls takes this form).
+    pub fn pkcs8_der(&self) -> [u8; pki::PKCS8_LEN] {
+        let secret: [u8; 32] = self.key.to_bytes().into();
+        pki::ec_private_key_pkcs8_der(&secret, &self.public_key())
+    }
+
     /// A PKCS#10 request for this key, signed by it; returns the DER length written to `out`.
     pub fn csr(&self, subject: &CsrSubject<'_>, out: &mut [u8]) -> Result<usize, PkiError> {
         pki::build_csr(
@@ -141,6 +147,24 @@ mod tests {
         assert!(NodeKey::from_sec1_der(&der[..120]).is_err());
         // The standard parser reads it as the same key.
         let parsed = p256::SecretKey::from_sec1_der(&der).unwrap();
+        assert_eq!(
+            parsed.public_key().to_encoded_point(false).as_bytes(),
+            &k.public_key()[..]
+        );
+    }
+
+    #[test]
+    fn pkcs8_der_is_read_back_by_the_standard_parser() {
+        use p256::pkcs8::DecodePrivateKey;
+        let k = key();
+        let der = k.pkcs8_der();
+        assert_eq!(der[0], 0x30);
+        assert_eq!(
+            (der[1], usize::from(der[2]) + 3),
+            (0x81, der.len()),
+            "one whole SEQUENCE"
+        );
+        let parsed = p256::SecretKey::from_pkcs8_der(&der).unwrap();
         assert_eq!(
             parsed.public_key().to_encoded_point(false).as_bytes(),
             &k.public_key()[..]

@@ -61,10 +61,11 @@ pub fn new_key() -> NodeKey {
     .expect("64 bytes of entropy are enough")
 }
 
-/// A key as `EC PRIVATE KEY` PEM.
+/// A key as PKCS#8 `PRIVATE KEY` PEM (the form the firmware build and board configuration
+/// read).
 pub fn key_pem(key: &NodeKey) -> Result<String, pki::PkiError> {
     let mut buf = [0u8; 512];
-    let n = pki::pem_encode(pki::EC_PRIVATE_KEY, &key.sec1_der(), &mut buf)?;
+    let n = pki::pem_encode(pki::PRIVATE_KEY, &key.pkcs8_der(), &mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
@@ -73,8 +74,7 @@ pub fn pem_pair(cert_der: &[u8], key: &NodeKey) -> Result<(String, String), pki:
     let mut buf = vec![0u8; 4096];
     let n = pki::pem_encode(pki::CERTIFICATE, cert_der, &mut buf)?;
     let cert = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let n = pki::pem_encode(pki::EC_PRIVATE_KEY, &key.sec1_der(), &mut buf)?;
-    let key = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let key = key_pem(key)?;
     Ok((cert, key))
 }
 

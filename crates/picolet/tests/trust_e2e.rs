@@ -86,7 +86,7 @@ fn the_client_certificate_is_renewed_before_expiry_without_losing_ready() {
     );
     // The key file holds the key of the new certificate, readable by the owner only.
     let key_pem = std::fs::read_to_string(creds.join("client.key")).unwrap();
-    assert!(key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(creds.join("client.key"))
         .unwrap()

@@ -1,0 +1,62 @@
+/* The smallest mbedtls 2.28 configuration that serves picolet's kubelet port: a TLS 1.2
+ * server, ECDHE-ECDSA with AES-128-GCM and SHA-256 on P-256 only, client certificates
+ * verified against a CA (DER, no PEM), time checks, a static-arena heap, and entropy from a
+ * hardware hook (the RP2040's ROSC). Used only to measure mbedtls for the evaluation in the
+ * README; picolet does not ship it. */
+#ifndef PICOLET_MBEDTLS_CONFIG_H
+#define PICOLET_MBEDTLS_CONFIG_H
+
+#define MBEDTLS_HAVE_ASM
+#define MBEDTLS_HAVE_TIME
+#define MBEDTLS_HAVE_TIME_DATE
+#define MBEDTLS_PLATFORM_C
+#define MBEDTLS_PLATFORM_MEMORY
+#define MBEDTLS_MEMORY_BUFFER_ALLOC_C
+#ifdef PICOLET_MEASURE_HEAP
+#define MBEDTLS_MEMORY_DEBUG
+#endif
+#define MBEDTLS_NO_PLATFORM_ENTROPY
+#define MBEDTLS_ENTROPY_HARDWARE_ALT
+#define MBEDTLS_ENTROPY_C
+#define MBEDTLS_CTR_DRBG_C
+
+#define MBEDTLS_AES_C
+#define MBEDTLS_AES_ROM_TABLES
+#define MBEDTLS_AES_FEWER_TABLES
+#define MBEDTLS_GCM_C
+#define MBEDTLS_CIPHER_C
+#define MBEDTLS_MD_C
+#define MBEDTLS_SHA256_C
+#define MBEDTLS_SHA256_SMALLER
+
+#define MBEDTLS_BIGNUM_C
+#define MBEDTLS_ECP_C
+#define MBEDTLS_ECP_DP_SECP256R1_ENABLED
+#define MBEDTLS_ECP_NIST_OPTIM
+#define MBEDTLS_ECP_WINDOW_SIZE 2
+#define MBEDTLS_ECP_FIXED_POINT_OPTIM 0
+#define MBEDTLS_ECDH_C
+#define MBEDTLS_ECDSA_C
+#define MBEDTLS_ASN1_PARSE_C
+#define MBEDTLS_ASN1_WRITE_C
+#define MBEDTLS_OID_C
+#define MBEDTLS_PK_C
+#define MBEDTLS_PK_PARSE_C
+#define MBEDTLS_X509_USE_C
+#define MBEDTLS_X509_CRT_PARSE_C
+
+#define MBEDTLS_SSL_TLS_C
+#define MBEDTLS_SSL_SRV_C
+#define MBEDTLS_SSL_PROTO_TLS1_2
+#define MBEDTLS_KEY_EXCHANGE_ECDHE_ECDSA_ENABLED
+#define MBEDTLS_SSL_CIPHERSUITES MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+#define MBEDTLS_SSL_EXTENDED_MASTER_SECRET
+#define MBEDTLS_SSL_ENCRYPT_THEN_MAC
+#ifndef PICOLET_IN_CONTENT_LEN
+#define PICOLET_IN_CONTENT_LEN 16384
+#endif
+#define MBEDTLS_SSL_IN_CONTENT_LEN PICOLET_IN_CONTENT_LEN
+#define MBEDTLS_SSL_OUT_CONTENT_LEN 2048
+
+#include "mbedtls/check_config.h"
+#endif
