@@ -438,6 +438,145 @@ pub fn certificate_info(der: &[u8]) -> Result<CertificateInfo<'_>, PkiError> {
     })
 }
 
+/// The parts of a certificate needed to verify it and to know whom it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParsedCertificate<'d> {
+    /// The signed part (`tbsCertificate`, whole TLV).
+    pub tbs: &'d [u8],
+    /// The issuer Name (whole TLV), compared byte for byte with the CA's subject.
+    pub issuer: &'d [u8],
+    /// The subject Name (whole TLV).
+    pub subject: &'d [u8],
+    /// Validity and public key.
+    pub info: CertificateInfo<'d>,
+    /// True when the signature algorithm is ecdsa-with-SHA256.
+    pub signed_with_ecdsa_sha256: bool,
+    /// The signature (DER ECDSA-Sig-Value for ECDSA).
+    pub signature: &'d [u8],
+    /// `Some(true/false)`: an extendedKeyUsage extension is present and does / does not allow
+    /// client authentication; `None`: no such extension.
+    pub client_auth: Option<bool>,
+    /// True when a basicConstraints extension says CA.
+    pub is_ca: bool,
+}
+
+const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+const OID_ANY_EKU: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
+
+/// Splits a DER element off the front, returning the whole TLV and the rest.
+fn whole<'d>(input: &'d [u8], at: &'static str) -> Result<(&'d [u8], &'d [u8]), PkiError> {
+    let (_, content, rest) = tlv(input, at)?;
+    let header = input.len() - rest.len() - content.len();
+    Ok((&input[..header + content.len()], rest))
+}
+
+/// Parses a DER certificate for verification (see [`ParsedCertificate`]).
+pub fn parse_certificate(der: &[u8]) -> Result<ParsedCertificate<'_>, PkiError> {
+    let info = certificate_info(der)?;
+    let (cert, _) = expect(der, SEQUENCE, "Certificate")?;
+    let (tbs, rest) = whole(cert, "tbsCertificate")?;
+    let (alg, rest) = expect(rest, SEQUENCE, "signatureAlgorithm")?;
+    let (oid, _) = expect(alg, OID, "signatureAlgorithm")?;
+    let (bits, _) = expect(rest, BIT_STRING, "signatureValue")?;
+    let signature = match bits.split_first() {
+        Some((0, s)) => s,
+        _ => {
+            return Err(PkiError::Malformed {
+                at: "signatureValue",
+            });
+        }
+    };
+    let (tbs_content, _) = expect(tbs, SEQUENCE, "tbsCertificate")?;
+    let mut r = tbs_content;
+    if r.first() == Some(&0xa0) {
+        r = tlv(r, "version")?.2;
+    }
+    let (_, r) = expect(r, INTEGER, "serialNumber")?;
+    let (_, r) = expect(r, SEQUENCE, "signature")?;
+    let (issuer, r) = whole(r, "issuer")?;
+    let (_, r) = expect(r, SEQUENCE, "validity")?;
+    let (subject, r) = whole(r, "subject")?;
+    let (_, mut r) = expect(r, SEQUENCE, "subjectPublicKeyInfo")?;
+    let (mut client_auth, mut is_ca) = (None, false);
+    while let Ok((tag, content, rest)) = tlv(r, "extensions") {
+        r = rest;
+        if tag != 0xa3 {
+            continue; // issuerUniqueID / subjectUniqueID
+        }
+        let (mut exts, _) = expect(content, SEQUENCE, "extensions")?;
+        while !exts.is_empty() {
+            let (ext, rest) = expect(exts, SEQUENCE, "extension")?;
+            exts = rest;
+            let (id, mut e) = expect(ext, OID, "extnID")?;
+            if e.first() == Some(&0x01) {
+                e = tlv(e, "critical")?.2;
+            }
+            let (value, _) = expect(e, OCTET_STRING, "extnValue")?;
+            if id == OID_EXT_KEY_USAGE {
+                let (mut purposes, _) = expect(value, SEQUENCE, "extKeyUsage")?;
+                let mut allowed = false;
+                while !purposes.is_empty() {
+                    let (p, rest) = expect(purposes, OID, "KeyPurposeId")?;
+                    purposes = rest;
+                    allowed |= p == OID_KP_CLIENT_AUTH || p == OID_ANY_EKU;
+                }
+                client_auth = Some(allowed);
+            } else if id == OID_BASIC_CONSTRAINTS {
+                let (bc, _) = expect(value, SEQUENCE, "basicConstraints")?;
+                is_ca = matches!(tlv(bc, "cA"), Ok((0x01, [v], _)) if *v != 0);
+            }
+        }
+    }
+    Ok(ParsedCertificate {
+        tbs,
+        issuer,
+        subject,
+        info,
+        signed_with_ecdsa_sha256: oid == OID_ECDSA_SHA256,
+        signature,
+        client_auth,
+        is_ca,
+    })
+}
+
+/// The values of attribute `oid` in a Name (whole TLV), in order: CN is [`OID_COMMON_NAME`],
+/// O is [`OID_ORGANIZATION`]. Values that are not UTF8String, PrintableString or IA5String
+/// are skipped.
+pub fn name_values<'d>(name: &'d [u8], oid: &'d [u8]) -> impl Iterator<Item = &'d str> + 'd {
+    let rdns = expect(name, SEQUENCE, "Name")
+        .map(|(c, _)| c)
+        .unwrap_or(&[]);
+    let mut rest = rdns;
+    let mut set: &[u8] = &[];
+    core::iter::from_fn(move || {
+        loop {
+            if set.is_empty() {
+                let (s, r) = expect(rest, SET, "RelativeDistinguishedName").ok()?;
+                rest = r;
+                set = s;
+                continue;
+            }
+            let (atv, r) = expect(set, SEQUENCE, "AttributeTypeAndValue").ok()?;
+            set = r;
+            let (id, v) = expect(atv, OID, "AttributeType").ok()?;
+            let (tag, value, _) = tlv(v, "AttributeValue").ok()?;
+            if id == oid
+                && matches!(tag, UTF8_STRING | 0x13 | 0x16)
+                && let Ok(text) = core::str::from_utf8(value)
+            {
+                return Some(text);
+            }
+        }
+    })
+}
+
+/// The object identifier of commonName, for [`name_values`].
+pub const OID_COMMON_NAME: &[u8] = OID_CN;
+/// The object identifier of organizationName, for [`name_values`].
+pub const OID_ORGANIZATION: &[u8] = OID_O;
+
 // ---------------------------------------------------------------------------- PEM, base64
 
 /// The PEM label of a certificate.
@@ -554,6 +693,40 @@ mod tests {
         ] {
             assert!(certificate_info(input).is_err());
         }
+    }
+
+    #[test]
+    fn name_values_reads_every_o_and_the_cn_in_order() {
+        let mut buf = [0u8; 200];
+        let n = {
+            let mut w = DerWriter {
+                buf: &mut buf,
+                len: 0,
+            };
+            w.nested(SEQUENCE, |w| {
+                name_attribute(w, OID_O, b"system:masters")?;
+                name_attribute(w, OID_O, b"ops")?;
+                name_attribute(w, OID_CN, b"alice")?;
+                // A BMPString value is skipped, not misread.
+                w.nested(SET, |w| {
+                    w.nested(SEQUENCE, |w| {
+                        w.tlv(OID, OID_O)?;
+                        w.tlv(0x1e, &[0, b'x'])
+                    })
+                })
+            })
+            .unwrap();
+            w.len
+        };
+        let name = &buf[..n];
+        let orgs: heapless::Vec<&str, 4> = name_values(name, OID_ORGANIZATION).collect();
+        assert_eq!(orgs.as_slice(), ["system:masters", "ops"]);
+        assert_eq!(name_values(name, OID_COMMON_NAME).next(), Some("alice"));
+        // Truncated or garbage names give nothing, without panicking.
+        for cut in 0..n {
+            let _ = name_values(&name[..cut], OID_ORGANIZATION).count();
+        }
+        assert_eq!(name_values(&[0x31, 0x00], OID_COMMON_NAME).count(), 0);
     }
 
     #[test]

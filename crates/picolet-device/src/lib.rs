@@ -16,3 +16,4 @@ pub mod keys;
 pub mod led;
 pub mod stack;
 pub mod tls;
+pub mod tls_server;
