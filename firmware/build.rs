@@ -110,6 +110,12 @@ fn config(path: &Path) -> Result<String, String> {
     let ca = pem_der(&creds.join("ca.crt"), "CERTIFICATE")?;
     let cert = pem_der(&creds.join("client.crt"), "CERTIFICATE")?;
     let key = pem_der(&creds.join("client.key"), "PRIVATE KEY")?;
+    // The client CA, when enrolment stored one (absent: the cluster CA is used).
+    let client_ca = if creds.join("client-ca.crt").exists() {
+        pem_der(&creds.join("client-ca.crt"), "CERTIFICATE")?
+    } else {
+        Vec::new()
+    };
     let o = ip.octets();
     let c = format!(
         "/// The configuration compiled in from {file:?}.\n\
@@ -123,6 +129,7 @@ fn config(path: &Path) -> Result<String, String> {
          ca_der: &{ca:?},\n\
          client_cert_der: &{cert:?},\n\
          client_key_pkcs8_der: &{key:?},\n\
+         client_ca_der: &{client_ca:?},\n\
          }});\n",
         o[0],
         o[1],

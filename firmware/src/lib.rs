@@ -4,6 +4,7 @@
 
 #![no_std]
 
+pub mod certs;
 pub mod cpu;
 pub mod node;
 

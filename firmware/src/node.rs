@@ -17,7 +17,10 @@ use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
 use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
-use picolet_core::agent::{Agent, AgentConfig, ConfigMode, NodeFacts, WatchLines};
+use picolet_core::agent::{
+    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, Decision, Identity, NodeFacts,
+    REVIEW_TIMEOUT_MS, WatchLines,
+};
 use picolet_core::http::ResponseHead;
 use picolet_core::kubelet;
 use picolet_core::memory::REGION_SIZE;
@@ -25,6 +28,9 @@ use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
+use picolet_device::tls_server;
+
+use crate::certs::{self, ClientCopy, PendingKeys, ServingMaterial};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
 
@@ -111,6 +117,12 @@ static LAST_HANDSHAKE_MS: AtomicU32 = AtomicU32::new(0);
 /// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
 static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
 static LINK_KIND: AtomicU32 = AtomicU32::new(0);
+/// Kubelet-port outcomes: TLS handshakes refused, anonymous callers refused (401), callers
+/// refused by the API server's SubjectAccessReview (403).
+static KUBELET_TLS_FAILURES: AtomicU32 = AtomicU32::new(0);
+static KUBELET_UNAUTHENTICATED: AtomicU32 = AtomicU32::new(0);
+static KUBELET_FORBIDDEN: AtomicU32 = AtomicU32::new(0);
+static KUBELET_SERVED: AtomicU32 = AtomicU32::new(0);
 
 /// The 1 KB memory region the ConfigMap is written into: a fixed, zeroed static in SRAM (.bss).
 static MEMORY_REGION: ConstStaticCell<[u8; REGION_SIZE]> = ConstStaticCell::new([0; REGION_SIZE]);
@@ -175,15 +187,27 @@ impl embedded_tls::TlsClock for DeviceClock {
     }
 }
 
-type Provider = picolet_device::tls::NodeTlsProvider<'static, RoscRng, DeviceClock>;
-
-fn provider(s: &'static NodeSettings) -> Provider {
-    Provider::new(
-        RoscRng,
-        s.board.ca_der,
-        s.board.client_cert_der,
-        s.board.client_key_pkcs8_der,
-    )
+/// The TLS client identity: a renewed certificate (in `client`) once there is one, else the
+/// flashed one.
+fn provider<'a>(
+    s: &'static NodeSettings,
+    client: &'a mut ClientCopy,
+) -> picolet_device::tls::NodeTlsProvider<'a, RoscRng, DeviceClock> {
+    if client.refresh() {
+        picolet_device::tls::NodeTlsProvider::new(
+            RoscRng,
+            s.board.ca_der,
+            &client.der,
+            &client.pkcs8,
+        )
+    } else {
+        picolet_device::tls::NodeTlsProvider::new(
+            RoscRng,
+            s.board.ca_der,
+            s.board.client_cert_der,
+            s.board.client_key_pkcs8_der,
+        )
+    }
 }
 
 /// One TCP + TLS connection's buffers, sized per connection: the control connection sends
@@ -251,10 +275,12 @@ fn api_server(s: &NodeSettings) -> (IpAddress, u16) {
 }
 
 /// Waits until the agent has a request for the control connection and returns its length.
-async fn next_request(buf: &mut [u8]) -> usize {
+/// Keys for certificate requests are made here, before the request that carries them.
+async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> usize {
     loop {
         let t = now();
         CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
+        with_agent(|a| keys.submit_wanted(a, t, boot_id));
         match with_agent(|a| a.poll_request(t, buf)) {
             Some(Ok(Some(n))) => return n,
             Some(Err(e)) => log::error!("agent: {e}"),
@@ -274,9 +300,12 @@ async fn control_task(
     s: &'static NodeSettings,
     b: &'static mut ControlBuffers,
     body: &'static mut [u8; 8192],
+    boot_id: &'static str,
 ) -> ! {
+    let mut keys = PendingKeys::new();
+    let mut client = ClientCopy::new();
     loop {
-        let mut n = next_request(&mut b.request).await;
+        let mut n = next_request(&mut b.request, &mut keys, boot_id).await;
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         socket.set_timeout(Some(Duration::from_secs(30)));
         if socket.connect(api_server(s)).await.is_err() {
@@ -288,7 +317,10 @@ async fn control_task(
             TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
         let cfg = tls_config(s);
         let started = Instant::now();
-        if let Err(e) = tls.open(TlsContext::new(&cfg, provider(s))).await {
+        if let Err(e) = tls
+            .open(TlsContext::new(&cfg, provider(s, &mut client)))
+            .await
+        {
             log::warn!(
                 "api: TLS handshake with {} failed: {e:?}",
                 s.board.tls_server_name
@@ -315,6 +347,13 @@ async fn control_task(
                     let shown = len.min(body.len());
                     with_agent(|a| a.on_response(t, &head, &body[..shown], len));
                     WAKE_WATCH.signal(());
+                    let installed = with_agent(|a| keys.install_issued(a)).flatten();
+                    if installed == Some(CertKind::Client) {
+                        // Both connections start again with the new certificate.
+                        log::info!("api: reconnecting with the renewed client certificate");
+                        WATCH_SUSPECT.signal(());
+                        break;
+                    }
                     if head.close {
                         break;
                     }
@@ -326,7 +365,7 @@ async fn control_task(
                     break;
                 }
             }
-            n = next_request(&mut b.request).await;
+            n = next_request(&mut b.request, &mut keys, boot_id).await;
         }
     }
 }
@@ -340,6 +379,7 @@ async fn watch_task(
     b: &'static mut WatchBuffers,
     lines: &'static mut WatchLines,
 ) -> ! {
+    let mut client = ClientCopy::new();
     loop {
         let t = now();
         let n = match with_agent(|a| a.poll_watch_request(t, &mut b.request)) {
@@ -364,7 +404,10 @@ async fn watch_task(
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
             TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
         let cfg = tls_config(s);
-        if tls.open(TlsContext::new(&cfg, provider(s))).await.is_err()
+        if tls
+            .open(TlsContext::new(&cfg, provider(s, &mut client)))
+            .await
+            .is_err()
             || tls.write_all(&b.request[..n]).await.is_err()
             || tls.flush().await.is_err()
         {
@@ -465,6 +508,24 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
     let (stack, high) = stack_use();
     family(
         w,
+        "picolet_kubelet_requests_total",
+        "counter",
+        "Kubelet-port requests by outcome.",
+    )?;
+    for (outcome, n) in [
+        ("served", &KUBELET_SERVED),
+        ("tls_failure", &KUBELET_TLS_FAILURES),
+        ("unauthenticated", &KUBELET_UNAUTHENTICATED),
+        ("forbidden", &KUBELET_FORBIDDEN),
+    ] {
+        writeln!(
+            w,
+            "picolet_kubelet_requests_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Ordering::Relaxed)
+        )?;
+    }
+    family(
+        w,
         "picolet_device_static_ram_bytes",
         "gauge",
         "RAM taken by .data, .bss and .uninit.",
@@ -546,20 +607,100 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
     )
 }
 
-/// The kubelet port: one request per connection, 10 s to send the head.
+/// How long a kubelet-port caller waits for the API server's authorization answer.
+const AUTHORIZATION_WAIT: Duration = Duration::from_millis(REVIEW_TIMEOUT_MS + 1_000);
+
+/// Asks the agent (and through it the API server) whether the caller may use `route`.
+async fn authorize(peer: Option<&tls_server::ClientIdentity>, route: kubelet::Route) -> Decision {
+    let mut groups: heapless::Vec<&str, { tls_server::GROUPS_MAX }> = heapless::Vec::new();
+    if let Some(p) = peer {
+        for g in &p.groups {
+            let _ = groups.push(g.as_str());
+        }
+    }
+    let id = peer.map(|p| Identity {
+        user: p.user.as_str(),
+        groups: &groups,
+    });
+    let deadline = Instant::now() + AUTHORIZATION_WAIT;
+    loop {
+        let t = now();
+        match with_agent(|a| a.authorize(t, id.as_ref(), route)) {
+            Some(Decision::Pending) if Instant::now() < deadline => {
+                WAKE_CONTROL.signal(());
+                Timer::after(Duration::from_millis(20)).await;
+            }
+            Some(Decision::Pending) | None => return Decision::Unavailable,
+            Some(d) => return d,
+        }
+    }
+}
+
+/// The kubelet port over TLS (picolet_device::tls_server): one request per connection, 10 s
+/// to send the head. Until the serving certificate is approved and issued, connections are
+/// closed at once.
 #[embassy_executor::task]
 async fn kubelet_task(
     stack: Stack<'static>,
-    rx: &'static mut [u8; 512],
-    tx: &'static mut [u8; 1024],
-    out: &'static mut [u8; KUBELET_OUT],
+    s: &'static NodeSettings,
+    b: &'static mut KubeletBuffers,
 ) -> ! {
+    let mut serving: Option<ServingMaterial> = None;
+    let mut told = false;
     loop {
-        let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
+        if let Some(new) = certs::SERVING_NEW.try_take() {
+            log::info!("kubelet port: serving certificate installed");
+            serving = Some(new);
+        }
+        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         socket.set_timeout(Some(Duration::from_secs(10)));
         if socket.accept(KUBELET_PORT).await.is_err() {
             continue;
         }
+        if serving.is_none()
+            && let Some(new) = certs::SERVING_NEW.try_take()
+        {
+            serving = Some(new);
+        }
+        let Some(cert) = serving.as_ref() else {
+            if !told {
+                log::warn!(
+                    "kubelet port: no serving certificate yet (its CSR waits for approval: picolet approve)"
+                );
+                told = true;
+            }
+            KUBELET_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
+            socket.abort();
+            let _ = socket.flush().await;
+            continue;
+        };
+        let config = tls_server::ServerConfig {
+            cert_der: &cert.der,
+            key: cert.key.signing_key(),
+            client_ca_der: Some(s.board.client_ca()),
+            now_unix: match UNIX_SECS.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
+        };
+        let mut conn = match tls_server::accept(
+            &mut socket,
+            &config,
+            &mut RoscRng,
+            &mut b.tls_rx,
+            &mut b.tls_tx,
+        )
+        .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("kubelet port: TLS handshake refused: {e}");
+                KUBELET_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
+                socket.abort();
+                let _ = socket.flush().await;
+                continue;
+            }
+        };
         let mut head = [0u8; 1024];
         let mut len = 0;
         let parsed = loop {
@@ -569,13 +710,38 @@ async fn kubelet_task(
                 Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
                 Ok(None) => {}
             }
-            match socket.read(&mut head[len..]).await {
+            match conn.read(&mut head[len..]).await {
                 Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
                 Ok(n) => len += n,
             }
         };
+        let parsed = match parsed {
+            Ok(req) => match authorize(conn.peer(), req.route).await {
+                Decision::Allow => Ok(req),
+                Decision::Deny if conn.peer().is_none() => {
+                    KUBELET_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "kubelet port: {:?} refused: no client certificate (401)",
+                        req.route
+                    );
+                    Err(kubelet::Refusal::Unauthorized)
+                }
+                Decision::Deny => {
+                    KUBELET_FORBIDDEN.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "kubelet port: {:?} refused for user={}: SubjectAccessReview denied (403)",
+                        req.route,
+                        conn.peer().map(|p| p.user.as_str()).unwrap_or("")
+                    );
+                    Err(kubelet::Refusal::Forbidden)
+                }
+                _ => Err(kubelet::Refusal::AuthorizationUnavailable),
+            },
+            Err(r) => Err(r),
+        };
         let n = match parsed {
             Ok(req) => {
+                KUBELET_SERVED.fetch_add(1, Ordering::Relaxed);
                 let t = now();
                 // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
                 let working_set = (static_ram() + stack_use().1) as u64;
@@ -583,17 +749,28 @@ async fn kubelet_task(
                     cpu_seconds: crate::cpu::busy_seconds(),
                     memory_working_set_bytes: working_set,
                 };
-                with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
+                with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut b.out[..]))
                     .unwrap_or(0)
             }
-            Err(refusal) => kubelet::refuse(refusal, &mut out[..]),
+            Err(refusal) => kubelet::refuse(refusal, &mut b.out[..]),
         };
-        let _ = socket.write_all(&out[..n]).await;
-        let _ = socket.flush().await;
+        if conn.write_all(&b.out[..n]).await.is_ok() {
+            conn.close().await;
+        }
         socket.close();
         Timer::after(Duration::from_millis(10)).await;
         socket.abort();
     }
+}
+
+/// The kubelet port's buffers: TCP windows, the TLS server's record buffers (a client record
+/// up to 4 KiB; answers go out in records of up to 2 KiB), and the rendered response.
+struct KubeletBuffers {
+    tcp_rx: [u8; 1024],
+    tcp_tx: [u8; 1024],
+    tls_rx: [u8; 4096],
+    tls_tx: [u8; 2048],
+    out: [u8; KUBELET_OUT],
 }
 
 /// A random boot ID (UUID v4 form) from the ROSC, new on every boot as a kubelet's is.
@@ -622,6 +799,7 @@ fn boot_id() -> &'static str {
 /// Creates the agent and spawns the control, watch and kubelet tasks on `stack`. Call once.
 pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSettings, link: Link) {
     LINK_KIND.store(u32::from(link == Link::Ppp), Ordering::Relaxed);
+    let boot = boot_id();
     let facts = NodeFacts {
         operating_system: "none",
         architecture: "arm",
@@ -630,7 +808,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
         allocatable: NodeFacts::PICO_W_CAPACITY,
         machine_id: settings.board.node_name,
         system_uuid: settings.board.node_name,
-        boot_id: boot_id(),
+        boot_id: boot,
         kernel_version: "embassy-executor 0.10",
         os_image: settings.os_image,
     };
@@ -648,7 +826,22 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     let region = MEMORY_REGION.take();
     PICOLET_MEMORY_REGION_ADDR.store(region.as_ptr() as usize, Ordering::Relaxed);
     match Agent::new(cfg, region, now()) {
-        Ok(agent) => AGENT.lock(|cell| *cell.borrow_mut() = Some(agent)),
+        Ok(mut agent) => {
+            // Renew the client certificate at 70-80 % of its life; request a serving one.
+            agent.set_certificate_policy(
+                now(),
+                CertificatePolicy {
+                    rotate_client: true,
+                    request_serving: true,
+                },
+                rand_core::RngCore::next_u32(&mut RoscRng),
+            );
+            if let Err(e) = agent.set_certificate(CertKind::Client, settings.board.client_cert_der)
+            {
+                log::error!("client certificate: {e}; it will not be renewed");
+            }
+            AGENT.lock(|cell| *cell.borrow_mut() = Some(agent));
+        }
         Err(e) => log::error!("agent configuration: {e}"),
     }
 
@@ -659,12 +852,15 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     static WATCH_BUFS: ConstStaticCell<WatchBuffers> = ConstStaticCell::new(WatchBuffers::new());
     static BODY: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
     static LINES: ConstStaticCell<WatchLines> = ConstStaticCell::new(WatchLines::new());
-    // Kubelet requests are one short GET head; responses are written in 1 KiB TCP slices.
-    static K_RX: ConstStaticCell<[u8; 512]> = ConstStaticCell::new([0; 512]);
-    static K_TX: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
-    static K_OUT: ConstStaticCell<[u8; KUBELET_OUT]> = ConstStaticCell::new([0; KUBELET_OUT]);
+    static KUBELET_BUFS: ConstStaticCell<KubeletBuffers> = ConstStaticCell::new(KubeletBuffers {
+        tcp_rx: [0; 1024],
+        tcp_tx: [0; 1024],
+        tls_rx: [0; 4096],
+        tls_tx: [0; 2048],
+        out: [0; KUBELET_OUT],
+    });
     // Spawning fails only if a task already runs: `start` was called twice, a wiring error.
-    spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take()).unwrap());
+    spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take(), boot).unwrap());
     spawner.spawn(watch_task(stack, settings, WATCH_BUFS.take(), LINES.take()).unwrap());
-    spawner.spawn(kubelet_task(stack, K_RX.take(), K_TX.take(), K_OUT.take()).unwrap());
+    spawner.spawn(kubelet_task(stack, settings, KUBELET_BUFS.take()).unwrap());
 }

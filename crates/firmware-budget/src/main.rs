@@ -2,7 +2,9 @@
 //! RP2040 (2 MiB flash, 264 KiB SRAM) and fails when a budget is exceeded:
 //!
 //! - flash ≤ 900 KiB, which also keeps at least half of the 2 MiB free for a second (OTA) slot;
-//! - static RAM (.data + .bss + .uninit) plus the stack reserve ≤ 160 KiB. The reserve
+//! - static RAM (.data + .bss + .uninit) plus the stack reserve ≤ 192 KiB (about 73 % of the
+//!   SRAM; 160 KiB until the kubelet port's TLS server and certificate renewal added 19 KiB of
+//!   record buffers, handshake state and certificate copies). The reserve
 //!   ([`picolet_device::stack::RESERVE_BYTES`]) is the stack high-water mark measured by running
 //!   the firmware in the RP2040 emulator (painted stack, also reported on `/metrics`) plus a
 //!   margin; the emulator test fails if the measured mark ever exceeds it, so the two cannot
@@ -15,7 +17,7 @@ use object::{Object, ObjectSection};
 const FLASH_TOTAL: u64 = 2 * 1024 * 1024;
 const RAM_TOTAL: u64 = 264 * 1024;
 const FLASH_BUDGET: u64 = 900 * 1024;
-const RAM_BUDGET: u64 = 160 * 1024;
+const RAM_BUDGET: u64 = 192 * 1024;
 /// Stack kept free above .bss (cortex-m-rt puts the stack there), as measured in the emulator.
 const STACK_RESERVE: u64 = picolet_device::stack::RESERVE_BYTES as u64;
 

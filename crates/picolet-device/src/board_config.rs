@@ -35,6 +35,7 @@ const TAG_WIFI_PASSWORD: u8 = 5;
 const TAG_CA_DER: u8 = 6;
 const TAG_CLIENT_CERT_DER: u8 = 7;
 const TAG_CLIENT_KEY_DER: u8 = 8;
+const TAG_CLIENT_CA_DER: u8 = 9;
 
 /// What a board needs to join its cluster. Borrowed from flash (or from compiled-in statics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,20 @@ pub struct BoardConfig<'a> {
     pub client_cert_der: &'a [u8],
     /// The client key (PKCS#8 DER) from `picolet enrol`.
     pub client_key_pkcs8_der: &'a [u8],
+    /// The CA that signs client certificates (kubelet-port callers are checked against it);
+    /// empty: the cluster CA (older records, and clusters with one CA).
+    pub client_ca_der: &'a [u8],
+}
+
+impl<'a> BoardConfig<'a> {
+    /// The CA kubelet-port client certificates are verified against.
+    pub fn client_ca(&self) -> &'a [u8] {
+        if self.client_ca_der.is_empty() {
+            self.ca_der
+        } else {
+            self.client_ca_der
+        }
+    }
 }
 
 /// Why a sector holds no usable configuration.
@@ -114,6 +129,7 @@ impl<'a> BoardConfig<'a> {
         let mut api_server = None;
         let (mut wifi_ssid, mut wifi_password) = ("", "");
         let (mut ca, mut cert, mut key) = (None, None, None);
+        let mut client_ca: &'a [u8] = &[];
         let mut rest = tlvs;
         while !rest.is_empty() {
             let [tag, lo, hi, ..] = *rest else {
@@ -135,6 +151,7 @@ impl<'a> BoardConfig<'a> {
                 TAG_CA_DER => ca = Some(value),
                 TAG_CLIENT_CERT_DER => cert = Some(value),
                 TAG_CLIENT_KEY_DER => key = Some(value),
+                TAG_CLIENT_CA_DER => client_ca = value,
                 _ => {} // a field from a newer picolet: ignored
             }
             rest = &rest[3 + n..];
@@ -156,6 +173,7 @@ impl<'a> BoardConfig<'a> {
             ca_der: der(ca, "cluster CA")?,
             client_cert_der: der(cert, "client certificate")?,
             client_key_pkcs8_der: der(key, "client key")?,
+            client_ca_der: client_ca,
         })
     }
 
@@ -174,7 +192,7 @@ impl<'a> BoardConfig<'a> {
             port.to_le_bytes()[0],
             port.to_le_bytes()[1],
         ];
-        let fields: [(u8, &[u8]); 8] = [
+        let fields: [(u8, &[u8]); 9] = [
             (TAG_NODE_NAME, self.node_name.as_bytes()),
             (TAG_TLS_SERVER_NAME, self.tls_server_name.as_bytes()),
             (TAG_API_SERVER, &api),
@@ -183,6 +201,7 @@ impl<'a> BoardConfig<'a> {
             (TAG_CA_DER, self.ca_der),
             (TAG_CLIENT_CERT_DER, self.client_cert_der),
             (TAG_CLIENT_KEY_DER, self.client_key_pkcs8_der),
+            (TAG_CLIENT_CA_DER, self.client_ca_der),
         ];
         for (tag, value) in fields {
             let n = u16::try_from(value.len()).map_err(|_| ConfigError::TooLarge)?;
@@ -217,6 +236,7 @@ mod tests {
             ca_der: &[0x30, 0x82, 1, 2],
             client_cert_der: &[0x30, 0x82, 3, 4],
             client_key_pkcs8_der: &[0x30, 0x81, 5],
+            client_ca_der: &[0x30, 0x82, 9, 9],
         }
     }
 

@@ -71,6 +71,11 @@ impl NodeKey {
         Ok(me)
     }
 
+    /// The signing key, for a TLS server's CertificateVerify.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// The public key, uncompressed.
     pub fn public_key(&self) -> PublicKey {
         let point = self.key.verifying_key().to_encoded_point(false);

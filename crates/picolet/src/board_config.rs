@@ -60,6 +60,13 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfi
         .map_err(|e| BoardConfigError::Pem("client certificate", e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
         .map_err(|e| BoardConfigError::Pem("client key", e.to_string()))?;
+    let client_ca = match &creds.client_ca_pem {
+        Some(pem) => Some(
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| BoardConfigError::Pem("client CA", e.to_string()))?,
+        ),
+        None => None,
+    };
     let config = BoardConfig {
         node_name: &creds.identity.node_name,
         tls_server_name: &creds.identity.tls_server_name,
@@ -69,6 +76,7 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfi
         ca_der: &ca,
         client_cert_der: &cert,
         client_key_pkcs8_der: key.secret_der(),
+        client_ca_der: client_ca.as_deref().unwrap_or(&[]),
     };
     let mut sector = vec![0xff; SECTOR_SIZE];
     config

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::run::Shared;
 use crate::stats;
+use picolet_device::tls_server;
 
 /// Most connections served at once; more are closed at once (and counted).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -100,7 +101,7 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared:
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .and_then(|c| Caller::from_certificate(c));
-                        handle(tls, &shared, Access::Authenticated(caller)).await
+                        handle(TokioConn(tls), &shared, Access::Authenticated(caller)).await
                     }
                     Ok(Err(e)) => {
                         tracing::warn!("kubelet port: TLS handshake from {peer} refused: {e}");
@@ -111,12 +112,86 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared:
                         shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
                     }
                 },
-                None => handle(tcp, &shared, Access::Open).await,
+                None => handle(TokioConn(tcp), &shared, Access::Open).await,
             }
             drop(permit);
         });
     }
 }
+
+/// Accepts connections forever and serves them with the device's own TLS server
+/// (`picolet_device::tls_server`, what the Pico runs) instead of rustls: `--kubelet-tls device`.
+pub async fn serve_device_tls(
+    listener: TcpListener,
+    serving: Arc<crate::node_certs::ServingCertificate>,
+    client_ca_der: Vec<u8>,
+    shared: Arc<Shared>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let client_ca_der = Arc::new(client_ca_der);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.server.over_limit.fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
+        let (shared, serving, ca) = (shared.clone(), serving.device(), client_ca_der.clone());
+        tokio::spawn(async move {
+            let now_unix = shared
+                .agent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unix_ms(shared.now())
+                .map(|ms| ms / 1000);
+            let config = tls_server::ServerConfig {
+                cert_der: &serving.cert_der,
+                key: &serving.key,
+                client_ca_der: Some(&ca),
+                now_unix,
+            };
+            // The device's buffer sizes.
+            let (mut rx, mut tx) = (vec![0u8; DEVICE_TLS_RX], vec![0u8; DEVICE_TLS_TX]);
+            let accepted = tokio::time::timeout(
+                REQUEST_DEADLINE,
+                tls_server::accept(
+                    embedded_io_adapters::tokio_1::FromTokio::new(tcp),
+                    &config,
+                    &mut rand_core::OsRng,
+                    &mut rx,
+                    &mut tx,
+                ),
+            )
+            .await;
+            match accepted {
+                Ok(Ok(conn)) => {
+                    let caller = conn.peer().map(|p| Caller {
+                        user: p.user.to_string(),
+                        groups: p.groups.iter().map(|g| g.to_string()).collect(),
+                    });
+                    handle(conn, &shared, Access::Authenticated(caller)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("kubelet port: TLS handshake from {peer} refused: {e}");
+                    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    tracing::warn!("kubelet port: TLS handshake from {peer} timed out");
+                    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The device TLS server's receive and send buffers, as on the Pico.
+pub const DEVICE_TLS_RX: usize = 4096;
+/// See [`DEVICE_TLS_RX`].
+pub const DEVICE_TLS_TX: usize = 2048;
 
 /// Who is asking, as far as the transport can tell.
 pub enum Access {
@@ -195,7 +270,47 @@ async fn allowed(shared: &Shared, access: &Access, req: kubelet::Request) -> Res
     Err(refusal)
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared, access: Access) {
+/// A connection a request is read from and its answer written to: rustls/plain TCP through
+/// tokio, or the device's own TLS server.
+trait KubeletConn {
+    /// Reads some bytes; `None` on EOF or error.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Option<usize>;
+    /// Writes the answer and closes.
+    async fn answer(self, data: &[u8]);
+}
+
+struct TokioConn<S>(S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> KubeletConn for TokioConn<S> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.0.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        }
+    }
+    async fn answer(mut self, data: &[u8]) {
+        let _ = self.0.write_all(data).await;
+        let _ = self.0.shutdown().await;
+    }
+}
+
+impl<S: embedded_io_async::Read + embedded_io_async::Write> KubeletConn
+    for tls_server::TlsServerConnection<'_, S>
+{
+    async fn read_some(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        }
+    }
+    async fn answer(mut self, data: &[u8]) {
+        if self.write_all(data).await.is_ok() {
+            self.close().await;
+        }
+    }
+}
+
+async fn handle<C: KubeletConn>(mut stream: C, shared: &Shared, access: Access) {
     let mut head = vec![0u8; MAX_HEAD];
     let mut len = 0;
     let parsed = tokio::time::timeout(REQUEST_DEADLINE, async {
@@ -206,9 +321,9 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Share
                 Ok(None) if len == head.len() => return Err(Refusal::HeadTooLarge),
                 Ok(None) => {}
             }
-            match stream.read(&mut head[len..]).await {
-                Ok(0) | Err(_) => return Err(Refusal::BadRequest),
-                Ok(n) => len += n,
+            match stream.read_some(&mut head[len..]).await {
+                None => return Err(Refusal::BadRequest),
+                Some(n) => len += n,
             }
         }
     })
@@ -237,11 +352,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Share
             kubelet::respond(&agent, now, &stats, &extra, req, &mut out)
         }
     };
-    let _ = tokio::time::timeout(REQUEST_DEADLINE, async {
-        let _ = stream.write_all(&out[..n]).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, stream.answer(&out[..n])).await;
 }
 
 fn render_extra(

@@ -219,6 +219,18 @@ struct RunArgs {
     /// `picolet approve`; self-signed until then), or self-signed only.
     #[arg(long, value_enum, default_value = "csr")]
     serving_certificate: Serving,
+    /// Which TLS server runs the kubelet port: rustls, or the Pico's own (to test it with
+    /// real clients such as the API server).
+    #[arg(long, value_enum, default_value = "rustls")]
+    kubelet_tls: KubeletTls,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KubeletTls {
+    /// rustls.
+    Rustls,
+    /// picolet_device::tls_server, as on the Pico.
+    Device,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -250,6 +262,7 @@ impl From<RunArgs> for run::RunOptions {
                 Serving::Csr => run::ServingSource::Csr,
                 Serving::SelfSigned => run::ServingSource::SelfSigned,
             },
+            device_tls: matches!(a.kubelet_tls, KubeletTls::Device),
         }
     }
 }

@@ -120,10 +120,36 @@ impl PendingKeys {
     }
 }
 
+/// The serving certificate in the form the device's TLS server takes.
+pub struct DeviceServing {
+    pub cert_der: Vec<u8>,
+    pub key: p256::ecdsa::SigningKey,
+}
+
+impl fmt::Debug for DeviceServing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceServing({} byte certificate)", self.cert_der.len())
+    }
+}
+
+fn device_serving(cert_pem: &str, key_pem: &str) -> Result<DeviceServing, TlsError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let cert_der = tls::certs(cert_pem, "serving certificate")?[0].to_vec();
+    let key_der = tls::key(key_pem, "serving key")?;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(key_der.secret_der()).map_err(|e| {
+        TlsError::Pem {
+            what: "serving key (the device TLS server takes P-256 PKCS#8)",
+            message: e.to_string(),
+        }
+    })?;
+    Ok(DeviceServing { cert_der, key })
+}
+
 /// The kubelet port's current serving certificate, swapped in place when a new one is issued.
 #[derive(Debug)]
 pub struct ServingCertificate {
     current: RwLock<Arc<CertifiedKey>>,
+    device: RwLock<Arc<DeviceServing>>,
 }
 
 impl ServingCertificate {
@@ -131,14 +157,25 @@ impl ServingCertificate {
     pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         Ok(Self {
             current: RwLock::new(tls::certified_key(cert_pem, key_pem)?),
+            device: RwLock::new(Arc::new(device_serving(cert_pem, key_pem)?)),
         })
     }
 
     /// Serves `cert_pem` / `key_pem` from the next handshake on.
     pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
         let new = tls::certified_key(cert_pem, key_pem)?;
+        let device = Arc::new(device_serving(cert_pem, key_pem)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        *self.device.write().unwrap_or_else(|p| p.into_inner()) = device;
         Ok(())
+    }
+
+    /// The current certificate for the device TLS server.
+    pub fn device(&self) -> Arc<DeviceServing> {
+        self.device
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

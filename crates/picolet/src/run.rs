@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub rotate_client_certificate: bool,
     /// Where the kubelet port's certificate comes from.
     pub serving_certificate: ServingSource,
+    /// Serve the kubelet port's TLS with the device's own server instead of rustls.
+    pub device_tls: bool,
 }
 
 /// Where the kubelet port's serving certificate comes from.
@@ -264,7 +266,21 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         )),
     };
     info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
-    tokio::spawn(kubelet_server::serve(listener, acceptor, shared.clone()));
+    match (&serving, opts.device_tls) {
+        (Some(serving), true) => {
+            let ca = tls::certs(creds.client_ca_pem(), "client CA").map_err(|e| e.to_string())?;
+            info!("kubelet port: TLS by the device's server (picolet_device::tls_server)");
+            tokio::spawn(kubelet_server::serve_device_tls(
+                listener,
+                serving.clone(),
+                ca[0].to_vec(),
+                shared.clone(),
+            ));
+        }
+        _ => {
+            tokio::spawn(kubelet_server::serve(listener, acceptor, shared.clone()));
+        }
+    }
     tokio::spawn(control_loop(shared.clone()));
     tokio::spawn(watch_loop(shared.clone(), opts.watch_timeout));
     tokio::spawn(clock_loop(shared.clone()));

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::{Agent, NODE, enrol, kubectl, metric, ready, wait_ready};
+use common::{
+    Agent, NODE, client_cert, enrol, https_get, kubectl, metric, other_ca, ready, wait_ready,
+};
 use testplane::{ControlPlane, Options};
 
 fn plane_with(opts: Options) -> ControlPlane {
@@ -158,92 +160,6 @@ fn chrono_like_parse(s: &str) -> i64 {
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-
-/// A client certificate signed by the plane's CA (or any other), PEM cert and key.
-fn client_cert(
-    ca_cert_pem: &str,
-    ca_key_pem: &str,
-    cn: &str,
-    org: &str,
-    expired: bool,
-) -> (String, String) {
-    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).unwrap();
-    let ca = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
-        .unwrap()
-        .self_signed(&ca_key)
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.distinguished_name
-        .push(rcgen::DnType::OrganizationName, org);
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn other_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "not-the-cluster-ca");
-    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
-}
-
-/// GET `path` over HTTPS, verifying the kubelet port's certificate against `ca_pem` for
-/// `server_name`; returns the status line and body, or the TLS error.
-fn https_get(
-    port: u16,
-    ca_pem: &str,
-    server_name: &str,
-    client: Option<&(String, String)>,
-    path: &str,
-) -> Result<String, String> {
-    use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .map(Result::unwrap)
-                    .collect(),
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n");
-    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    match tls.read_to_end(&mut out) {
-        Ok(_) => {}
-        Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok(format!("{status}\n{body}"))
-}
 
 fn picolet(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_picolet"))
@@ -688,4 +604,91 @@ fn wrong_names_expired_or_foreign_certificates_and_revoked_rbac_are_refused_clea
         assert!(agent.alive(), "{name}: {}", agent.log());
         assert!(!agent.log().contains("panicked"), "{name}");
     }
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn the_devices_tls_server_serves_the_api_server_and_refuses_strangers() {
+    // The kubelet port served by picolet_device::tls_server (the Pico's) instead of rustls:
+    // the API server's Go TLS client, rustls and openssl-made certificates against it.
+    let plane = plane_with(Options::default());
+    let creds = enrol(&plane, NODE);
+    let agent = Agent::start(&creds, &["--kubelet-tls", "device"]);
+    wait_ready(&plane, NODE);
+    let admin = plane.admin_kubeconfig();
+    let out = picolet(&[
+        "approve",
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "--node-name",
+        NODE,
+        "--wait",
+        "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(plane.dir().join("ca.key")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while https_get(agent.port, &ca, NODE, None, "/healthz").is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Through the API server: Go's TLS client with the apiserver's kubelet client certificate
+    // (HelloRetryRequest for secp256r1, client certificate, SubjectAccessReview).
+    let memory = kubectl(
+        &plane,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{NODE}/proxy/memory"),
+        ],
+    );
+    assert!(
+        memory.starts_with("# picolet memory region: 1024 bytes"),
+        "{memory}"
+    );
+    let anon = https_get(agent.port, &ca, NODE, None, "/metrics").unwrap();
+    assert!(anon.starts_with("HTTP/1.1 401 "), "{anon}");
+    let (other, other_key) = other_ca();
+    let stranger = client_cert(
+        &other,
+        &other_key,
+        "system:kube-apiserver",
+        "system:masters",
+        false,
+    );
+    assert!(https_get(agent.port, &ca, NODE, Some(&stranger), "/metrics").is_err());
+    let prom = client_cert(&ca, &ca_key, "prometheus-test", "monitoring", false);
+    let denied = https_get(agent.port, &ca, NODE, Some(&prom), "/metrics").unwrap();
+    assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+    let metrics = kubectl(
+        &plane,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
+        ],
+    );
+    assert!(
+        metric(
+            &metrics,
+            "picolet_kubelet_requests_total{outcome=\"tls_failure\"}"
+        ) >= 1.0
+    );
+    assert!(
+        agent
+            .log()
+            .contains("kubelet port: TLS by the device's server")
+    );
+    assert!(
+        agent
+            .log()
+            .contains("client certificate refused: UnknownIssuer"),
+        "{}",
+        agent.log()
+    );
 }

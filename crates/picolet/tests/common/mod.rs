@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use testplane::{ControlPlane, Options};
 
 /// The node name the tests enrol.
@@ -166,4 +168,89 @@ pub fn raw_http(port: u16, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client certificate signed by the plane's CA (or any other), PEM cert and key.
+pub fn client_cert(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    cn: &str,
+    org: &str,
+    expired: bool,
+) -> (String, String) {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, org);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+pub fn other_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "not-the-cluster-ca");
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// GET `path` over HTTPS, verifying the kubelet port's certificate against `ca_pem` for
+/// `server_name`; returns the status line and body, or the TLS error.
+pub fn https_get(
+    port: u16,
+    ca_pem: &str,
+    server_name: &str,
+    client: Option<&(String, String)>,
+    path: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok(format!("{status}\n{body}"))
 }
