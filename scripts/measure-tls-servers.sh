@@ -56,3 +56,16 @@ for in_len in 16384 4096; do
   result=$(awk '/heap_peak/ {print $2}' host-$in_len.out)
   echo "mbedtls-2.28 x86_64 handshake_result $result heap_peak_bytes $peak (in_content_len $in_len; 64-bit pointers, so an upper bound for the RP2040)"
 done
+
+# picolet's own server: the firmware with the TLS kubelet port against the same firmware built
+# with `kubelet-plain-http` (no TLS server, no serving certificate, no authorization).
+cd "$here"
+budget() {
+  PICOLET_FIRMWARE_CONFIG=none scripts/firmware-cargo.sh build --release --bin picolet-serial "$@" >/dev/null 2>&1
+  cargo run -q --release -p firmware-budget -- firmware/target/thumbv6m-none-eabi/release/picolet-serial \
+    | awk '/flash/ {f=$2} /static RAM/ {r=$3} END {print f, r}'
+}
+read -r tls_flash tls_ram < <(budget)
+read -r plain_flash plain_ram < <(budget --features kubelet-plain-http)
+awk -v a="$tls_flash" -v b="$plain_flash" -v c="$tls_ram" -v d="$plain_ram" 'BEGIN {
+  printf "picolet tls_server thumbv6m flash_kib +%.1f static_ram_kib +%.1f (picolet-serial with the TLS kubelet port vs kubelet-plain-http; record buffers 4+2 KiB, certificate copies and handshake state included; no heap)\n", a-b, c-d }'

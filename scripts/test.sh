@@ -22,6 +22,9 @@ step "firmware: format, clippy, thumbv6m build, UF2, RAM and flash budgets"
 cargo fmt --manifest-path firmware/Cargo.toml --check
 scripts/firmware-clippy.sh
 scripts/firmware.sh --ci-config
+# The explicit plain-HTTP kubelet port still builds.
+PICOLET_FIRMWARE_CONFIG=none scripts/firmware-cargo.sh build --release --bin picolet-serial \
+  --features kubelet-plain-http
 # Without a configuration the agent firmware must not build, and must say why.
 if out=$(PICOLET_FIRMWARE_CONFIG=/nonexistent/config.toml \
     scripts/firmware-cargo.sh build --release --bin picolet 2>&1); then

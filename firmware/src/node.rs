@@ -18,9 +18,10 @@ use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
 use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
 use picolet_core::agent::{
-    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, Decision, Identity, NodeFacts,
-    REVIEW_TIMEOUT_MS, WatchLines,
+    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
 };
+#[cfg(not(feature = "kubelet-plain-http"))]
+use picolet_core::agent::{Decision, Identity, REVIEW_TIMEOUT_MS};
 use picolet_core::http::ResponseHead;
 use picolet_core::kubelet;
 use picolet_core::memory::REGION_SIZE;
@@ -28,9 +29,12 @@ use picolet_core::metrics::PlatformStats;
 use picolet_core::time::Millis;
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
+#[cfg(not(feature = "kubelet-plain-http"))]
 use picolet_device::tls_server;
 
-use crate::certs::{self, ClientCopy, PendingKeys, ServingMaterial};
+#[cfg(not(feature = "kubelet-plain-http"))]
+use crate::certs::{self, ServingMaterial};
+use crate::certs::{ClientCopy, PendingKeys};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
 
@@ -608,9 +612,11 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
 }
 
 /// How long a kubelet-port caller waits for the API server's authorization answer.
+#[cfg(not(feature = "kubelet-plain-http"))]
 const AUTHORIZATION_WAIT: Duration = Duration::from_millis(REVIEW_TIMEOUT_MS + 1_000);
 
 /// Asks the agent (and through it the API server) whether the caller may use `route`.
+#[cfg(not(feature = "kubelet-plain-http"))]
 async fn authorize(peer: Option<&tls_server::ClientIdentity>, route: kubelet::Route) -> Decision {
     let mut groups: heapless::Vec<&str, { tls_server::GROUPS_MAX }> = heapless::Vec::new();
     if let Some(p) = peer {
@@ -636,9 +642,71 @@ async fn authorize(peer: Option<&tls_server::ClientIdentity>, route: kubelet::Ro
     }
 }
 
+/// Renders the answer to a parsed (and allowed) request, or the refusal.
+fn render_answer(
+    parsed: Result<kubelet::Request, kubelet::Refusal>,
+    out: &mut [u8; KUBELET_OUT],
+) -> usize {
+    match parsed {
+        Ok(req) => {
+            KUBELET_SERVED.fetch_add(1, Ordering::Relaxed);
+            let t = now();
+            // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
+            let working_set = (static_ram() + stack_use().1) as u64;
+            let stats = PlatformStats {
+                cpu_seconds: crate::cpu::busy_seconds(),
+                memory_working_set_bytes: working_set,
+            };
+            with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
+                .unwrap_or(0)
+        }
+        Err(refusal) => kubelet::refuse(refusal, &mut out[..]),
+    }
+}
+
+/// The kubelet port over plain HTTP (feature `kubelet-plain-http`): no TLS, no
+/// authentication, like a kubelet's read-only port.
+#[cfg(feature = "kubelet-plain-http")]
+#[embassy_executor::task]
+async fn kubelet_task(
+    stack: Stack<'static>,
+    _s: &'static NodeSettings,
+    b: &'static mut KubeletBuffers,
+) -> ! {
+    log::warn!("kubelet port: plain HTTP, no authentication (feature kubelet-plain-http)");
+    loop {
+        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
+        socket.set_timeout(Some(Duration::from_secs(10)));
+        if socket.accept(KUBELET_PORT).await.is_err() {
+            continue;
+        }
+        let mut head = [0u8; 1024];
+        let mut len = 0;
+        let parsed = loop {
+            match kubelet::parse_request(&head[..len]) {
+                Ok(Some(req)) => break Ok(req),
+                Err(refusal) => break Err(refusal),
+                Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
+                Ok(None) => {}
+            }
+            match socket.read(&mut head[len..]).await {
+                Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
+                Ok(n) => len += n,
+            }
+        };
+        let n = render_answer(parsed, &mut b.out);
+        let _ = socket.write_all(&b.out[..n]).await;
+        let _ = socket.flush().await;
+        socket.close();
+        Timer::after(Duration::from_millis(10)).await;
+        socket.abort();
+    }
+}
+
 /// The kubelet port over TLS (picolet_device::tls_server): one request per connection, 10 s
 /// to send the head. Until the serving certificate is approved and issued, connections are
 /// closed at once.
+#[cfg(not(feature = "kubelet-plain-http"))]
 #[embassy_executor::task]
 async fn kubelet_task(
     stack: Stack<'static>,
@@ -739,21 +807,7 @@ async fn kubelet_task(
             },
             Err(r) => Err(r),
         };
-        let n = match parsed {
-            Ok(req) => {
-                KUBELET_SERVED.fetch_add(1, Ordering::Relaxed);
-                let t = now();
-                // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
-                let working_set = (static_ram() + stack_use().1) as u64;
-                let stats = PlatformStats {
-                    cpu_seconds: crate::cpu::busy_seconds(),
-                    memory_working_set_bytes: working_set,
-                };
-                with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut b.out[..]))
-                    .unwrap_or(0)
-            }
-            Err(refusal) => kubelet::refuse(refusal, &mut b.out[..]),
-        };
+        let n = render_answer(parsed, &mut b.out);
         if conn.write_all(&b.out[..n]).await.is_ok() {
             conn.close().await;
         }
@@ -768,7 +822,9 @@ async fn kubelet_task(
 struct KubeletBuffers {
     tcp_rx: [u8; 1024],
     tcp_tx: [u8; 1024],
+    #[cfg(not(feature = "kubelet-plain-http"))]
     tls_rx: [u8; 4096],
+    #[cfg(not(feature = "kubelet-plain-http"))]
     tls_tx: [u8; 2048],
     out: [u8; KUBELET_OUT],
 }
@@ -832,7 +888,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
                 now(),
                 CertificatePolicy {
                     rotate_client: true,
-                    request_serving: true,
+                    request_serving: !cfg!(feature = "kubelet-plain-http"),
                 },
                 rand_core::RngCore::next_u32(&mut RoscRng),
             );
@@ -855,7 +911,9 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     static KUBELET_BUFS: ConstStaticCell<KubeletBuffers> = ConstStaticCell::new(KubeletBuffers {
         tcp_rx: [0; 1024],
         tcp_tx: [0; 1024],
+        #[cfg(not(feature = "kubelet-plain-http"))]
         tls_rx: [0; 4096],
+        #[cfg(not(feature = "kubelet-plain-http"))]
         tls_tx: [0; 2048],
         out: [0; KUBELET_OUT],
     });
