@@ -33,6 +33,11 @@ target/release/picolet run --credentials "$state/credentials/pico-node-1" --kube
 pids+=($!)
 "$KUBECTL" wait --for=condition=Ready node/pico-node-1 --timeout=60s >/dev/null
 
+say picolet approve --node-name pico-node-1 "  # the node's kubelet-serving CSR"
+target/release/picolet approve --node-name pico-node-1 --wait 30
+say kubectl get csr
+"$KUBECTL" get csr
+
 say kubectl get nodes -o wide
 "$KUBECTL" get nodes -o wide
 say "kubectl get nodes pico-node-1 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'"

@@ -642,6 +642,26 @@ async fn authorize(peer: Option<&tls_server::ClientIdentity>, route: kubelet::Ro
     }
 }
 
+/// Reads a kubelet request head (at most 1 KiB) from a plain or TLS stream.
+async fn read_request(
+    stream: &mut impl embedded_io_async::Read,
+) -> Result<kubelet::Request, kubelet::Refusal> {
+    let mut head = [0u8; 1024];
+    let mut len = 0;
+    loop {
+        match kubelet::parse_request(&head[..len]) {
+            Ok(Some(req)) => return Ok(req),
+            Err(refusal) => return Err(refusal),
+            Ok(None) if len == head.len() => return Err(kubelet::Refusal::HeadTooLarge),
+            Ok(None) => {}
+        }
+        match stream.read(&mut head[len..]).await {
+            Ok(0) | Err(_) => return Err(kubelet::Refusal::BadRequest),
+            Ok(n) => len += n,
+        }
+    }
+}
+
 /// Renders the answer to a parsed (and allowed) request, or the refusal.
 fn render_answer(
     parsed: Result<kubelet::Request, kubelet::Refusal>,
@@ -680,20 +700,7 @@ async fn kubelet_task(
         if socket.accept(KUBELET_PORT).await.is_err() {
             continue;
         }
-        let mut head = [0u8; 1024];
-        let mut len = 0;
-        let parsed = loop {
-            match kubelet::parse_request(&head[..len]) {
-                Ok(Some(req)) => break Ok(req),
-                Err(refusal) => break Err(refusal),
-                Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
-                Ok(None) => {}
-            }
-            match socket.read(&mut head[len..]).await {
-                Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
-                Ok(n) => len += n,
-            }
-        };
+        let parsed = read_request(&mut socket).await;
         let n = render_answer(parsed, &mut b.out);
         let _ = socket.write_all(&b.out[..n]).await;
         let _ = socket.flush().await;
@@ -769,20 +776,7 @@ async fn kubelet_task(
                 continue;
             }
         };
-        let mut head = [0u8; 1024];
-        let mut len = 0;
-        let parsed = loop {
-            match kubelet::parse_request(&head[..len]) {
-                Ok(Some(req)) => break Ok(req),
-                Err(refusal) => break Err(refusal),
-                Ok(None) if len == head.len() => break Err(kubelet::Refusal::HeadTooLarge),
-                Ok(None) => {}
-            }
-            match conn.read(&mut head[len..]).await {
-                Ok(0) | Err(_) => break Err(kubelet::Refusal::BadRequest),
-                Ok(n) => len += n,
-            }
-        };
+        let parsed = read_request(&mut conn).await;
         let parsed = match parsed {
             Ok(req) => match authorize(conn.peer(), req.route).await {
                 Decision::Allow => Ok(req),

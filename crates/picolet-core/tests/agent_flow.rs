@@ -710,6 +710,25 @@ mod certificates {
         (k, public)
     }
 
+    /// A client-certificate request (DER) for `k`.
+    fn client_csr(k: &SigningKey, public: &[u8; 65]) -> Vec<u8> {
+        let mut b = [0u8; 600];
+        let n = pki::build_csr(
+            &pki::CsrSubject {
+                node_name: "pico-node-1",
+                sans: &[],
+            },
+            public,
+            |i| {
+                let s: Signature = k.sign(i);
+                s.to_bytes().into()
+            },
+            &mut b,
+        )
+        .unwrap();
+        b[..n].to_vec()
+    }
+
     fn submit(h: &mut Harness, kind: CertKind, k: &SigningKey, public: &[u8; 65]) {
         h.agent
             .submit_csr(h.now, kind, public, |subject, out| {
@@ -787,23 +806,7 @@ mod certificates {
             request_serving: false,
         });
         let (k0, p0) = key(1);
-        let first = ca.sign(&{
-            let mut b = [0u8; 600];
-            let n = pki::build_csr(
-                &pki::CsrSubject {
-                    node_name: "pico-node-1",
-                    sans: &[],
-                },
-                &p0,
-                |i| {
-                    let s: Signature = k0.sign(i);
-                    s.to_bytes().into()
-                },
-                &mut b,
-            )
-            .unwrap();
-            b[..n].to_vec()
-        });
+        let first = ca.sign(&client_csr(&k0, &p0));
         let installed = h.agent.set_certificate(CertKind::Client, &first).unwrap();
         // 2026-11-01 + 0.75 × 60 days = 2026-12-16 00:00 UTC.
         assert_eq!(installed.renew_at, 1_797_379_200);
@@ -902,21 +905,7 @@ mod certificates {
         until_csr(&mut h).unwrap();
         // Signed, but for a different key: refused.
         let (k2, p2) = key(4);
-        let mut other = [0u8; 600];
-        let n = pki::build_csr(
-            &pki::CsrSubject {
-                node_name: "pico-node-1",
-                sans: &[],
-            },
-            &p2,
-            |i| {
-                let s: Signature = k2.sign(i);
-                s.to_bytes().into()
-            },
-            &mut other,
-        )
-        .unwrap();
-        h.reply(200, &issued_body(&ca.sign(&other[..n])));
+        h.reply(200, &issued_body(&ca.sign(&client_csr(&k2, &p2))));
         assert!(h.agent.issued_certificate().is_none());
         // Garbage in the certificate field: refused too, without a panic.
         h.now += 400_000;
@@ -979,23 +968,9 @@ mod certificates {
             request_serving: true,
         });
         let (k0, p0) = key(5);
-        let mut b = [0u8; 600];
-        let n = pki::build_csr(
-            &pki::CsrSubject {
-                node_name: "pico-node-1",
-                sans: &[],
-            },
-            &p0,
-            |i| {
-                let s: Signature = k0.sign(i);
-                s.to_bytes().into()
-            },
-            &mut b,
-        )
-        .unwrap();
         let client = h
             .agent
-            .set_certificate(CertKind::Client, &ca.sign(&b[..n]))
+            .set_certificate(CertKind::Client, &ca.sign(&client_csr(&k0, &p0)))
             .unwrap();
         assert!(until_csr(&mut h).is_none());
         assert_eq!(h.agent.csr_wanted(), Some(CertKind::Serving));

@@ -128,6 +128,8 @@ impl core::fmt::Display for TlsServerError {
     }
 }
 
+impl core::error::Error for TlsServerError {}
+
 impl TlsServerError {
     /// The alert this error is answered with.
     fn alert(self) -> Option<u8> {
@@ -908,6 +910,42 @@ async fn handshake<S: Read + Write>(
                 }
             }
         }
+    }
+}
+
+impl embedded_io_async::Error for TlsServerError {
+    fn kind(&self) -> embedded_io_async::ErrorKind {
+        match self {
+            Self::Io => embedded_io_async::ErrorKind::BrokenPipe,
+            Self::BufferTooSmall => embedded_io_async::ErrorKind::OutOfMemory,
+            Self::Unsupported { .. } => embedded_io_async::ErrorKind::Unsupported,
+            _ => embedded_io_async::ErrorKind::InvalidData,
+        }
+    }
+}
+
+impl<S> embedded_io_async::ErrorType for TlsServerConnection<'_, S> {
+    type Error = TlsServerError;
+}
+
+/// An established connection is an ordinary byte stream.
+impl<S: Read + Write> Read for TlsServerConnection<'_, S> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        TlsServerConnection::read(self, buf).await
+    }
+}
+
+impl<S: Read + Write> Write for TlsServerConnection<'_, S> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize> {
+        self.write_all(buf).await.map(|()| buf.len())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.records
+            .socket
+            .flush()
+            .await
+            .map_err(|_| TlsServerError::Io)
     }
 }
 

@@ -236,17 +236,11 @@ mod tests {
 
     #[test]
     fn deploy_manifest_matches_the_bindings_applied() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/csr-auto-approval.yaml"
-        );
-        let text = std::fs::read_to_string(path).unwrap();
-        let docs: Vec<Value> = text
-            .split("\n---\n")
-            .map(|d| serde_yaml_ng::from_str(d).unwrap())
-            .collect();
-        let mut expected = vec![enrol::renewal_rbac_object()];
+        let mut expected = vec![enrol::renewal_rbac_object("pico-node-1")];
         expected.extend(bootstrap_rbac_objects());
-        assert_eq!(docs, expected);
+        assert_eq!(
+            crate::enrol::tests::deploy_docs("csr-auto-approval.yaml"),
+            expected
+        );
     }
 }

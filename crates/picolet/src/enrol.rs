@@ -207,16 +207,17 @@ pub fn rbac_objects(node: &str, namespace: &str, config_map: &str) -> [Value; 2]
     ]
 }
 
-/// The cluster-wide binding that lets every node renew its own client certificate: the CSR
-/// approver auto-approves a `selfnodeclient` request only for users who may create
-/// `certificatesigningrequests/selfnodeclient` (kubeadm makes the same binding).
-pub fn renewal_rbac_object() -> Value {
+/// The binding that lets this node have renewals of its own client certificate auto-approved:
+/// the CSR approver approves a `selfnodeclient` request only for users who may create
+/// `certificatesigningrequests/selfnodeclient`. One binding per node (kubeadm binds the whole
+/// `system:nodes` group), so that deleting it stops one board's renewals: part of revoking it.
+pub fn renewal_rbac_object(node: &str) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": "picolet-node-client-renewal", "labels": {"app.kubernetes.io/managed-by": "picolet"}},
+        "metadata": {"name": format!("picolet-node-client-renewal-{node}"), "labels": {"app.kubernetes.io/managed-by": "picolet"}},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("system:node:{node}")}]
     })
 }
 
@@ -269,7 +270,7 @@ pub async fn apply_rbac(
     for obj in rbac_objects(node, namespace, config_map) {
         apply(admin, &obj).await?;
     }
-    apply(admin, &renewal_rbac_object()).await
+    apply(admin, &renewal_rbac_object(node)).await
 }
 
 /// A fresh P-256 key (the same key and CSR code the firmware runs) and a CSR (PEM) for the
@@ -512,8 +513,18 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The objects in a `deploy/` manifest.
+    pub(crate) fn deploy_docs(file: &str) -> Vec<Value> {
+        let path = format!("{}/../../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .split("\n---\n")
+            .map(|d| serde_yaml_ng::from_str(d).unwrap())
+            .collect()
+    }
 
     #[test]
     fn csr_names_the_node_in_system_nodes() {
@@ -527,16 +538,10 @@ mod tests {
 
     #[test]
     fn deploy_manifests_match_what_enrol_applies() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/rbac-pico-node-1.yaml"
+        assert_eq!(
+            deploy_docs("rbac-pico-node-1.yaml"),
+            rbac_objects("pico-node-1", "default", "pico-config")
         );
-        let text = std::fs::read_to_string(path).unwrap();
-        let docs: Vec<Value> = text
-            .split("\n---\n")
-            .map(|d| serde_yaml_ng::from_str(d).unwrap())
-            .collect();
-        assert_eq!(docs, rbac_objects("pico-node-1", "default", "pico-config"));
     }
 
     #[test]

@@ -74,8 +74,23 @@ pub fn self_signed(node_name: &str, node_ip: &str) -> Result<(String, String), r
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Accepts connections forever. `acceptor` is `None` only when plain HTTP was asked for.
-pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
+/// How the kubelet port's connections are secured.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP (`--kubelet-plain-http`).
+    Plain,
+    /// rustls, verifying client certificates against the client CA.
+    Rustls(TlsAcceptor),
+    /// The device's own TLS server (`picolet_device::tls_server`, what the Pico runs):
+    /// `--kubelet-tls device`.
+    Device {
+        serving: Arc<crate::node_certs::ServingCertificate>,
+        client_ca_der: Arc<Vec<u8>>,
+    },
+}
+
+/// Accepts connections forever, at most [`MAX_CONNECTIONS`] at once.
+pub async fn serve(listener: TcpListener, transport: Transport, shared: Arc<Shared>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -87,60 +102,50 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared:
             drop(tcp);
             continue;
         };
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
+        let (shared, transport) = (shared.clone(), transport.clone());
         tokio::spawn(async move {
-            match acceptor {
-                Some(acc) => match tokio::time::timeout(REQUEST_DEADLINE, acc.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        // rustls verified the chain against the client CA; no certificate
-                        // means an anonymous caller.
-                        let caller = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| Caller::from_certificate(c));
-                        handle(TokioConn(tls), &shared, Access::Authenticated(caller)).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!("kubelet port: TLS handshake from {peer} refused: {e}");
-                        shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        tracing::warn!("kubelet port: TLS handshake from {peer} timed out");
-                        shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                None => handle(TokioConn(tcp), &shared, Access::Open).await,
-            }
+            connection(tcp, peer, transport, &shared).await;
             drop(permit);
         });
     }
 }
 
-/// Accepts connections forever and serves them with the device's own TLS server
-/// (`picolet_device::tls_server`, what the Pico runs) instead of rustls: `--kubelet-tls device`.
-pub async fn serve_device_tls(
-    listener: TcpListener,
-    serving: Arc<crate::node_certs::ServingCertificate>,
-    client_ca_der: Vec<u8>,
-    shared: Arc<Shared>,
+fn handshake_failed(shared: &Shared, peer: std::net::SocketAddr, why: &dyn std::fmt::Display) {
+    tracing::warn!("kubelet port: TLS handshake from {peer} refused: {why}");
+    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One connection: the handshake (if any), then one request.
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    transport: Transport,
+    shared: &Shared,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let client_ca_der = Arc::new(client_ca_der);
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.server.over_limit.fetch_add(1, Ordering::Relaxed);
-            drop(tcp);
-            continue;
-        };
-        let (shared, serving, ca) = (shared.clone(), serving.device(), client_ca_der.clone());
-        tokio::spawn(async move {
+    match transport {
+        Transport::Plain => handle(TokioConn(tcp), shared, Access::Open).await,
+        Transport::Rustls(acc) => {
+            match tokio::time::timeout(REQUEST_DEADLINE, acc.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    // rustls verified the chain against the client CA; no certificate means an
+                    // anonymous caller.
+                    let caller = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| Caller::from_certificate(c));
+                    handle(TokioConn(tls), shared, Access::Authenticated(caller)).await
+                }
+                Ok(Err(e)) => handshake_failed(shared, peer, &e),
+                Err(_) => handshake_failed(shared, peer, &"timed out"),
+            }
+        }
+        Transport::Device {
+            serving,
+            client_ca_der,
+        } => {
+            let serving = serving.device();
             let now_unix = shared
                 .agent
                 .lock()
@@ -150,7 +155,7 @@ pub async fn serve_device_tls(
             let config = tls_server::ServerConfig {
                 cert_der: &serving.cert_der,
                 key: &serving.key,
-                client_ca_der: Some(&ca),
+                client_ca_der: Some(&client_ca_der),
                 now_unix,
             };
             // The device's buffer sizes.
@@ -172,19 +177,12 @@ pub async fn serve_device_tls(
                         user: p.user.to_string(),
                         groups: p.groups.iter().map(|g| g.to_string()).collect(),
                     });
-                    handle(conn, &shared, Access::Authenticated(caller)).await;
+                    handle(conn, shared, Access::Authenticated(caller)).await;
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!("kubelet port: TLS handshake from {peer} refused: {e}");
-                    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    tracing::warn!("kubelet port: TLS handshake from {peer} timed out");
-                    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(Err(e)) => handshake_failed(shared, peer, &e),
+                Err(_) => handshake_failed(shared, peer, &"timed out"),
             }
-            drop(permit);
-        });
+        }
     }
 }
 

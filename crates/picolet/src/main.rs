@@ -49,46 +49,14 @@ enum Mode {
 enum Command {
     /// Create a node identity with an admin kubeconfig: key, CSR, approval, RBAC, credentials.
     Enrol {
-        /// Admin kubeconfig (used once, never stored).
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: PathBuf,
-        #[arg(long, default_value = "pico-node-1")]
-        node_name: String,
-        /// Where to write the credentials (default: credentials/NODE_NAME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// API server URL the node should use (default: the kubeconfig's server).
-        #[arg(long)]
-        server: Option<String>,
-        /// DNS name checked in the API server's certificate.
-        #[arg(long, default_value = "kubernetes")]
-        tls_server_name: String,
-        #[arg(long, default_value = "default")]
-        config_namespace: String,
-        #[arg(long, default_value = "pico-config")]
-        config_map: String,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Create a short-lived bootstrap token for one node and write that node's directory
     /// (no key: the node makes its own and gets its certificate through the CSR API).
     Token {
-        /// Admin kubeconfig (used once, never stored).
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: PathBuf,
-        #[arg(long, default_value = "pico-node-1")]
-        node_name: String,
-        /// Where to write the node's directory (default: credentials/NODE_NAME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// API server URL the node should use (default: the kubeconfig's server).
-        #[arg(long)]
-        server: Option<String>,
-        /// DNS name checked in the API server's certificate.
-        #[arg(long, default_value = "kubernetes")]
-        tls_server_name: String,
-        #[arg(long, default_value = "default")]
-        config_namespace: String,
-        #[arg(long, default_value = "pico-config")]
-        config_map: String,
+        #[command(flatten)]
+        node: NodeArgs,
         /// How long the token is valid.
         #[arg(long, default_value_t = 60, value_name = "MINUTES")]
         ttl: u64,
@@ -134,6 +102,37 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Who a node is and where its directory goes: shared by `enrol` and `token`.
+#[derive(Args)]
+struct NodeArgs {
+    /// Admin kubeconfig (used once, never stored).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    #[arg(long, default_value = "pico-node-1")]
+    node_name: String,
+    /// Where to write the node's directory (default: credentials/NODE_NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// API server URL the node should use (default: the kubeconfig's server).
+    #[arg(long)]
+    server: Option<String>,
+    /// DNS name checked in the API server's certificate.
+    #[arg(long, default_value = "kubernetes")]
+    tls_server_name: String,
+    #[arg(long, default_value = "default")]
+    config_namespace: String,
+    #[arg(long, default_value = "pico-config")]
+    config_map: String,
+}
+
+impl NodeArgs {
+    fn out_dir(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("credentials").join(&self.node_name))
+    }
 }
 
 #[derive(Args)]
@@ -288,24 +287,16 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match Cli::parse().command {
-            Command::Enrol {
-                kubeconfig,
-                node_name,
-                out,
-                server,
-                tls_server_name,
-                config_namespace,
-                config_map,
-            } => {
-                let out_dir = out.unwrap_or_else(|| PathBuf::from("credentials").join(&node_name));
+            Command::Enrol { node } => {
+                let out_dir = node.out_dir();
                 let opts = enrol::EnrolOptions {
-                    kubeconfig,
-                    node_name,
+                    kubeconfig: node.kubeconfig,
+                    node_name: node.node_name,
                     out_dir: out_dir.clone(),
-                    server,
-                    tls_server_name,
-                    config_namespace,
-                    config_map,
+                    server: node.server,
+                    tls_server_name: node.tls_server_name,
+                    config_namespace: node.config_namespace,
+                    config_map: node.config_map,
                     timeout: Duration::from_secs(60),
                 };
                 enrol::enrol(&opts)
@@ -320,25 +311,17 @@ fn main() {
                     })
                     .map_err(|e| e.to_string())
             }
-            Command::Token {
-                kubeconfig,
-                node_name,
-                out,
-                server,
-                tls_server_name,
-                config_namespace,
-                config_map,
-                ttl,
-            } => {
-                let out_dir = out.unwrap_or_else(|| PathBuf::from("credentials").join(&node_name));
+            Command::Token { node, ttl } => {
+                let out_dir = node.out_dir();
+                let node_name = node.node_name.clone();
                 let opts = bootstrap::TokenOptions {
-                    kubeconfig,
-                    node_name: node_name.clone(),
+                    kubeconfig: node.kubeconfig,
+                    node_name: node.node_name,
                     out_dir: out_dir.clone(),
-                    server,
-                    tls_server_name,
-                    config_namespace,
-                    config_map,
+                    server: node.server,
+                    tls_server_name: node.tls_server_name,
+                    config_namespace: node.config_namespace,
+                    config_map: node.config_map,
                     ttl: Duration::from_secs(ttl.max(1) * 60),
                 };
                 bootstrap::create_token(&opts)

@@ -255,32 +255,28 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
-    let acceptor = match &serving {
-        None => {
+    let transport = match (&serving, opts.device_tls) {
+        (None, _) => {
             warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
-            None
+            kubelet_server::Transport::Plain
         }
-        Some(resolver) => Some(tokio_rustls::TlsAcceptor::from(
-            tls::server_config(resolver.clone(), Some(creds.client_ca_pem()))
-                .map_err(|e| e.to_string())?,
-        )),
-    };
-    info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
-    match (&serving, opts.device_tls) {
+        (Some(resolver), false) => {
+            kubelet_server::Transport::Rustls(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(resolver.clone(), Some(creds.client_ca_pem()))
+                    .map_err(|e| e.to_string())?,
+            ))
+        }
         (Some(serving), true) => {
             let ca = tls::certs(creds.client_ca_pem(), "client CA").map_err(|e| e.to_string())?;
             info!("kubelet port: TLS by the device's server (picolet_device::tls_server)");
-            tokio::spawn(kubelet_server::serve_device_tls(
-                listener,
-                serving.clone(),
-                ca[0].to_vec(),
-                shared.clone(),
-            ));
+            kubelet_server::Transport::Device {
+                serving: serving.clone(),
+                client_ca_der: Arc::new(ca[0].to_vec()),
+            }
         }
-        _ => {
-            tokio::spawn(kubelet_server::serve(listener, acceptor, shared.clone()));
-        }
-    }
+    };
+    info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
+    tokio::spawn(kubelet_server::serve(listener, transport, shared.clone()));
     tokio::spawn(control_loop(shared.clone()));
     tokio::spawn(watch_loop(shared.clone(), opts.watch_timeout));
     tokio::spawn(clock_loop(shared.clone()));

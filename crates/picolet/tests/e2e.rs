@@ -147,17 +147,10 @@ fn design_commands_and_configmap_flow_pass_verbatim() {
     );
 
     // The Lease: renewed by the node, owned by the Node.
-    let lease = kubectl(
+    let lease = common::lease(
         &plane,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            NODE,
-            "-o",
-            "jsonpath={.spec.holderIdentity} {.spec.leaseDurationSeconds} {.metadata.ownerReferences[0].kind}",
-        ],
+        NODE,
+        "{.spec.holderIdentity} {.spec.leaseDurationSeconds} {.metadata.ownerReferences[0].kind}",
     );
     assert_eq!(lease, format!("{NODE} 40 Node"));
 

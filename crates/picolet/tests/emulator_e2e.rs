@@ -596,3 +596,117 @@ fn a_generic_firmware_without_configuration_waits_showing_the_error_pattern() {
     // Still running, not reset by the watchdog (a fault would have ended the harness).
     assert!(stats["nanos"].as_f64().unwrap() > 5e9);
 }
+
+/// The public key (uncompressed point) in a certificate or CSR given as PEM text.
+fn public_key_of(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    if let Ok(cert) = rustls_pki_types::CertificateDer::from_pem_slice(pem) {
+        let (_, c) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        return c.public_key().subject_public_key.data.to_vec();
+    }
+    let csr = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem).unwrap();
+    let (_, r) = <x509_parser::certification_request::X509CertificationRequest as
+        x509_parser::prelude::FromDer<'_, _>>::from_der(csr.as_ref())
+    .unwrap();
+    r.certification_request_info
+        .subject_pki
+        .subject_public_key
+        .data
+        .to_vec()
+}
+
+#[test]
+#[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
+fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
+    use base64::Engine;
+    // 7m30s certificates, backdated 5 minutes by the signer: the enrolled one is usable for
+    // 2m30s and due for renewal 15-60 s after it was issued.
+    let plane = ControlPlane::start(testplane::Options {
+        cluster_signing_duration: Some("7m30s".into()),
+        ..testplane::Options::default()
+    })
+    .unwrap();
+    let creds = enrol(&plane, NODE);
+    let enrolled_pem = std::fs::read(creds.join("client.crt")).unwrap();
+    let enrolled_key = public_key_of(&enrolled_pem);
+    let expires = {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(&enrolled_pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        c.validity().not_after.timestamp()
+    };
+    let config = board_config_uf2(&plane, &creds);
+    let (_emu, uart_port) = Emulator::start(&generic_firmware(), &[&config]);
+    let api = plane.server().trim_start_matches("https://").to_string();
+    let _link = Background(
+        Command::new(env!("CARGO_BIN_EXE_picolet"))
+            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
+            .args(["--api-server", &api])
+            .args(["--kubelet-listen", &format!("127.0.0.1:{}", free_port())])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the emulated node Ready", Duration::from_secs(120), || {
+        ready(&plane) == "True"
+    });
+    // The board's renewal: a CSR from system:node:NODE, auto-approved, issued, for a key the
+    // board made (not the enrolled one).
+    let mut renewal: Option<Value> = None;
+    wait_for(
+        "the board's client certificate renewal issued",
+        Duration::from_secs(150),
+        || {
+            let list: Value =
+                serde_json::from_str(&kubectl(&plane, &["get", "csr", "-o", "json"])).unwrap();
+            renewal = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| {
+                    c["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("picolet-{NODE}-client-"))
+                        && c["status"]["certificate"].is_string()
+                })
+                .cloned();
+            renewal.is_some()
+        },
+    );
+    let csr = renewal.unwrap();
+    assert_eq!(csr["spec"]["username"], format!("system:node:{NODE}"));
+    assert_eq!(csr["status"]["conditions"][0]["reason"], "AutoApproved");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = b64
+        .decode(csr["spec"]["request"].as_str().unwrap())
+        .unwrap();
+    let issued = b64
+        .decode(csr["status"]["certificate"].as_str().unwrap())
+        .unwrap();
+    assert_ne!(
+        public_key_of(&request),
+        enrolled_key,
+        "a key made on the board"
+    );
+    assert_eq!(public_key_of(&issued), public_key_of(&request));
+    // The board also asked for its serving certificate (left pending here).
+    let csrs = kubectl(&plane, &["get", "csr"]);
+    assert!(csrs.contains(&format!("picolet-{NODE}-serving-")), "{csrs}");
+
+    // Past the enrolled certificate's expiry the board is still Ready, heartbeating with the
+    // renewed one.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    std::thread::sleep(Duration::from_secs((expires - now() + 25).max(0) as u64));
+    assert_eq!(ready(&plane), "True");
+    let lease_unix = common::lease_renewed_at(&plane, NODE);
+    assert!(
+        now() - lease_unix < 25 && lease_unix > expires,
+        "Lease renewed after the enrolled certificate expired ({lease_unix})"
+    );
+}

@@ -97,24 +97,26 @@ fn the_client_certificate_is_renewed_before_expiry_without_losing_ready() {
     assert_eq!(mode & 0o777, 0o600);
     assert_ne!(key1, key0);
 
+    // Revoking this board's renewals (part of revoking a board): its next renewal request is
+    // no longer approved.
+    kubectl(
+        &plane,
+        &[
+            "delete",
+            "clusterrolebinding",
+            "picolet-node-client-renewal-pico-node-1",
+        ],
+    );
+
     // Past the first certificate's expiry the node is still Ready and heartbeating.
     let wait = (naf0 - unix_now() + 15).max(0) as u64;
     std::thread::sleep(Duration::from_secs(wait));
     assert_eq!(ready(&plane, NODE), "True", "{}", agent.log());
-    let renew_time = kubectl(
-        &plane,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            NODE,
-            "-o",
-            "jsonpath={.spec.renewTime}",
-        ],
+    let renewed = common::lease_renewed_at(&plane, NODE);
+    assert!(
+        unix_now() - renewed < 20,
+        "Lease renewed recently ({renewed})"
     );
-    let t = chrono_like_parse(&renew_time);
-    assert!(unix_now() - t < 20, "Lease renewed recently ({renew_time})");
     let metrics = kubectl(
         &plane,
         &[
@@ -139,21 +141,21 @@ fn the_client_certificate_is_renewed_before_expiry_without_losing_ready() {
         "no errors:\n{}",
         agent.log()
     );
-}
-
-/// `2026-11-26T20:33:41.123456Z` → Unix seconds (enough of RFC 3339 for Lease times).
-fn chrono_like_parse(s: &str) -> i64 {
-    let (date, time) = s.split_once('T').unwrap();
-    let p: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let hms: Vec<i64> = time[..8].split(':').map(|x| x.parse().unwrap()).collect();
-    let (y, m, d) = (p[0], p[1], p[2]);
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2.rem_euclid(400);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+    // The renewal after the revocation waits, unapproved (no condition at all).
+    let csrs = kubectl(
+        &plane,
+        &[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[0].type};{end}",
+        ],
+    );
+    assert!(
+        csrs.split(';')
+            .any(|e| e.starts_with("picolet-pico-node-1-client-") && e.ends_with('=')),
+        "an unapproved renewal request: {csrs}"
+    );
 }
 
 // ---------------------------------------------------------------- the kubelet port

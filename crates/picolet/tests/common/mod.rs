@@ -126,6 +126,35 @@ pub fn kubectl_try(plane: &ControlPlane, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A jsonpath of the node's Lease in `kube-node-lease`.
+pub fn lease(plane: &ControlPlane, node: &str, jsonpath: &str) -> String {
+    kubectl(
+        plane,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            node,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ],
+    )
+}
+
+/// When the node's Lease was last renewed, in Unix seconds.
+pub fn lease_renewed_at(plane: &ControlPlane, node: &str) -> i64 {
+    let t = lease(plane, node, "{.spec.renewTime}");
+    let out = Command::new("date")
+        .args(["-d", &t, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("renewTime {t:?}"))
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
