@@ -130,6 +130,7 @@ fn config(path: &Path) -> Result<String, String> {
          client_cert_der: &{cert:?},\n\
          client_key_pkcs8_der: &{key:?},\n\
          client_ca_der: &{client_ca:?},\n\
+         bootstrap_token: \"\",\n\
          }});\n",
         o[0],
         o[1],

@@ -39,6 +39,18 @@ static CLIENT_GENERATION: AtomicU32 = AtomicU32::new(0);
 /// A newly issued serving certificate for the kubelet task.
 pub static SERVING_NEW: Signal<CriticalSectionRawMutex, ServingMaterial> = Signal::new();
 
+/// Makes `der` with `key` the board's client identity (both connections reconnect with it).
+pub fn install_client(der: &[u8], key: &NodeKey) {
+    let mut copy: heapless::Vec<u8, CERT_DER_MAX> = heapless::Vec::new();
+    let _ = copy.extend_from_slice(der);
+    let material = ClientMaterial {
+        der: copy,
+        pkcs8: key.pkcs8_der(),
+    };
+    CLIENT.lock(|c| *c.borrow_mut() = Some(material));
+    CLIENT_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The current client certificate generation (0: the flashed one).
 pub fn client_generation() -> u32 {
     CLIENT_GENERATION.load(Ordering::Relaxed)
@@ -157,14 +169,7 @@ impl PendingKeys {
             return None;
         };
         match kind {
-            CertKind::Client => {
-                let material = ClientMaterial {
-                    der: copy.clone(),
-                    pkcs8: key.pkcs8_der(),
-                };
-                CLIENT.lock(|c| *c.borrow_mut() = Some(material));
-                CLIENT_GENERATION.fetch_add(1, Ordering::Relaxed);
-            }
+            CertKind::Client => install_client(&copy, &key),
             CertKind::Serving => SERVING_NEW.signal(ServingMaterial {
                 der: copy.clone(),
                 key,

@@ -33,8 +33,8 @@ use picolet_device::led::LedState;
 use picolet_device::tls_server;
 
 #[cfg(not(feature = "kubelet-plain-http"))]
-use crate::certs::{self, ServingMaterial};
-use crate::certs::{ClientCopy, PendingKeys};
+use crate::certs::ServingMaterial;
+use crate::certs::{self, ClientCopy, PendingKeys};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
 
@@ -297,6 +297,98 @@ async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> 
     }
 }
 
+/// A board configured with a bootstrap token and no certificate joins first
+/// (`picolet_core::join`): its own key, a CSR sent as `system:bootstrap:ID` over TLS that
+/// verifies the API server but presents no client certificate, one request per connection.
+async fn join_with_token(
+    stack: Stack<'static>,
+    s: &'static NodeSettings,
+    b: &mut ControlBuffers,
+    body: &mut [u8; 8192],
+    boot_id: &str,
+) {
+    let mut join = picolet_core::join::Join::new(
+        s.board.node_name,
+        s.board.tls_server_name,
+        s.board.bootstrap_token,
+    );
+    let mut key = None;
+    let mut told = None;
+    log::info!(
+        "joining with a bootstrap token as system:node:{}",
+        s.board.node_name
+    );
+    loop {
+        let t = now();
+        CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
+        if join.key_wanted() {
+            let k = certs::new_key(boot_id, s.board.node_name);
+            let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
+            if join
+                .submit_csr(t, stamp, &k.public_key(), |subject, out| {
+                    k.csr(subject, out)
+                })
+                .is_ok()
+            {
+                key = Some(k);
+            }
+        }
+        if let (Some(der), Some(k)) = (join.certificate(), key.as_ref()) {
+            certs::install_client(der, k);
+            let _ = with_agent(|a| a.set_certificate(CertKind::Client, der));
+            log::info!("joined: client certificate issued for the board's own key");
+            return;
+        }
+        if join.last_error() != told {
+            told = join.last_error();
+            if let Some(e) = told {
+                log::warn!("bootstrap: {e}");
+            }
+        }
+        let n = match join.poll_request(t, &mut b.request) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let at = join.next_wakeup(t).min(t + 1_000);
+                Timer::at(Instant::from_millis(at)).await;
+                continue;
+            }
+            Err(e) => {
+                log::error!("bootstrap: {e}");
+                Timer::after(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
+        socket.set_timeout(Some(Duration::from_secs(30)));
+        if socket.connect(api_server(s)).await.is_err() {
+            join.on_transport_error(now());
+            continue;
+        }
+        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
+        let cfg = tls_config(s);
+        let anonymous = picolet_device::tls::NodeTlsProvider::<'_, _, DeviceClock>::new(
+            RoscRng,
+            s.board.ca_der,
+            &[],
+            &[],
+        );
+        if tls.open(TlsContext::new(&cfg, anonymous)).await.is_err() {
+            join.on_transport_error(now());
+            continue;
+        }
+        match picolet_device::tls::exchange(&mut tls, &b.request[..n], &mut b.input, &mut body[..])
+            .await
+        {
+            Ok((head, len)) => {
+                note_date(&head);
+                join.on_response(now(), &head, &body[..len.min(body.len())]);
+            }
+            Err(_) => join.on_transport_error(now()),
+        }
+    }
+}
+
 /// The request/response connection: registration, Lease, status, reports, lists.
 #[embassy_executor::task]
 async fn control_task(
@@ -308,6 +400,9 @@ async fn control_task(
 ) -> ! {
     let mut keys = PendingKeys::new();
     let mut client = ClientCopy::new();
+    if s.board.client_cert_der.is_empty() {
+        join_with_token(stack, s, b, body, boot_id).await;
+    }
     loop {
         let mut n = next_request(&mut b.request, &mut keys, boot_id).await;
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
@@ -384,6 +479,10 @@ async fn watch_task(
     lines: &'static mut WatchLines,
 ) -> ! {
     let mut client = ClientCopy::new();
+    // A board joining with a bootstrap token has no identity to watch with yet.
+    while s.board.client_cert_der.is_empty() && certs::client_generation() == 0 {
+        Timer::after(Duration::from_secs(1)).await;
+    }
     loop {
         let t = now();
         let n = match with_agent(|a| a.poll_watch_request(t, &mut b.request)) {

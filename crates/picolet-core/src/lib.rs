@@ -34,6 +34,7 @@ pub mod backoff;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod http;
+pub mod join;
 pub mod kubelet;
 pub mod lines;
 pub mod memory;

@@ -962,6 +962,93 @@ mod certificates {
     }
 
     #[test]
+    fn a_bootstrap_join_uses_the_token_and_ends_with_a_certificate_for_its_key() {
+        use picolet_core::join::{Join, JoinError};
+        let ca = Ca::new();
+        let token = "abcdef.0123456789abcdef";
+        let mut join = Join::new("pico-node-1", "kubernetes", token);
+        let mut buf = vec![0u8; 8192];
+        assert!(join.key_wanted());
+        assert_eq!(join.poll_request(0, &mut buf).unwrap(), None);
+        let (k, p) = key(8);
+        let csr = client_csr(&k, &p);
+        join.submit_csr(0, 7, &p, |_, out| {
+            out[..csr.len()].copy_from_slice(&csr);
+            Ok(csr.len())
+        })
+        .unwrap();
+        let bearer = format!("\r\nAuthorization: Bearer {token}\r\n");
+        let n = join.poll_request(0, &mut buf).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains(&bearer));
+        let post = parse(&buf[..n]);
+        assert_eq!(
+            post.body["spec"]["signerName"],
+            "kubernetes.io/kube-apiserver-client-kubelet"
+        );
+        assert_eq!(
+            post.body["metadata"]["name"],
+            "picolet-pico-node-1-bootstrap-00000007"
+        );
+        // A refused token: said why, tried again after a backoff.
+        join.on_response(0, &head(401), b"{}");
+        assert_eq!(join.last_error(), Some(JoinError::TokenRefused));
+        assert_eq!(join.poll_request(10, &mut buf).unwrap(), None);
+        let n = join.poll_request(1_000, &mut buf).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("POST "));
+        join.on_response(1_000, &head(201), b"{}");
+        // Read back with the token until signed.
+        let n = join.poll_request(2_000, &mut buf).unwrap().unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("GET /apis/certificates.k8s.io/v1/certificatesigningrequests/picolet-pico-node-1-bootstrap-00000007 "));
+        assert!(text.contains(&bearer));
+        join.on_response(2_000, &head(200), br#"{"status":{}}"#);
+        assert!(join.certificate().is_none());
+        join.poll_request(3_000, &mut buf).unwrap().unwrap();
+        let cert = ca.sign(&csr);
+        join.on_response(3_000, &head(200), issued_body(&cert).as_bytes());
+        assert_eq!(join.certificate(), Some(&cert[..]));
+        assert_eq!(join.poll_request(9_000, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn a_bootstrap_join_refuses_a_certificate_for_another_key() {
+        use picolet_core::join::{Join, JoinError};
+        let ca = Ca::new();
+        let mut join = Join::new("pico-node-1", "kubernetes", "abcdef.0123456789abcdef");
+        let mut buf = vec![0u8; 8192];
+        let (k, p) = key(9);
+        let csr = client_csr(&k, &p);
+        join.submit_csr(0, 1, &p, |_, out| {
+            out[..csr.len()].copy_from_slice(&csr);
+            Ok(csr.len())
+        })
+        .unwrap();
+        join.poll_request(0, &mut buf).unwrap().unwrap();
+        join.on_response(0, &head(201), b"{}");
+        join.poll_request(1_000, &mut buf).unwrap().unwrap();
+        let (k2, p2) = key(10);
+        join.on_response(
+            1_000,
+            &head(200),
+            issued_body(&ca.sign(&client_csr(&k2, &p2))).as_bytes(),
+        );
+        assert_eq!(join.certificate(), None);
+        assert_eq!(join.last_error(), Some(JoinError::CertificateRefused));
+        assert!(join.key_wanted(), "starts again with a new key");
+        // A token that may not create CSRs.
+        let (k3, p3) = key(11);
+        let csr3 = client_csr(&k3, &p3);
+        join.submit_csr(1_000, 2, &p3, |_, out| {
+            out[..csr3.len()].copy_from_slice(&csr3);
+            Ok(csr3.len())
+        })
+        .unwrap();
+        join.poll_request(5_000, &mut buf).unwrap().unwrap();
+        join.on_response(5_000, &head(403), b"{}");
+        assert_eq!(join.last_error(), Some(JoinError::Forbidden));
+    }
+
+    #[test]
     fn a_serving_csr_waiting_for_approval_does_not_hold_up_a_client_renewal() {
         let (mut h, ca) = started(CertificatePolicy {
             rotate_client: true,

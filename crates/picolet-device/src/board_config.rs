@@ -36,6 +36,7 @@ const TAG_CA_DER: u8 = 6;
 const TAG_CLIENT_CERT_DER: u8 = 7;
 const TAG_CLIENT_KEY_DER: u8 = 8;
 const TAG_CLIENT_CA_DER: u8 = 9;
+const TAG_BOOTSTRAP_TOKEN: u8 = 10;
 
 /// What a board needs to join its cluster. Borrowed from flash (or from compiled-in statics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub struct BoardConfig<'a> {
     /// The CA that signs client certificates (kubelet-port callers are checked against it);
     /// empty: the cluster CA (older records, and clusters with one CA).
     pub client_ca_der: &'a [u8],
+    /// A bootstrap token (`ID.SECRET`) for a board that joins by TLS bootstrapping instead of
+    /// with an enrolled certificate (then `client_cert_der` and the key are empty); empty: none.
+    pub bootstrap_token: &'a str,
 }
 
 impl<'a> BoardConfig<'a> {
@@ -130,6 +134,7 @@ impl<'a> BoardConfig<'a> {
         let (mut wifi_ssid, mut wifi_password) = ("", "");
         let (mut ca, mut cert, mut key) = (None, None, None);
         let mut client_ca: &'a [u8] = &[];
+        let mut token: &'a str = "";
         let mut rest = tlvs;
         while !rest.is_empty() {
             let [tag, lo, hi, ..] = *rest else {
@@ -152,6 +157,7 @@ impl<'a> BoardConfig<'a> {
                 TAG_CLIENT_CERT_DER => cert = Some(value),
                 TAG_CLIENT_KEY_DER => key = Some(value),
                 TAG_CLIENT_CA_DER => client_ca = value,
+                TAG_BOOTSTRAP_TOKEN => token = text(value, "bootstrap token")?,
                 _ => {} // a field from a newer picolet: ignored
             }
             rest = &rest[3 + n..];
@@ -171,9 +177,19 @@ impl<'a> BoardConfig<'a> {
             wifi_ssid,
             wifi_password,
             ca_der: der(ca, "cluster CA")?,
-            client_cert_der: der(cert, "client certificate")?,
-            client_key_pkcs8_der: der(key, "client key")?,
+            // A board that joins with a bootstrap token has no certificate yet.
+            client_cert_der: if token.is_empty() {
+                der(cert, "client certificate")?
+            } else {
+                cert.unwrap_or(&[])
+            },
+            client_key_pkcs8_der: if token.is_empty() {
+                der(key, "client key")?
+            } else {
+                key.unwrap_or(&[])
+            },
             client_ca_der: client_ca,
+            bootstrap_token: token,
         })
     }
 
@@ -192,7 +208,7 @@ impl<'a> BoardConfig<'a> {
             port.to_le_bytes()[0],
             port.to_le_bytes()[1],
         ];
-        let fields: [(u8, &[u8]); 9] = [
+        let fields: [(u8, &[u8]); 10] = [
             (TAG_NODE_NAME, self.node_name.as_bytes()),
             (TAG_TLS_SERVER_NAME, self.tls_server_name.as_bytes()),
             (TAG_API_SERVER, &api),
@@ -202,6 +218,7 @@ impl<'a> BoardConfig<'a> {
             (TAG_CLIENT_CERT_DER, self.client_cert_der),
             (TAG_CLIENT_KEY_DER, self.client_key_pkcs8_der),
             (TAG_CLIENT_CA_DER, self.client_ca_der),
+            (TAG_BOOTSTRAP_TOKEN, self.bootstrap_token.as_bytes()),
         ];
         for (tag, value) in fields {
             let n = u16::try_from(value.len()).map_err(|_| ConfigError::TooLarge)?;
@@ -237,6 +254,7 @@ mod tests {
             client_cert_der: &[0x30, 0x82, 3, 4],
             client_key_pkcs8_der: &[0x30, 0x81, 5],
             client_ca_der: &[0x30, 0x82, 9, 9],
+            bootstrap_token: "",
         }
     }
 
@@ -250,6 +268,19 @@ mod tests {
     fn a_record_round_trips_through_a_flash_sector() {
         let s = sector(&sample());
         assert_eq!(BoardConfig::parse(&s), Ok(sample()));
+    }
+
+    #[test]
+    fn a_bootstrap_board_needs_no_certificate_and_others_still_do() {
+        let mut c = sample();
+        c.client_cert_der = &[];
+        c.client_key_pkcs8_der = &[];
+        assert_eq!(
+            BoardConfig::parse(&sector(&c)),
+            Err(ConfigError::Missing("client certificate"))
+        );
+        c.bootstrap_token = "abcdef.0123456789abcdef";
+        assert_eq!(BoardConfig::parse(&sector(&c)), Ok(c));
     }
 
     #[test]

@@ -71,8 +71,9 @@ impl<R: rand_core::CryptoRngCore, C: TlsClock> CryptoProvider for NodeTlsProvide
         ))
     }
 
+    /// None (an anonymous client: a board joining with a bootstrap token) when empty.
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
-        Some(Certificate::X509(self.client_cert_der))
+        (!self.client_cert_der.is_empty()).then_some(Certificate::X509(self.client_cert_der))
     }
 }
 

@@ -53,14 +53,43 @@ impl std::error::Error for BoardConfigError {}
 
 /// The configuration sector's bytes for one board, and the node name they configure.
 pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfigError> {
-    let creds = Credentials::load(&opts.credentials).map_err(BoardConfigError::Credentials)?;
-    let ca = CertificateDer::from_pem_slice(creds.ca_pem.as_bytes())
+    // A directory from `picolet token` (a bootstrap token, no certificate yet) or from
+    // `picolet enrol` (certificate and key).
+    let bootstrap = opts.credentials.join(crate::bootstrap::TOKEN_FILE).exists()
+        && !opts.credentials.join("client.crt").exists();
+    let (identity, ca_pem, client_ca_pem, cert_pem, key_pem, token) = if bootstrap {
+        let (identity, ca, token) = Credentials::load_bootstrap(&opts.credentials)
+            .map_err(BoardConfigError::Credentials)?;
+        let client_ca = std::fs::read_to_string(opts.credentials.join("client-ca.crt")).ok();
+        (identity, ca, client_ca, None, None, token)
+    } else {
+        let c = Credentials::load(&opts.credentials).map_err(BoardConfigError::Credentials)?;
+        (
+            c.identity,
+            c.ca_pem,
+            c.client_ca_pem,
+            Some(c.cert_pem),
+            Some(c.key_pem),
+            String::new(),
+        )
+    };
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| BoardConfigError::Pem("cluster CA", e.to_string()))?;
-    let cert = CertificateDer::from_pem_slice(creds.cert_pem.as_bytes())
-        .map_err(|e| BoardConfigError::Pem("client certificate", e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
-        .map_err(|e| BoardConfigError::Pem("client key", e.to_string()))?;
-    let client_ca = match &creds.client_ca_pem {
+    let cert = match &cert_pem {
+        Some(pem) => Some(
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| BoardConfigError::Pem("client certificate", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let key = match &key_pem {
+        Some(pem) => Some(
+            PrivateKeyDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| BoardConfigError::Pem("client key", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let client_ca = match &client_ca_pem {
         Some(pem) => Some(
             CertificateDer::from_pem_slice(pem.as_bytes())
                 .map_err(|e| BoardConfigError::Pem("client CA", e.to_string()))?,
@@ -68,15 +97,16 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfi
         None => None,
     };
     let config = BoardConfig {
-        node_name: &creds.identity.node_name,
-        tls_server_name: &creds.identity.tls_server_name,
+        node_name: &identity.node_name,
+        tls_server_name: &identity.tls_server_name,
         api_server: (opts.api_server.ip().octets(), opts.api_server.port()),
         wifi_ssid: &opts.wifi_ssid,
         wifi_password: &opts.wifi_password,
         ca_der: &ca,
-        client_cert_der: &cert,
-        client_key_pkcs8_der: key.secret_der(),
+        client_cert_der: cert.as_deref().unwrap_or(&[]),
+        client_key_pkcs8_der: key.as_ref().map(|k| k.secret_der()).unwrap_or(&[]),
         client_ca_der: client_ca.as_deref().unwrap_or(&[]),
+        bootstrap_token: &token,
     };
     let mut sector = vec![0xff; SECTOR_SIZE];
     config
@@ -84,7 +114,7 @@ pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfi
         .map_err(BoardConfigError::Record)?;
     // The firmware checks every field again at boot; check here too, for a clear error now.
     BoardConfig::parse(&sector).map_err(BoardConfigError::Record)?;
-    Ok((sector, creds.identity.node_name))
+    Ok((sector, identity.node_name))
 }
 
 /// Writes the board's configuration UF2; returns the node name it configures.

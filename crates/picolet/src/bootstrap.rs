@@ -21,6 +21,8 @@ use picolet_core::time::Rfc3339;
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
 
+use picolet_core::join::{Join, JoinError};
+
 use crate::credentials::{Credentials, NodeIdentity};
 use crate::enrol::{self, AdminClient, EnrolError};
 use crate::kubeconfig;
@@ -179,25 +181,67 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
             ),
         });
     }
-    let mut client =
-        AdminClient::with_token(&identity.server, &identity.tls_server_name, &ca_pem, &token)?;
-    let (key, csr_pem) = enrol::node_client_csr(&identity.node_name).map_err(EnrolError::Key)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let csr_name = format!("picolet-{}-bootstrap-{stamp}", identity.node_name);
-    tracing::info!(csr = %csr_name, "joining with a bootstrap token as system:node:{}", identity.node_name);
-    enrol::submit_csr(
-        &mut client,
-        &csr_name,
-        &csr_pem,
-        enrol::CLIENT_SIGNER,
-        &enrol::CLIENT_USAGES,
-    )
-    .await?;
-    let cert_pem =
-        enrol::wait_for_certificate(&mut client, &csr_name, Duration::from_secs(120)).await?;
+    // The same sans-IO join the firmware runs (picolet_core::join), over a connection that
+    // verifies the API server and presents no client certificate.
+    let endpoint =
+        crate::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
+            .map_err(EnrolError::Tls)?;
+    let mut conn = crate::api::Connection::new(std::sync::Arc::new(endpoint), 16 * 1024);
+    let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
+    let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
+    let start = std::time::Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut key = node_certs::new_key();
+    let cert_der = loop {
+        if join.key_wanted() {
+            key = node_certs::new_key();
+            join.submit_csr(
+                now(),
+                OsRng.next_u32(),
+                &key.public_key(),
+                |subject, out| key.csr(subject, out),
+            )
+            .map_err(EnrolError::Key)?;
+            tracing::info!(
+                "joining with a bootstrap token as system:node:{}",
+                identity.node_name
+            );
+        }
+        if let Some(der) = join.certificate() {
+            break der.to_vec();
+        }
+        let failed = |why: JoinError| EnrolError::Api {
+            what: "joining with the bootstrap token",
+            status: 0,
+            body: why.to_string(),
+        };
+        if let Some(e @ (JoinError::TokenRefused | JoinError::Forbidden)) = join.last_error() {
+            return Err(failed(e));
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(failed(join.last_error().unwrap_or(JoinError::Transport)));
+        }
+        match join.poll_request(now(), &mut request).map_err(failed)? {
+            Some(n) => match conn.round_trip(&request[..n], &mut body).await {
+                Ok(resp) => {
+                    let len = resp.body_len.min(body.len());
+                    join.on_response(now(), &resp.head, &body[..len]);
+                }
+                Err(e) => {
+                    tracing::warn!("bootstrap: {e}");
+                    join.on_transport_error(now());
+                }
+            },
+            None => {
+                let wait = join.next_wakeup(now()).saturating_sub(now()).min(1_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    };
+    let mut pem = vec![0u8; 4096];
+    let n = picolet_core::pki::pem_encode(picolet_core::pki::CERTIFICATE, &cert_der, &mut pem)
+        .map_err(EnrolError::Key)?;
+    let cert_pem = String::from_utf8_lossy(&pem[..n]).into_owned();
     let key_pem = node_certs::key_pem(&key).map_err(EnrolError::Key)?;
     let write = |name: &str, text: &str, secret: bool| {
         node_certs::write_atomic(&dir.join(name), text, secret).map_err(|e| EnrolError::Api {

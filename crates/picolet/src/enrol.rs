@@ -86,8 +86,6 @@ pub struct AdminClient {
     host: String,
     buf: Vec<u8>,
     body: Vec<u8>,
-    /// A bearer token sent with every request (bootstrap tokens); `None` with a client certificate.
-    bearer: Option<String>,
 }
 
 impl AdminClient {
@@ -110,25 +108,6 @@ impl AdminClient {
             host: name,
             buf: vec![0; 256 * 1024],
             body: vec![0; 1 << 20],
-            bearer: None,
-        })
-    }
-
-    /// Connects with a bearer token and no client certificate, verifying `server_name`
-    /// against `ca_pem`.
-    pub fn with_token(
-        server: &str,
-        server_name: &str,
-        ca_pem: &str,
-        token: &str,
-    ) -> Result<Self, EnrolError> {
-        let endpoint = Endpoint::new(server, server_name, ca_pem, None).map_err(EnrolError::Tls)?;
-        Ok(Self {
-            conn: Connection::new(Arc::new(endpoint), 16 * 1024),
-            host: server_name.into(),
-            buf: vec![0; 64 * 1024],
-            body: vec![0; 1 << 20],
-            bearer: Some(token.into()),
         })
     }
 
@@ -145,12 +124,11 @@ impl AdminClient {
             out.get_mut(..t.len())?.copy_from_slice(t);
             Some(t.len())
         };
-        let n = http::encode_request_with_token(
+        let n = http::encode_request(
             &mut self.buf,
             method,
             &self.host,
             format_args!("{path}"),
-            self.bearer.as_deref(),
             body.map(|(ct, _)| {
                 (
                     ct,

@@ -710,3 +710,68 @@ fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
         "Lease renewed after the enrolled certificate expired ({lease_unix})"
     );
 }
+
+#[test]
+#[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
+fn a_board_joins_with_a_bootstrap_token_and_its_own_key() {
+    // `picolet token` (no certificate, no key) → `picolet board-config` → the generic firmware:
+    // the board makes its key, joins as system:bootstrap:ID, and becomes a Ready node.
+    let plane = plane();
+    let dir = plane.dir().join("join");
+    let out = Command::new(env!("CARGO_BIN_EXE_picolet"))
+        .args(["token", "--node-name", NODE, "--ttl", "10", "--out"])
+        .arg(&dir)
+        .arg("--kubeconfig")
+        .arg(plane.admin_kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.join("client.key").exists());
+    let token = std::fs::read_to_string(dir.join("bootstrap-token")).unwrap();
+    let config = board_config_uf2(&plane, &dir);
+    let (_emu, uart_port) = Emulator::start(&generic_firmware(), &[&config]);
+    let api = plane.server().trim_start_matches("https://").to_string();
+    let _link = Background(
+        Command::new(env!("CARGO_BIN_EXE_picolet"))
+            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
+            .args(["--api-server", &api])
+            .args(["--kubelet-listen", &format!("127.0.0.1:{}", free_port())])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the joined board Ready", Duration::from_secs(150), || {
+        ready(&plane) == "True"
+    });
+    let list: Value =
+        serde_json::from_str(&kubectl(&plane, &["get", "csr", "-o", "json"])).unwrap();
+    let join = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("picolet-{NODE}-bootstrap-"))
+        })
+        .unwrap_or_else(|| panic!("no bootstrap CSR: {list}"));
+    assert_eq!(
+        join["spec"]["username"],
+        format!("system:bootstrap:{}", &token[..6])
+    );
+    assert_eq!(join["status"]["conditions"][0]["reason"], "AutoApproved");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = b64
+        .decode(join["spec"]["request"].as_str().unwrap())
+        .unwrap();
+    let issued = b64
+        .decode(join["status"]["certificate"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(public_key_of(&issued), public_key_of(&request));
+}

@@ -385,7 +385,7 @@ fn a_node_joins_with_a_bootstrap_token_and_a_bad_token_is_refused() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !bad_agent
         .log()
-        .contains("bootstrap: creating the CSR failed with HTTP 401")
+        .contains("the bootstrap token was refused (HTTP 401)")
     {
         assert!(std::time::Instant::now() < deadline, "{}", bad_agent.log());
         std::thread::sleep(Duration::from_millis(200));

@@ -271,6 +271,141 @@ impl Serialize for Base64<'_> {
 
 const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
+/// Writes the POST of a CertificateSigningRequest named `name` carrying `csr_pem` for `kind`'s
+/// signer, authenticated by the connection's client certificate or by `bearer`.
+pub(crate) fn encode_csr_post(
+    out: &mut [u8],
+    host: &str,
+    bearer: Option<&str>,
+    name: &str,
+    csr_pem: &[u8],
+    kind: CertKind,
+) -> Result<usize, HttpError> {
+    let csr = CsrObject {
+        api_version: "certificates.k8s.io/v1",
+        kind: "CertificateSigningRequest",
+        metadata: CsrMeta {
+            name,
+            labels: ManagedBy {
+                managed_by: "picolet",
+            },
+        },
+        spec: CsrSpec {
+            request: Base64(csr_pem),
+            signer_name: kind.signer(),
+            usages: kind.usages(),
+        },
+    };
+    let mut body = |buf: &mut [u8]| obj::to_json(&csr, buf).ok();
+    http::encode_request_with_token(
+        out,
+        Method::Post,
+        host,
+        format_args!("{CSR_PATH}"),
+        bearer,
+        Some((BodyType::Json, &mut body)),
+    )
+}
+
+/// Writes the GET that reads a CertificateSigningRequest back.
+pub(crate) fn encode_csr_get(
+    out: &mut [u8],
+    host: &str,
+    bearer: Option<&str>,
+    name: &str,
+) -> Result<usize, HttpError> {
+    http::encode_request_with_token(
+        out,
+        Method::Get,
+        host,
+        format_args!("{CSR_PATH}/{name}"),
+        bearer,
+        None,
+    )
+}
+
+/// What a CSR read back says.
+pub(crate) enum CsrOutcome<'b> {
+    /// Not decided or not signed yet.
+    Pending,
+    /// Denied or failed.
+    Refused,
+    /// Signed: the certificate field (base64 of PEM).
+    Issued(&'b [u8]),
+    /// Not a CSR object.
+    Unreadable,
+}
+
+pub(crate) fn read_csr_outcome(body: &[u8]) -> CsrOutcome<'_> {
+    let Some(csr) = obj::from_json::<CsrLite<'_>>(body) else {
+        return CsrOutcome::Unreadable;
+    };
+    match csr.status.certificate.filter(|c| !c.is_empty()) {
+        Some(b64) => CsrOutcome::Issued(b64.as_bytes()),
+        None if csr
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Denied" || c.kind == "Failed") =>
+        {
+            CsrOutcome::Refused
+        }
+        None => CsrOutcome::Pending,
+    }
+}
+
+/// Builds a CSR with `build` and keeps it as PEM in `pem`.
+pub(crate) fn build_csr_pem(
+    subject: &CsrSubject<'_>,
+    build: impl FnOnce(&CsrSubject<'_>, &mut [u8]) -> Result<usize, PkiError>,
+    pem: &mut Vec<u8, CERT_PEM_MAX>,
+) -> Result<(), PkiError> {
+    let mut der = [0u8; 640];
+    let n = build(subject, &mut der)?;
+    pem.clear();
+    pem.resize_default(CERT_PEM_MAX)
+        .map_err(|_| PkiError::BufferTooSmall)?;
+    let len = pki::pem_encode(pki::CERTIFICATE_REQUEST, &der[..n], pem)?;
+    pem.truncate(len);
+    Ok(())
+}
+
+/// base64 → PEM (through `pem`) → DER (into `der`), then checks the certificate is for
+/// `public_key`. On error both buffers are left empty.
+pub(crate) fn decode_issued_certificate(
+    b64: &[u8],
+    public_key: &PublicKey,
+    pem: &mut Vec<u8, CERT_PEM_MAX>,
+    der: &mut Vec<u8, CERT_DER_MAX>,
+) -> Result<(), PkiError> {
+    pem.clear();
+    der.clear();
+    pem.resize_default(CERT_PEM_MAX)
+        .map_err(|_| PkiError::BufferTooSmall)?;
+    let result = pki::base64_decode(b64, pem)
+        .map(|p| p.len())
+        .and_then(|pem_len| {
+            der.resize_default(CERT_DER_MAX)
+                .map_err(|_| PkiError::BufferTooSmall)?;
+            pki::pem_decode(pki::CERTIFICATE, &pem[..pem_len], der).map(|d| d.len())
+        })
+        .and_then(|len| {
+            der.truncate(len);
+            let info: CertificateInfo<'_> = pki::certificate_info(der)?;
+            if info.public_key != public_key {
+                return Err(PkiError::Malformed {
+                    at: "subjectPublicKey (not the requested key)",
+                });
+            }
+            Ok(())
+        });
+    pem.clear();
+    if result.is_err() {
+        der.clear();
+    }
+    result
+}
+
 impl Agent<'_> {
     /// Tells the agent which certificate of `kind` is in use (at start, and after installing
     /// one from [`Agent::issued_certificate`]); its validity sets the next renewal.
@@ -321,7 +456,6 @@ impl Agent<'_> {
         if self.certs.step(kind) != Some(Step::NeedCsr) {
             return Err(PkiError::NotWanted);
         }
-        let mut der = [0u8; 640];
         let ip: Option<[u8; 4]> = parse_ipv4(&self.internal_ip);
         let sans_buf = [
             San::Dns(self.cfg.node_name),
@@ -336,17 +470,7 @@ impl Agent<'_> {
             node_name: self.cfg.node_name,
             sans,
         };
-        let certs = &mut self.certs;
-        let result = build(&subject, &mut der).and_then(|n| {
-            certs.pem.clear();
-            certs
-                .pem
-                .resize_default(CERT_PEM_MAX)
-                .map_err(|_| PkiError::BufferTooSmall)?;
-            let len = pki::pem_encode(pki::CERTIFICATE_REQUEST, &der[..n], &mut certs.pem)?;
-            certs.pem.truncate(len);
-            Ok(())
-        });
+        let result = build_csr_pem(&subject, build, &mut self.certs.pem);
         if let Err(e) = result {
             self.csr_failed(now, kind, false);
             return Err(e);
@@ -435,38 +559,17 @@ impl Agent<'_> {
     ) -> Result<usize, HttpError> {
         let host = self.cfg.api_host;
         match pending {
-            Pending::CsrCreate(kind) => {
-                let csr = CsrObject {
-                    api_version: "certificates.k8s.io/v1",
-                    kind: "CertificateSigningRequest",
-                    metadata: CsrMeta {
-                        name: &self.certs.slots[kind.index()].name,
-                        labels: ManagedBy {
-                            managed_by: "picolet",
-                        },
-                    },
-                    spec: CsrSpec {
-                        request: Base64(&self.certs.pem),
-                        signer_name: kind.signer(),
-                        usages: kind.usages(),
-                    },
-                };
-                let mut body = |buf: &mut [u8]| obj::to_json(&csr, buf).ok();
-                http::encode_request(
-                    out,
-                    Method::Post,
-                    host,
-                    format_args!("{CSR_PATH}"),
-                    Some((BodyType::Json, &mut body)),
-                )
-            }
-            Pending::CsrGet(kind) => http::encode_request(
+            Pending::CsrCreate(kind) => encode_csr_post(
                 out,
-                Method::Get,
                 host,
-                format_args!("{CSR_PATH}/{}", self.certs.slots[kind.index()].name),
                 None,
+                &self.certs.slots[kind.index()].name,
+                &self.certs.pem,
+                kind,
             ),
+            Pending::CsrGet(kind) => {
+                encode_csr_get(out, host, None, &self.certs.slots[kind.index()].name)
+            }
             _ => Err(HttpError::BufferTooSmall),
         }
     }
@@ -504,24 +607,20 @@ impl Agent<'_> {
     }
 
     fn read_csr(&mut self, now: Millis, kind: CertKind, body: &[u8]) {
-        let Some(csr) = obj::from_json::<CsrLite<'_>>(body) else {
-            self.certs.slot(kind).sched.retry(now);
-            return;
-        };
-        let refused = csr
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.kind == "Denied" || c.kind == "Failed");
-        match csr.status.certificate.filter(|c| !c.is_empty()) {
+        match read_csr_outcome(body) {
+            CsrOutcome::Unreadable => self.certs.slot(kind).sched.retry(now),
             // The shared buffers are taken: read it again shortly.
-            Some(_) if self.certs.busy() => self.certs.slot(kind).sched.retry(now),
-            Some(b64) => match self.decode_issued(kind, b64.as_bytes()) {
-                Ok(()) => self.certs.slot(kind).step = Some(Step::Issued),
-                Err(_) => self.csr_failed(now, kind, true),
-            },
-            None if refused => self.csr_failed(now, kind, true),
-            None => {
+            CsrOutcome::Issued(_) if self.certs.busy() => self.certs.slot(kind).sched.retry(now),
+            CsrOutcome::Issued(b64) => {
+                let c = &mut self.certs;
+                let key = c.slots[kind.index()].public_key;
+                match decode_issued_certificate(b64, &key, &mut c.pem, &mut c.der) {
+                    Ok(()) => c.slot(kind).step = Some(Step::Issued),
+                    Err(_) => self.csr_failed(now, kind, true),
+                }
+            }
+            CsrOutcome::Refused => self.csr_failed(now, kind, true),
+            CsrOutcome::Pending => {
                 let slot = self.certs.slot(kind);
                 let since = match slot.step {
                     Some(Step::Wait { since }) => since,
@@ -535,45 +634,6 @@ impl Agent<'_> {
                 slot.sched.ok_then(now + wait);
             }
         }
-    }
-
-    /// base64 → PEM → DER, then checks the certificate is for the submitted key.
-    fn decode_issued(&mut self, kind: CertKind, b64: &[u8]) -> Result<(), PkiError> {
-        let c = &mut self.certs;
-        c.pem.clear();
-        c.pem
-            .resize_default(CERT_PEM_MAX)
-            .map_err(|_| PkiError::BufferTooSmall)?;
-        let decoded = pki::base64_decode(b64, &mut c.pem).map(|p| p.len());
-        let pem_len = match decoded {
-            Ok(n) => n,
-            Err(e) => {
-                c.pem.clear();
-                return Err(e);
-            }
-        };
-        c.der.clear();
-        let result = c
-            .der
-            .resize_default(CERT_DER_MAX)
-            .map_err(|_| PkiError::BufferTooSmall)
-            .and_then(|()| pki::pem_decode(pki::CERTIFICATE, &c.pem[..pem_len], &mut c.der))
-            .map(|d| d.len());
-        c.pem.clear();
-        let checked = result.and_then(|len| {
-            c.der.truncate(len);
-            let info: CertificateInfo<'_> = pki::certificate_info(&c.der)?;
-            if info.public_key != c.slots[kind.index()].public_key {
-                return Err(PkiError::Malformed {
-                    at: "subjectPublicKey (not the requested key)",
-                });
-            }
-            Ok(())
-        });
-        if checked.is_err() {
-            c.der.clear();
-        }
-        checked
     }
 
     fn csr_failed(&mut self, now: Millis, kind: CertKind, refused: bool) {

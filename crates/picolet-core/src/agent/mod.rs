@@ -16,7 +16,7 @@
 //! [`Agent::sync_clock`] or the responses' `Date` headers.
 
 mod authorization;
-mod certificates;
+pub(crate) mod certificates;
 mod config_map;
 mod encode;
 
