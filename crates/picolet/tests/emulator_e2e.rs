@@ -597,6 +597,37 @@ fn a_generic_firmware_without_configuration_waits_showing_the_error_pattern() {
     assert!(stats["nanos"].as_f64().unwrap() > 5e9);
 }
 
+/// The generic firmware with a board configuration in the emulator, linked to the plane.
+fn board(plane: &ControlPlane, config: &Path) -> (Emulator, Background) {
+    let (emu, uart_port) = Emulator::start(&generic_firmware(), &[config]);
+    let api = plane.server().trim_start_matches("https://").to_string();
+    let link = Background(
+        Command::new(env!("CARGO_BIN_EXE_picolet"))
+            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
+            .args(["--api-server", &api])
+            .args(["--kubelet-listen", &format!("127.0.0.1:{}", free_port())])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    (emu, link)
+}
+
+/// The first CSR whose name starts with `prefix` (and, with `issued`, carries a certificate).
+fn find_csr(plane: &ControlPlane, prefix: &str, issued: bool) -> Option<Value> {
+    let list: Value = serde_json::from_str(&kubectl(plane, &["get", "csr", "-o", "json"])).unwrap();
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(prefix))
+                && (!issued || c["status"]["certificate"].is_string())
+        })
+        .cloned()
+}
+
 /// The public key (uncompressed point) in a certificate or CSR given as PEM text.
 fn public_key_of(pem: &[u8]) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
@@ -636,17 +667,7 @@ fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
         c.validity().not_after.timestamp()
     };
     let config = board_config_uf2(&plane, &creds);
-    let (_emu, uart_port) = Emulator::start(&generic_firmware(), &[&config]);
-    let api = plane.server().trim_start_matches("https://").to_string();
-    let _link = Background(
-        Command::new(env!("CARGO_BIN_EXE_picolet"))
-            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
-            .args(["--api-server", &api])
-            .args(["--kubelet-listen", &format!("127.0.0.1:{}", free_port())])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_emu, _link) = board(&plane, &config);
     wait_for("the emulated node Ready", Duration::from_secs(120), || {
         ready(&plane) == "True"
     });
@@ -657,20 +678,7 @@ fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
         "the board's client certificate renewal issued",
         Duration::from_secs(150),
         || {
-            let list: Value =
-                serde_json::from_str(&kubectl(&plane, &["get", "csr", "-o", "json"])).unwrap();
-            renewal = list["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| {
-                    c["metadata"]["name"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with(&format!("picolet-{NODE}-client-"))
-                        && c["status"]["certificate"].is_string()
-                })
-                .cloned();
+            renewal = find_csr(&plane, &format!("picolet-{NODE}-client-"), true);
             renewal.is_some()
         },
     );
@@ -733,33 +741,12 @@ fn a_board_joins_with_a_bootstrap_token_and_its_own_key() {
     assert!(!dir.join("client.key").exists());
     let token = std::fs::read_to_string(dir.join("bootstrap-token")).unwrap();
     let config = board_config_uf2(&plane, &dir);
-    let (_emu, uart_port) = Emulator::start(&generic_firmware(), &[&config]);
-    let api = plane.server().trim_start_matches("https://").to_string();
-    let _link = Background(
-        Command::new(env!("CARGO_BIN_EXE_picolet"))
-            .args(["link", "--serial-tcp", &format!("127.0.0.1:{uart_port}")])
-            .args(["--api-server", &api])
-            .args(["--kubelet-listen", &format!("127.0.0.1:{}", free_port())])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_emu, _link) = board(&plane, &config);
     wait_for("the joined board Ready", Duration::from_secs(150), || {
         ready(&plane) == "True"
     });
-    let list: Value =
-        serde_json::from_str(&kubectl(&plane, &["get", "csr", "-o", "json"])).unwrap();
-    let join = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| {
-            c["metadata"]["name"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("picolet-{NODE}-bootstrap-"))
-        })
-        .unwrap_or_else(|| panic!("no bootstrap CSR: {list}"));
+    let join = find_csr(&plane, &format!("picolet-{NODE}-bootstrap-"), false)
+        .expect("the board's bootstrap CSR");
     assert_eq!(
         join["spec"]["username"],
         format!("system:bootstrap:{}", &token[..6])
