@@ -197,16 +197,15 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         },
         rand_core::RngCore::next_u32(&mut rand_core::OsRng),
     );
-    if let Ok(c) = tls::certs(&creds.cert_pem, "client certificate") {
-        check_client_certificate(&c[0], node_name);
+    let client_der = tls::certs(&creds.cert_pem, "client certificate").map(|c| c[0].to_vec());
+    if let Ok(der) = &client_der {
+        check_client_certificate(der, node_name);
     }
-    match tls::certs(&creds.cert_pem, "client certificate")
-        .map_err(|e| e.to_string())
-        .and_then(|c| {
-            agent
-                .set_certificate(CertKind::Client, &c[0])
-                .map_err(|e| e.to_string())
-        }) {
+    match client_der.map_err(|e| e.to_string()).and_then(|der| {
+        agent
+            .set_certificate(CertKind::Client, &der)
+            .map_err(|e| e.to_string())
+    }) {
         Ok(c) => info!(
             "client certificate valid until {} (Unix), renewal from {}",
             c.not_after, c.renew_at
