@@ -698,9 +698,13 @@ fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
         "a key made on the board"
     );
     assert_eq!(public_key_of(&issued), public_key_of(&request));
-    // The board also asked for its serving certificate (left pending here).
-    let csrs = kubectl(&plane, &["get", "csr"]);
-    assert!(csrs.contains(&format!("picolet-{NODE}-serving-")), "{csrs}");
+    // The board also asks for its serving certificate (left pending here); one request at a
+    // time, so it may follow the renewal.
+    wait_for(
+        "the board's serving certificate request",
+        Duration::from_secs(60),
+        || find_csr(&plane, &format!("picolet-{NODE}-serving-"), false).is_some(),
+    );
 
     // Past the enrolled certificate's expiry the board is still Ready, heartbeating with the
     // renewed one.
