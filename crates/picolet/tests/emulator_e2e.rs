@@ -34,6 +34,13 @@ const NODE: &str = "pico-emu-1";
 /// The plain Pico's LED.
 const LED_PIN: u32 = 25;
 
+/// One emulated board at a time: rp2040js needs a core of its own to keep emulated time near
+/// the chip's pace (CI machines have two), and the tests measure timing.
+fn one_board_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -267,6 +274,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
 fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
+    let _board = one_board_at_a_time();
     let plane = plane();
     let creds = enrol(&plane, NODE);
     let elf = generic_firmware();
@@ -581,6 +589,7 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
 #[test]
 #[ignore = "needs Node.js and the firmware toolchain; run by scripts/test.sh"]
 fn a_generic_firmware_without_configuration_waits_showing_the_error_pattern() {
+    let _board = one_board_at_a_time();
     let (mut emu, _) = Emulator::start(&generic_firmware(), &[]);
     std::thread::sleep(Duration::from_secs(6));
     let led = emu.edges(LED_PIN);
@@ -649,6 +658,7 @@ fn public_key_of(pem: &[u8]) -> Vec<u8> {
 #[test]
 #[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
 fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
+    let _board = one_board_at_a_time();
     use base64::Engine;
     // 7m30s certificates, backdated 5 minutes by the signer: the enrolled one is usable for
     // 2m30s and due for renewal 15-60 s after it was issued.
@@ -726,6 +736,7 @@ fn the_board_renews_its_client_certificate_with_its_own_key_and_stays_ready() {
 #[test]
 #[ignore = "needs the control plane, Node.js and the firmware toolchain; run by scripts/test.sh"]
 fn a_board_joins_with_a_bootstrap_token_and_its_own_key() {
+    let _board = one_board_at_a_time();
     // `picolet token` (no certificate, no key) → `picolet board-config` → the generic firmware:
     // the board makes its key, joins as system:bootstrap:ID, and becomes a Ready node.
     let plane = plane();
