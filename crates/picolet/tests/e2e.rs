@@ -256,14 +256,7 @@ fn design_commands_and_configmap_flow_pass_verbatim() {
     assert_eq!(memory(&plane, NODE).unwrap(), m);
 
     // Kubelet endpoints through the API server's node proxy.
-    let metrics = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
-        ],
-    );
+    let metrics = common::via_proxy(&plane, NODE, "/metrics");
     for family in [
         "picolet_heartbeats_total",
         "picolet_api_requests_total",
@@ -294,14 +287,7 @@ fn design_commands_and_configmap_flow_pass_verbatim() {
         metrics.contains(&format!("picolet_memory_region_crc32 {}\n", crc32(&m))),
         "{metrics}"
     );
-    let resource = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/metrics/resource"),
-        ],
-    );
+    let resource = common::via_proxy(&plane, NODE, "/metrics/resource");
     let cpu_line = resource
         .lines()
         .find(|l| l.starts_with("node_cpu_usage_seconds_total "))
@@ -312,21 +298,8 @@ fn design_commands_and_configmap_flow_pass_verbatim() {
             && fields[2].parse::<u64>().unwrap() > 1_700_000_000_000,
         "{cpu_line}"
     );
-    assert_eq!(
-        kubectl(
-            &plane,
-            &[
-                "get",
-                "--raw",
-                &format!("/api/v1/nodes/{NODE}/proxy/healthz")
-            ]
-        ),
-        "ok"
-    );
-    let pods = kubectl(
-        &plane,
-        &["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/pods")],
-    );
+    assert_eq!(common::via_proxy(&plane, NODE, "/healthz"), "ok");
+    let pods = common::via_proxy(&plane, NODE, "/pods");
     assert!(
         pods.contains("\"kind\":\"PodList\"") && pods.contains("\"items\":[]"),
         "{pods}"

@@ -745,18 +745,7 @@ fn a_board_joins_with_a_bootstrap_token_and_its_own_key() {
     // the board makes its key, joins as system:bootstrap:ID, and becomes a Ready node.
     let plane = plane();
     let dir = plane.dir().join("join");
-    let out = Command::new(env!("CARGO_BIN_EXE_picolet"))
-        .args(["token", "--node-name", NODE, "--ttl", "10", "--out"])
-        .arg(&dir)
-        .arg("--kubeconfig")
-        .arg(plane.admin_kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::token(&plane, NODE, &dir, 10);
     assert!(!dir.join("client.key").exists());
     let token = std::fs::read_to_string(dir.join("bootstrap-token")).unwrap();
     let config = board_config_uf2(&plane, &dir);

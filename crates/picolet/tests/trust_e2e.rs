@@ -117,14 +117,7 @@ fn the_client_certificate_is_renewed_before_expiry_without_losing_ready() {
         unix_now() - renewed < 20,
         "Lease renewed recently ({renewed})"
     );
-    let metrics = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
-        ],
-    );
+    let metrics = common::via_proxy(&plane, NODE, "/metrics");
     assert!(
         metric(
             &metrics,
@@ -305,14 +298,7 @@ fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
     }
 
     // The API server's kubelet client (system:masters) gets through, and sees the counters.
-    let metrics = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
-        ],
-    );
+    let metrics = common::via_proxy(&plane, NODE, "/metrics");
     for outcome in ["unauthenticated", "forbidden", "tls_failure"] {
         let n = metric(
             &metrics,
@@ -340,25 +326,9 @@ fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn a_node_joins_with_a_bootstrap_token_and_a_bad_token_is_refused() {
     let plane = plane_with(Options::default());
-    let admin = plane.admin_kubeconfig();
     let node = "pico-node-2";
     let dir = plane.dir().join("join-pico-node-2");
-    let out = picolet(&[
-        "token",
-        "--kubeconfig",
-        admin.to_str().unwrap(),
-        "--node-name",
-        node,
-        "--out",
-        dir.to_str().unwrap(),
-        "--ttl",
-        "10",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::token(&plane, node, &dir, 10);
     use std::os::unix::fs::PermissionsExt;
     let token_file = dir.join("bootstrap-token");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
@@ -420,16 +390,7 @@ fn a_node_joins_with_a_bootstrap_token_and_a_bad_token_is_refused() {
 
     // An expired token is refused by the API server.
     let dir3 = plane.dir().join("join-pico-node-3");
-    let out = picolet(&[
-        "token",
-        "--kubeconfig",
-        admin.to_str().unwrap(),
-        "--node-name",
-        "pico-node-3",
-        "--out",
-        dir3.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    common::token(&plane, "pico-node-3", &dir3, 60);
     let id3 = std::fs::read_to_string(dir3.join("bootstrap-token")).unwrap()[..6].to_string();
     kubectl(
         &plane,
@@ -641,14 +602,7 @@ fn the_devices_tls_server_serves_the_api_server_and_refuses_strangers() {
     }
     // Through the API server: Go's TLS client with the apiserver's kubelet client certificate
     // (HelloRetryRequest for secp256r1, client certificate, SubjectAccessReview).
-    let memory = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/memory"),
-        ],
-    );
+    let memory = common::via_proxy(&plane, NODE, "/memory");
     assert!(
         memory.starts_with("# picolet memory region: 1024 bytes"),
         "{memory}"
@@ -667,14 +621,7 @@ fn the_devices_tls_server_serves_the_api_server_and_refuses_strangers() {
     let prom = client_cert(&ca, &ca_key, "prometheus-test", "monitoring", false);
     let denied = https_get(agent.port, &ca, NODE, Some(&prom), "/metrics").unwrap();
     assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
-    let metrics = kubectl(
-        &plane,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}/proxy/metrics"),
-        ],
-    );
+    let metrics = common::via_proxy(&plane, NODE, "/metrics");
     assert!(
         metric(
             &metrics,

@@ -104,6 +104,37 @@ pub fn enrol(plane: &ControlPlane, node: &str) -> PathBuf {
     dir
 }
 
+/// `picolet token` as the plane's admin for `node`, writing the node's directory `dir`.
+pub fn token(plane: &ControlPlane, node: &str, dir: &Path, ttl_minutes: u32) {
+    let out = Command::new(env!("CARGO_BIN_EXE_picolet"))
+        .args([
+            "token",
+            "--node-name",
+            node,
+            "--ttl",
+            &ttl_minutes.to_string(),
+            "--out",
+        ])
+        .arg(dir)
+        .arg("--kubeconfig")
+        .arg(plane.admin_kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A kubelet page of `node` through the API server's node proxy (`PATH` like `/metrics`).
+pub fn via_proxy(plane: &ControlPlane, node: &str, path: &str) -> String {
+    kubectl(
+        plane,
+        &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy{path}")],
+    )
+}
+
 /// Runs kubectl as admin, returning stdout; panics with stderr on failure.
 pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
     let out = plane.kubectl(args).unwrap();
