@@ -1,25 +1,42 @@
 //! The kubelet port (:10250 by default) over HTTPS: accepts connections with a bound on their
 //! number and time, reads one request head, and answers from the core's kubelet endpoints.
+//!
+//! Idle callers cannot hold the port shut: a connection must send its first byte within
+//! [`FIRST_BYTE_DEADLINE`] and its handshake and request head within [`REQUEST_DEADLINE`], and
+//! when [`MAX_CONNECTIONS`] are open a new one evicts the oldest that has not sent a complete
+//! request yet instead of being refused.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use picolet_core::agent::{Decision, Identity, REVIEW_TIMEOUT_MS};
 use picolet_core::kubelet::{self, Refusal, Route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::run::Shared;
 use crate::stats;
 use picolet_device::tls_server;
 
-/// Most connections served at once; more are closed at once (and counted).
-pub const MAX_CONNECTIONS: usize = 64;
-/// Time for the TLS handshake plus the request head.
+/// Most connections held at once. A kubelet's Go server has no cap but the file limit; this
+/// one bounds memory instead (a connection still in its handshake holds some tens of KiB of TLS
+/// state and buffers, so 1024 stay within tens of MiB) and stays within the classic 1024-file
+/// soft limit once that is raised (see [`connection_cap`]). It is far above what a cluster's
+/// callers open at once (the API server's proxy, metrics-server, Prometheus), and since a new
+/// connection evicts an idle one at the limit, idle connections cannot lock callers out.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time from accepting a connection to its first byte (a ClientHello, or a plain request). A
+/// real client writes at once; an idle one is closed after this.
+pub const FIRST_BYTE_DEADLINE: Duration = Duration::from_secs(3);
+/// Time from the first byte for the TLS handshake plus the request head.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// File descriptors kept for everything but kubelet-port connections (the listener, API server
+/// connections, logs, credentials being written).
+const FD_RESERVE: u64 = 64;
 /// Largest request head accepted (larger gets 431).
 pub const MAX_HEAD: usize = 8 * 1024;
 
@@ -28,7 +45,13 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub struct ServerCounters {
     pub requests: AtomicU64,
     pub refused: AtomicU64,
+    /// Connections closed at once because every slot had a request in progress.
     pub over_limit: AtomicU64,
+    /// Connections closed before a complete request to make room for a new one.
+    pub evicted: AtomicU64,
+    /// Connections that sent nothing within [`FIRST_BYTE_DEADLINE`], or no complete handshake
+    /// and head within [`REQUEST_DEADLINE`].
+    pub timed_out: AtomicU64,
     pub tls_failures: AtomicU64,
     pub unauthenticated: AtomicU64,
     pub forbidden: AtomicU64,
@@ -89,25 +112,199 @@ pub enum Transport {
     },
 }
 
-/// Accepts connections forever, at most [`MAX_CONNECTIONS`] at once.
+/// How far a connection has got; the earlier, the sooner it is evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Nothing received yet.
+    Silent,
+    /// Its handshake or request head is arriving.
+    Handshaking,
+    /// A complete request is being answered: never evicted (its time is bounded by the
+    /// authorization wait and the answer's deadline).
+    Answering,
+}
+
+/// The open connections, by age (ids grow), with the handle that closes each (`H`: a task's
+/// abort handle; anything in tests).
+struct Connections<H> {
+    cap: usize,
+    next_id: u64,
+    open: BTreeMap<u64, (Stage, Option<H>)>,
+}
+
+/// What [`Connections::admit`] decided for a new connection.
+#[derive(Debug, PartialEq)]
+enum Admission<H> {
+    /// Serve it as `id`; if the table was full, `evicted` is the handle of the connection to
+    /// close for it.
+    Admitted { id: u64, evicted: Option<H> },
+    /// Every connection is answering a request: close the new one.
+    Full,
+}
+
+impl<H> Connections<H> {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            next_id: 0,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Makes room for a new connection: at the limit, evicts the oldest silent connection,
+    /// else the oldest still handshaking, so a caller that is sending keeps its place longest.
+    fn admit(&mut self) -> Admission<H> {
+        let mut evicted = None;
+        if self.open.len() >= self.cap {
+            let victim = [Stage::Silent, Stage::Handshaking]
+                .into_iter()
+                .find_map(|want| {
+                    self.open
+                        .iter()
+                        .find(|(_, (stage, _))| *stage == want)
+                        .map(|(id, _)| *id)
+                });
+            let Some(victim) = victim else {
+                return Admission::Full;
+            };
+            evicted = self.open.remove(&victim).and_then(|(_, h)| h);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.open.insert(id, (Stage::Silent, None));
+        Admission::Admitted { id, evicted }
+    }
+
+    /// Records the handle that closes connection `id` (unless it is gone already).
+    fn attach(&mut self, id: u64, handle: H) {
+        if let Some(entry) = self.open.get_mut(&id) {
+            entry.1 = Some(handle);
+        }
+    }
+
+    fn advance(&mut self, id: u64, stage: Stage) {
+        if let Some(entry) = self.open.get_mut(&id) {
+            entry.0 = entry.0.max(stage);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+}
+
+type Table = Arc<Mutex<Connections<tokio::task::AbortHandle>>>;
+
+/// A connection's entry in the table: advanced as it progresses, removed when it ends (also
+/// when its task is aborted by an eviction, which drops this).
+struct Tracked {
+    table: Table,
+    id: u64,
+}
+
+impl Tracked {
+    fn advance(&self, stage: Stage) {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .advance(self.id, stage);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.id);
+    }
+}
+
+/// How many connections can be held with `file_limit` descriptors (the soft RLIMIT_NOFILE):
+/// [`MAX_CONNECTIONS`], or fewer when the limit leaves no room for them and [`FD_RESERVE`].
+/// Below the file limit, so that at the cap new connections are still accepted (and evict
+/// idle ones) rather than left in the backlog by a failing `accept`.
+fn connection_cap(file_limit: u64) -> usize {
+    let room = file_limit.saturating_sub(FD_RESERVE).max(1);
+    usize::try_from(room).map_or(MAX_CONNECTIONS, |r| r.min(MAX_CONNECTIONS))
+}
+
+/// Raises the soft file limit towards the hard one far enough for [`MAX_CONNECTIONS`] (as Go's
+/// runtime does for a kubelet), and returns the soft limit now in force (`None`: unknown).
+fn raise_file_limit() -> Option<u64> {
+    let want = MAX_CONNECTIONS as u64 + FD_RESERVE;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Accepts connections forever, at most [`connection_cap`] at once: at the limit a new one
+/// evicts the oldest connection that has not sent a complete request.
 pub async fn serve(listener: TcpListener, transport: Transport, shared: Arc<Shared>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let cap = raise_file_limit().map_or(MAX_CONNECTIONS, connection_cap);
+    if cap < MAX_CONNECTIONS {
+        tracing::warn!(
+            "kubelet port: at most {cap} connections at once (the open-file limit is low)"
+        );
+    }
+    let table: Table = Arc::new(Mutex::new(Connections::new(cap)));
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.server.over_limit.fetch_add(1, Ordering::Relaxed);
-            drop(tcp);
-            continue;
+        // The lock is never held while a task is aborted or spawned: an ending task takes it
+        // to remove itself.
+        let admission = table.lock().unwrap_or_else(|p| p.into_inner()).admit();
+        let id = match admission {
+            Admission::Full => {
+                shared.server.over_limit.fetch_add(1, Ordering::Relaxed);
+                drop(tcp);
+                continue;
+            }
+            Admission::Admitted { id, evicted } => {
+                if let Some(victim) = evicted {
+                    victim.abort();
+                    shared.server.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                id
+            }
+        };
+        let tracked = Tracked {
+            table: table.clone(),
+            id,
         };
         let (shared, transport) = (shared.clone(), transport.clone());
-        tokio::spawn(async move {
-            connection(tcp, peer, transport, &shared).await;
-            drop(permit);
+        let task = tokio::spawn(async move {
+            connection(tcp, peer, transport, &shared, &tracked).await;
         });
+        table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach(id, task.abort_handle());
     }
+}
+
+fn timed_out(shared: &Shared, peer: std::net::SocketAddr, what: &str) {
+    // Debug only: a flood of idle connections would otherwise flood the log.
+    tracing::debug!("kubelet port: {peer} timed out {what}");
+    shared.server.timed_out.fetch_add(1, Ordering::Relaxed);
 }
 
 fn handshake_failed(shared: &Shared, peer: std::net::SocketAddr, why: &dyn std::fmt::Display) {
@@ -115,17 +312,26 @@ fn handshake_failed(shared: &Shared, peer: std::net::SocketAddr, why: &dyn std::
     shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One connection: the handshake (if any), then one request.
+/// One connection: its first byte, the handshake (if any), then one request.
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     transport: Transport,
     shared: &Shared,
+    tracked: &Tracked,
 ) {
+    match tokio::time::timeout(FIRST_BYTE_DEADLINE, tcp.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        // Closed or failed before sending anything.
+        Ok(_) => return,
+        Err(_) => return timed_out(shared, peer, "before its first byte"),
+    }
+    tracked.advance(Stage::Handshaking);
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     match transport {
-        Transport::Plain => handle(TokioConn(tcp), shared, Access::Open).await,
+        Transport::Plain => handle(TokioConn(tcp), shared, Access::Open, deadline, tracked).await,
         Transport::Rustls(acc) => {
-            match tokio::time::timeout(REQUEST_DEADLINE, acc.accept(tcp)).await {
+            match tokio::time::timeout_at(deadline, acc.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     // rustls verified the chain against the client CA; no certificate means an
                     // anonymous caller.
@@ -135,10 +341,11 @@ async fn connection(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| Caller::from_certificate(c));
-                    handle(TokioConn(tls), shared, Access::Authenticated(caller)).await
+                    let access = Access::Authenticated(caller);
+                    handle(TokioConn(tls), shared, access, deadline, tracked).await
                 }
                 Ok(Err(e)) => handshake_failed(shared, peer, &e),
-                Err(_) => handshake_failed(shared, peer, &"timed out"),
+                Err(_) => timed_out(shared, peer, "in the TLS handshake"),
             }
         }
         Transport::Device {
@@ -160,8 +367,8 @@ async fn connection(
             };
             // The device's buffer sizes.
             let (mut rx, mut tx) = (vec![0u8; DEVICE_TLS_RX], vec![0u8; DEVICE_TLS_TX]);
-            let accepted = tokio::time::timeout(
-                REQUEST_DEADLINE,
+            let accepted = tokio::time::timeout_at(
+                deadline,
                 tls_server::accept(
                     embedded_io_adapters::tokio_1::FromTokio::new(tcp),
                     &config,
@@ -177,10 +384,17 @@ async fn connection(
                         user: p.user.to_string(),
                         groups: p.groups.iter().map(|g| g.to_string()).collect(),
                     });
-                    handle(conn, shared, Access::Authenticated(caller)).await;
+                    handle(
+                        conn,
+                        shared,
+                        Access::Authenticated(caller),
+                        deadline,
+                        tracked,
+                    )
+                    .await;
                 }
                 Ok(Err(e)) => handshake_failed(shared, peer, &e),
-                Err(_) => handshake_failed(shared, peer, &"timed out"),
+                Err(_) => timed_out(shared, peer, "in the TLS handshake"),
             }
         }
     }
@@ -308,10 +522,17 @@ impl<S: embedded_io_async::Read + embedded_io_async::Write> KubeletConn
     }
 }
 
-async fn handle<C: KubeletConn>(mut stream: C, shared: &Shared, access: Access) {
+/// Reads one request head by `deadline`, then answers it (or the refusal).
+async fn handle<C: KubeletConn>(
+    mut stream: C,
+    shared: &Shared,
+    access: Access,
+    deadline: Instant,
+    tracked: &Tracked,
+) {
     let mut head = vec![0u8; MAX_HEAD];
     let mut len = 0;
-    let parsed = tokio::time::timeout(REQUEST_DEADLINE, async {
+    let parsed = tokio::time::timeout_at(deadline, async {
         loop {
             match kubelet::parse_request(&head[..len]) {
                 Ok(Some(req)) => return Ok(req),
@@ -326,6 +547,9 @@ async fn handle<C: KubeletConn>(mut stream: C, shared: &Shared, access: Access) 
         }
     })
     .await;
+    if parsed.is_ok() {
+        tracked.advance(Stage::Answering);
+    }
     let mut out = vec![0u8; 64 * 1024];
     let parsed = match parsed {
         Ok(Ok(req)) => match allowed(shared, &access, req).await {
@@ -336,7 +560,10 @@ async fn handle<C: KubeletConn>(mut stream: C, shared: &Shared, access: Access) 
     };
     let n = match parsed {
         // Nothing complete arrived in time: close without an answer.
-        Err(_) => return,
+        Err(_) => {
+            shared.server.timed_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         Ok(Err(refusal)) => {
             shared.server.refused.fetch_add(1, Ordering::Relaxed);
             kubelet::refuse(refusal, &mut out)
@@ -425,6 +652,16 @@ fn render_extra(
     )?;
     writeln!(
         w,
+        "picolet_kubelet_requests_total{{outcome=\"evicted\"}} {}",
+        c.evicted.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        w,
+        "picolet_kubelet_requests_total{{outcome=\"timed_out\"}} {}",
+        c.timed_out.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        w,
         "picolet_kubelet_requests_total{{outcome=\"tls_failure\"}} {}",
         c.tls_failures.load(Ordering::Relaxed)
     )?;
@@ -438,4 +675,57 @@ fn render_extra(
         "picolet_kubelet_requests_total{{outcome=\"forbidden\"}} {}",
         c.forbidden.load(Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_limit_the_oldest_idle_connection_makes_room() {
+        let mut t: Connections<u64> = Connections::new(3);
+        let admit = |t: &mut Connections<u64>| match t.admit() {
+            Admission::Admitted { id, evicted } => {
+                t.attach(id, id * 10);
+                (id, evicted)
+            }
+            Admission::Full => panic!("refused"),
+        };
+        let ids: Vec<u64> = (0..3).map(|_| admit(&mut t).0).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        // 0 has sent its ClientHello, 1 and 2 nothing: the oldest silent one (1) goes first.
+        t.advance(0, Stage::Handshaking);
+        assert_eq!(admit(&mut t), (3, Some(10)));
+        // Then the other silent ones (2, 3), and only then the handshaking one.
+        assert_eq!(admit(&mut t), (4, Some(20)));
+        t.advance(4, Stage::Answering);
+        t.advance(5, Stage::Answering); // not admitted yet: ignored
+        assert_eq!(admit(&mut t), (5, Some(30)));
+        t.advance(5, Stage::Answering);
+        assert_eq!(admit(&mut t), (6, Some(0)));
+        // A stage never goes back.
+        t.advance(4, Stage::Silent);
+        t.advance(6, Stage::Answering);
+        // Everyone answering: the new connection is refused, nothing is evicted.
+        assert_eq!(t.admit(), Admission::Full);
+        t.remove(4);
+        assert!(matches!(
+            t.admit(),
+            Admission::Admitted {
+                id: 7,
+                evicted: None
+            }
+        ));
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_room_for_other_files() {
+        assert_eq!(connection_cap(1_048_576), MAX_CONNECTIONS);
+        assert_eq!(
+            connection_cap(MAX_CONNECTIONS as u64 + FD_RESERVE),
+            MAX_CONNECTIONS
+        );
+        assert_eq!(connection_cap(1024), 1024 - FD_RESERVE as usize);
+        assert_eq!(connection_cap(10), 1);
+    }
 }
