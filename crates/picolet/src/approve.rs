@@ -23,7 +23,8 @@ const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 /// What `picolet approve` needs.
 #[derive(Clone, Debug)]
 pub struct ApproveOptions {
-    pub kubeconfig: std::path::PathBuf,
+    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    pub kubeconfig: Vec<std::path::PathBuf>,
     /// Only this node's requests (all nodes' when `None`).
     pub node_name: Option<String>,
     /// Keep looking until at least one request was approved, for up to this long.
@@ -192,7 +193,7 @@ async fn pass(admin: &mut AdminClient, only: Option<&str>) -> Result<Vec<Verdict
 
 /// Approves what passes the checks; with a wait, keeps looking until one was approved.
 pub async fn approve(opts: &ApproveOptions) -> Result<Vec<Verdict>, EnrolError> {
-    let access = kubeconfig::load(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
+    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
     let mut admin = AdminClient::new(&access)?;
     let deadline = Instant::now() + opts.wait;
     let mut all = vec![];

@@ -36,7 +36,8 @@ pub const TOKEN_FILE: &str = "bootstrap-token";
 /// What `picolet token` needs.
 #[derive(Clone, Debug)]
 pub struct TokenOptions {
-    pub kubeconfig: PathBuf,
+    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    pub kubeconfig: Vec<PathBuf>,
     pub node_name: String,
     pub out_dir: PathBuf,
     pub server: Option<String>,
@@ -98,7 +99,7 @@ pub fn bootstrap_rbac_objects() -> [Value; 2] {
 
 /// Creates a token for one node and writes that node's directory; returns the token.
 pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
-    let access = kubeconfig::load(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
+    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
     let mut admin = AdminClient::new(&access)?;
     let (id, secret) = (random_token_part(6), random_token_part(16));
     let expires_ms = std::time::SystemTime::now()

@@ -11,7 +11,11 @@
 //! serving.crt, serving.key  the kubelet port's certificate, once issued (see `node_certs`)
 //! kubeconfig   the same, for kubectl
 //! ```
+//!
+//! Without `--credentials`/`--out`, a node's directory is [`default_dir`]: under the user's
+//! configuration directory, not the current one, so every command finds what `enrol` wrote.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -28,6 +32,8 @@ pub enum CredentialsError {
     Parse { path: PathBuf, message: String },
     /// A file could not be written.
     Write { path: PathBuf, source: io::Error },
+    /// No path was given and there is no configuration directory to default to.
+    NoDefaultDir,
 }
 
 impl fmt::Display for CredentialsError {
@@ -44,11 +50,70 @@ impl fmt::Display for CredentialsError {
                 write!(f, "{} is malformed: {message}", path.display())
             }
             Self::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+            Self::NoDefaultDir => write!(
+                f,
+                "no default credentials directory: neither XDG_CONFIG_HOME nor HOME is set; \
+                 give the directory (--credentials, or --out for enrol and token)"
+            ),
         }
     }
 }
 
 impl std::error::Error for CredentialsError {}
+
+/// Where node directories used to go by default, relative to the current directory; still read
+/// (with a warning) when the new default is absent, so existing setups keep working.
+pub const LEGACY_BASE: &str = "credentials";
+
+/// A node's directory when none is given: `$XDG_CONFIG_HOME/picolet/credentials/NAME` (an
+/// absolute XDG_CONFIG_HOME only, as the XDG spec says), else
+/// `$HOME/.config/picolet/credentials/NAME`. The same for `enrol`, `token`, `run` and
+/// `board-config`, and independent of the current directory. Takes the environment as
+/// arguments so the rule can be tested.
+pub fn default_dir(
+    node_name: &str,
+    xdg_config_home: Option<&OsStr>,
+    home: Option<&OsStr>,
+) -> Result<PathBuf, CredentialsError> {
+    let config = match xdg_config_home.map(Path::new) {
+        Some(x) if x.is_absolute() => x.to_path_buf(),
+        _ => match home.map(Path::new) {
+            Some(h) if !h.as_os_str().is_empty() => h.join(".config"),
+            _ => return Err(CredentialsError::NoDefaultDir),
+        },
+    };
+    Ok(config.join("picolet").join("credentials").join(node_name))
+}
+
+/// [`default_dir`] with this process's environment.
+pub fn default_dir_from_env(node_name: &str) -> Result<PathBuf, CredentialsError> {
+    default_dir(
+        node_name,
+        std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
+}
+
+/// The directory a reading command (`run`, `board-config`) uses: the one given, as given; else
+/// [`default_dir`], or the old `./credentials/NAME` when only that one exists. The flag says
+/// whether the old one was picked (the caller warns).
+pub fn dir_to_read(
+    given: Option<&Path>,
+    node_name: &str,
+    default: Result<PathBuf, CredentialsError>,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<(PathBuf, bool), CredentialsError> {
+    if let Some(g) = given {
+        return Ok((g.to_path_buf(), false));
+    }
+    let legacy = Path::new(LEGACY_BASE).join(node_name);
+    match default {
+        Ok(d) if exists(&d) || !exists(&legacy) => Ok((d, false)),
+        Ok(_) => Ok((legacy, true)),
+        Err(_) if exists(&legacy) => Ok((legacy, true)),
+        Err(e) => Err(e),
+    }
+}
 
 /// The non-secret part, `node.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -213,5 +278,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("picolet enrol"), "{err}");
+    }
+
+    #[test]
+    fn the_default_directory_does_not_depend_on_the_current_one() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            default_dir("n1", os("/xdg"), os("/home/ada")).unwrap(),
+            PathBuf::from("/xdg/picolet/credentials/n1")
+        );
+        // A relative XDG_CONFIG_HOME is ignored (XDG spec), as is an unset one.
+        for xdg in [os("rel"), None] {
+            assert_eq!(
+                default_dir("n1", xdg, os("/home/ada")).unwrap(),
+                PathBuf::from("/home/ada/.config/picolet/credentials/n1")
+            );
+        }
+        let none = default_dir("n1", None, None).unwrap_err().to_string();
+        assert!(none.contains("--credentials"), "{none}");
+
+        let d = || default_dir("n1", None, os("/home/ada"));
+        let given = Path::new("somewhere");
+        assert_eq!(
+            dir_to_read(Some(given), "n1", d(), |_| false).unwrap(),
+            (PathBuf::from("somewhere"), false)
+        );
+        let new = PathBuf::from("/home/ada/.config/picolet/credentials/n1");
+        let legacy = PathBuf::from("credentials/n1");
+        assert_eq!(
+            dir_to_read(None, "n1", d(), |_| true).unwrap(),
+            (new.clone(), false)
+        );
+        assert_eq!(
+            dir_to_read(None, "n1", d(), |_| false).unwrap(),
+            (new, false)
+        );
+        let only_legacy = |p: &Path| p == Path::new("credentials/n1");
+        assert_eq!(
+            dir_to_read(None, "n1", d(), only_legacy).unwrap(),
+            (legacy.clone(), true)
+        );
+        assert_eq!(
+            dir_to_read(None, "n1", Err(CredentialsError::NoDefaultDir), only_legacy).unwrap(),
+            (legacy, true)
+        );
+        assert!(dir_to_read(None, "n1", Err(CredentialsError::NoDefaultDir), |_| false).is_err());
     }
 }

@@ -27,7 +27,8 @@ use crate::tls::TlsError;
 /// What `picolet enrol` needs.
 #[derive(Clone, Debug)]
 pub struct EnrolOptions {
-    pub kubeconfig: PathBuf,
+    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    pub kubeconfig: Vec<PathBuf>,
     pub node_name: String,
     pub out_dir: PathBuf,
     /// The API server address the node should use; defaults to the kubeconfig's.
@@ -444,7 +445,7 @@ pub async fn read_client_ca(admin: &mut AdminClient) -> Option<String> {
 
 /// Runs the whole enrolment and returns the credentials written.
 pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
-    let access = kubeconfig::load(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
+    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
     let mut admin = AdminClient::new(&access)?;
     let (key, csr_pem) = node_client_csr(&opts.node_name).map_err(EnrolError::Key)?;
     let stamp = std::time::SystemTime::now()

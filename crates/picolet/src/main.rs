@@ -21,7 +21,9 @@ mod stats;
 mod tls;
 mod uf2;
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -64,9 +66,9 @@ enum Command {
     /// Approve picolet nodes' kubelet-serving CSRs that pass the checks (requested by the node
     /// itself, for its own name and the addresses its Node publishes).
     Approve {
-        /// Admin kubeconfig.
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: PathBuf,
+        /// Admin kubeconfig (default: the files in KUBECONFIG, merged, else ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Only this node's requests (default: every node's).
         #[arg(long)]
         node_name: Option<String>,
@@ -81,9 +83,10 @@ enum Command {
     /// Write one board's settings and credentials as a UF2 for its flash configuration sector
     /// (flash it after the firmware: one firmware UF2 then serves every board).
     BoardConfig {
-        /// Credentials directory written by `picolet enrol` for this board.
+        /// Credentials directory written by `picolet enrol` for this board
+        /// (default: ~/.config/picolet/credentials/pico-node-1, or under XDG_CONFIG_HOME).
         #[arg(long)]
-        credentials: PathBuf,
+        credentials: Option<PathBuf>,
         /// The API server as the board reaches it (IPv4:PORT; 10.42.0.1:6443 over `picolet link`).
         #[arg(long)]
         api_server: std::net::SocketAddrV4,
@@ -107,12 +110,14 @@ enum Command {
 /// Who a node is and where its directory goes: shared by `enrol` and `token`.
 #[derive(Args)]
 struct NodeArgs {
-    /// Admin kubeconfig (used once, never stored).
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
-    #[arg(long, default_value = "pico-node-1")]
+    /// Admin kubeconfig, used once, never stored (default: the files in KUBECONFIG, merged,
+    /// else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_NODE)]
     node_name: String,
-    /// Where to write the node's directory (default: credentials/NODE_NAME).
+    /// Where to write the node's directory (default:
+    /// ~/.config/picolet/credentials/NODE_NAME, or under XDG_CONFIG_HOME).
     #[arg(long)]
     out: Option<PathBuf>,
     /// API server URL the node should use (default: the kubeconfig's server).
@@ -127,12 +132,58 @@ struct NodeArgs {
     config_map: String,
 }
 
+/// The node name `enrol` and `token` default to, and whose directory `run` and `board-config`
+/// read by default.
+const DEFAULT_NODE: &str = "pico-node-1";
+
 impl NodeArgs {
-    fn out_dir(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("credentials").join(&self.node_name))
+    /// The directory to write, absolute so that what is printed can be used from anywhere.
+    fn out_dir(&self) -> Result<PathBuf, credentials::CredentialsError> {
+        let dir = match &self.out {
+            Some(o) => o.clone(),
+            None => credentials::default_dir_from_env(&self.node_name)?,
+        };
+        Ok(absolute(dir))
     }
+
+    /// The admin kubeconfig files, found as kubectl finds them.
+    fn kubeconfig(&self) -> Result<Vec<PathBuf>, kubeconfig::KubeconfigError> {
+        kubeconfig::locate_from_env(self.kubeconfig.as_deref())
+    }
+}
+
+/// `path` made absolute against the current directory (as given when that fails), so messages
+/// say exactly where a file was looked for.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// The credentials directory `run` and `board-config` read: the one given, else the default
+/// (see [`credentials::dir_to_read`]); absolute, and logged, so a miss says where it looked.
+fn credentials_to_read(given: Option<&Path>) -> Result<PathBuf, credentials::CredentialsError> {
+    let (dir, legacy) = credentials::dir_to_read(
+        given,
+        DEFAULT_NODE,
+        credentials::default_dir_from_env(DEFAULT_NODE),
+        Path::exists,
+    )?;
+    let dir = absolute(dir);
+    if legacy {
+        tracing::warn!(
+            "using {} (the old default, relative to the current directory); move it to {} \
+             or pass --credentials",
+            dir.display(),
+            credentials::default_dir_from_env(DEFAULT_NODE)
+                .map_or_else(|e| e.to_string(), |d| d.display().to_string())
+        );
+    }
+    Ok(dir)
+}
+
+/// Whether log lines carry ANSI colours: only on a terminal, and not when `NO_COLOR` is set to
+/// anything non-empty (no-color.org), so log files and pipes get plain text.
+fn log_colours(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[derive(Args)]
@@ -184,9 +235,10 @@ impl From<LinkArgs> for link::LinkOptions {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Credentials directory written by `picolet enrol`.
-    #[arg(long, default_value = "credentials/pico-node-1")]
-    credentials: PathBuf,
+    /// Credentials directory written by `picolet enrol` (default:
+    /// ~/.config/picolet/credentials/pico-node-1, or under XDG_CONFIG_HOME).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     /// InternalIP to publish; the kubelet port listens there.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
@@ -240,10 +292,11 @@ enum Serving {
     SelfSigned,
 }
 
-impl From<RunArgs> for run::RunOptions {
-    fn from(a: RunArgs) -> Self {
+impl RunArgs {
+    fn options(self, credentials: PathBuf) -> run::RunOptions {
+        let a = self;
         run::RunOptions {
-            credentials: a.credentials,
+            credentials,
             node_ip: a.node_ip,
             kubelet_port: a.kubelet_port,
             kubelet_plain_http: a.kubelet_plain_http,
@@ -273,6 +326,10 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -288,9 +345,9 @@ fn main() {
     let result = runtime.block_on(async {
         match Cli::parse().command {
             Command::Enrol { node } => {
-                let out_dir = node.out_dir();
+                let out_dir = node.out_dir().map_err(|e| e.to_string())?;
                 let opts = enrol::EnrolOptions {
-                    kubeconfig: node.kubeconfig,
+                    kubeconfig: node.kubeconfig().map_err(|e| e.to_string())?,
                     node_name: node.node_name,
                     out_dir: out_dir.clone(),
                     server: node.server,
@@ -312,10 +369,10 @@ fn main() {
                     .map_err(|e| e.to_string())
             }
             Command::Token { node, ttl } => {
-                let out_dir = node.out_dir();
+                let out_dir = node.out_dir().map_err(|e| e.to_string())?;
                 let node_name = node.node_name.clone();
                 let opts = bootstrap::TokenOptions {
-                    kubeconfig: node.kubeconfig,
+                    kubeconfig: node.kubeconfig().map_err(|e| e.to_string())?,
                     node_name: node.node_name,
                     out_dir: out_dir.clone(),
                     server: node.server,
@@ -344,7 +401,8 @@ fn main() {
                 wait,
             } => {
                 let opts = approve::ApproveOptions {
-                    kubeconfig,
+                    kubeconfig: kubeconfig::locate_from_env(kubeconfig.as_deref())
+                        .map_err(|e| e.to_string())?,
                     node_name,
                     wait: Duration::from_secs(wait),
                 };
@@ -365,7 +423,12 @@ fn main() {
                         }
                     })
             }
-            Command::Run(args) => run::run(args.into()).await,
+            Command::Run(args) => {
+                let dir = credentials_to_read(args.credentials.as_deref())
+                    .map_err(|e| e.to_string())?;
+                tracing::info!("credentials: {}", dir.display());
+                run::run(args.options(dir)).await
+            }
             Command::BoardConfig {
                 credentials,
                 api_server,
@@ -374,7 +437,8 @@ fn main() {
                 out,
             } => {
                 let opts = board_config::BoardConfigOptions {
-                    credentials,
+                    credentials: credentials_to_read(credentials.as_deref())
+                        .map_err(|e| e.to_string())?,
                     api_server,
                     wifi_ssid,
                     wifi_password,
@@ -403,5 +467,19 @@ fn main() {
     if let Err(e) = result {
         eprintln!("picolet: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new(""))));
     }
 }
