@@ -102,6 +102,8 @@ pub struct Gauges {
     pub registered: bool,
     /// A watch stream is open.
     pub watching: bool,
+    /// A pod watch stream is open.
+    pub watching_pods: bool,
     /// When the client and serving certificates expire (Unix seconds), where known.
     pub certificate_not_after: [Option<u64>; 2],
 }
@@ -204,6 +206,13 @@ impl Metrics {
             "1 while a ConfigMap watch stream is open.",
         )?;
         writeln!(w, "picolet_watch_active {}", u8::from(g.watching))?;
+        family(
+            w,
+            "picolet_pod_watch_active",
+            "gauge",
+            "1 while a watch of the pods bound to this node is open (0 where pods are listed).",
+        )?;
+        writeln!(w, "picolet_pod_watch_active {}", u8::from(g.watching_pods))?;
         family(
             w,
             "picolet_config_applies_total",
@@ -348,6 +357,7 @@ mod tests {
                 memory_crc32: 7,
                 registered: true,
                 watching: false,
+                watching_pods: false,
                 certificate_not_after: [Some(5), None],
             },
         )
@@ -370,6 +380,7 @@ mod tests {
                     memory_crc32: 0,
                     registered: false,
                     watching: false,
+                    watching_pods: true,
                     certificate_not_after: [Some(9), Some(10)],
                 },
             )

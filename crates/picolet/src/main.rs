@@ -256,8 +256,9 @@ struct RunArgs {
     status_report_interval: u64,
     #[arg(long, value_enum, default_value = "watch")]
     config_mode: Mode,
-    /// timeoutSeconds asked for each ConfigMap watch.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    /// timeoutSeconds asked for each watch (the ConfigMap's and the pods'); a kubelet's
+    /// watches last 5-10 minutes.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     watch_timeout: u64,
     /// node.kubernetes.io/instance-type label.
     #[arg(long, default_value = "virtual-pico-w")]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use picolet_core::agent::{
-    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
+    Agent, AgentConfig, AgentError, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
 };
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::time::Millis;
@@ -58,6 +58,7 @@ pub enum ServingSource {
 pub struct Shared {
     pub agent: Mutex<Agent<'static>>,
     wake_control: Notify,
+    /// Wakes both watch connections (the ConfigMap's and the pods').
     wake_watch: Notify,
     start: Instant,
     pub server: ServerCounters,
@@ -188,6 +189,8 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     let mut agent = Agent::new(config, region, 0).map_err(|e| e.to_string())?;
     agent.sync_clock(0, unix_ms());
     agent.set_internal_ip(&opts.node_ip);
+    // A connection of its own watches the pods bound to the node, as a kubelet does.
+    agent.set_pod_watch(true);
     let serving_csr = opts.serving_certificate == ServingSource::Csr && !opts.kubelet_plain_http;
     agent.set_certificate_policy(
         0,
@@ -277,7 +280,12 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
     tokio::spawn(kubelet_server::serve(listener, transport, shared.clone()));
     tokio::spawn(control_loop(shared.clone()));
-    tokio::spawn(watch_loop(shared.clone(), opts.watch_timeout));
+    tokio::spawn(watch_loop(
+        shared.clone(),
+        Stream::ConfigMap,
+        opts.watch_timeout,
+    ));
+    tokio::spawn(watch_loop(shared.clone(), Stream::Pods, opts.watch_timeout));
     tokio::spawn(clock_loop(shared.clone()));
 
     shutdown_signal().await;
@@ -566,11 +574,66 @@ async fn control_loop(shared: Arc<Shared>) {
         }
         observer.observe(&agent);
         drop(agent);
-        shared.wake_watch.notify_one();
+        shared.wake_watch.notify_waiters();
     }
 }
 
-async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
+/// The two watch connections: the followed ConfigMap, and the pods bound to the node.
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    ConfigMap,
+    Pods,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "watch",
+            Self::Pods => "pod watch",
+        }
+    }
+
+    fn poll(
+        self,
+        a: &mut Agent<'_>,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, AgentError> {
+        match self {
+            Self::ConfigMap => a.poll_watch_request(now, out),
+            Self::Pods => a.poll_pod_watch_request(now, out),
+        }
+    }
+
+    fn wakeup(self, a: &Agent<'_>, now: Millis) -> Millis {
+        match self {
+            Self::ConfigMap => a.next_watch_wakeup(now),
+            Self::Pods => a.next_pod_watch_wakeup(now),
+        }
+    }
+
+    fn bytes(
+        self,
+        a: &mut Agent<'_>,
+        now: Millis,
+        lines: &mut WatchLines,
+        input: &[u8],
+    ) -> (usize, bool) {
+        match self {
+            Self::ConfigMap => a.on_watch_bytes(now, lines, input),
+            Self::Pods => a.on_pod_watch_bytes(now, lines, input),
+        }
+    }
+
+    fn closed(self, a: &mut Agent<'_>, now: Millis, error: bool) {
+        match self {
+            Self::ConfigMap => a.on_watch_closed(now, error),
+            Self::Pods => a.on_pod_watch_closed(now, error),
+        }
+    }
+}
+
+async fn watch_loop(shared: Arc<Shared>, kind: Stream, watch_timeout: Duration) {
     let mut request = vec![0u8; 4 * 1024];
     let mut inbuf = vec![0u8; 16 * 1024];
     let mut lines = Box::new(WatchLines::new());
@@ -578,11 +641,11 @@ async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
     let read_timeout = watch_timeout + Duration::from_secs(60);
     while !shared.stopping.load(Ordering::Relaxed) {
         let now = shared.now();
-        let polled = shared.lock().poll_watch_request(now, &mut request);
+        let polled = kind.poll(&mut shared.lock(), now, &mut request);
         let n = match polled {
             Ok(Some(n)) => n,
             Ok(None) => {
-                let at = shared.lock().next_watch_wakeup(now);
+                let at = kind.wakeup(&shared.lock(), now);
                 sleep_until(&shared, at, &shared.wake_watch).await;
                 continue;
             }
@@ -595,47 +658,51 @@ async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
         let mut stream = match shared.endpoint().connect().await {
             Ok(s) => s,
             Err(e) => {
-                warn!("watch: {e}");
+                warn!("{}: {e}", kind.name());
                 count_tls_failure(&shared, &e);
                 let now = shared.now();
-                shared.lock().on_watch_closed(now, true);
+                kind.closed(&mut shared.lock(), now, true);
                 continue;
             }
         };
         shared.api_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = stream.write_all(&request[..n]).await {
-            warn!("watch: {e}");
+            warn!("{}: {e}", kind.name());
             let now = shared.now();
-            shared.lock().on_watch_closed(now, true);
+            kind.closed(&mut shared.lock(), now, true);
             continue;
         }
         let mut end = 0;
         loop {
             if end == inbuf.len() {
                 warn!(
-                    "watch: response head or chunk line exceeds {} bytes",
+                    "{}: response head or chunk line exceeds {} bytes",
+                    kind.name(),
                     inbuf.len()
                 );
                 let now = shared.now();
-                shared.lock().on_watch_closed(now, true);
+                kind.closed(&mut shared.lock(), now, true);
                 break;
             }
             let read = tokio::time::timeout(read_timeout, stream.read(&mut inbuf[end..])).await;
             let now = shared.now();
             let read = match read {
                 Ok(Ok(0)) => {
-                    shared.lock().on_watch_closed(now, false);
+                    kind.closed(&mut shared.lock(), now, false);
                     break;
                 }
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    warn!("watch: {e}");
-                    shared.lock().on_watch_closed(now, true);
+                    warn!("{}: {e}", kind.name());
+                    kind.closed(&mut shared.lock(), now, true);
                     break;
                 }
                 Err(_) => {
-                    warn!("watch: no data for {read_timeout:?}; reconnecting");
-                    shared.lock().on_watch_closed(now, true);
+                    warn!(
+                        "{}: no data for {read_timeout:?}; reconnecting",
+                        kind.name()
+                    );
+                    kind.closed(&mut shared.lock(), now, true);
                     break;
                 }
             };
@@ -643,7 +710,7 @@ async fn watch_loop(shared: Arc<Shared>, watch_timeout: Duration) {
             shared
                 .api_bytes_received
                 .fetch_add(read as u64, Ordering::Relaxed);
-            let (used, open) = shared.lock().on_watch_bytes(now, &mut lines, &inbuf[..end]);
+            let (used, open) = kind.bytes(&mut shared.lock(), now, &mut lines, &inbuf[..end]);
             inbuf.copy_within(used..end, 0);
             end -= used;
             shared.wake_control.notify_one();

@@ -104,6 +104,9 @@ impl<'a> Agent<'a> {
         if let Pending::AccessReview(id) = pending {
             return self.encode_access_review(id, out);
         }
+        if let Pending::PodList | Pending::PodFail = pending {
+            return self.encode_pod_request(pending, out);
+        }
         let unix = self.clock.unix_ms(now);
         if unix.is_some() && self.ready_since_unix_ms.is_none() {
             self.ready_since_unix_ms = unix;
@@ -313,39 +316,11 @@ impl<'a> Agent<'a> {
                 ),
                 None,
             ),
-            Pending::PodList => http::encode_request(
-                out,
-                Method::Get,
-                host,
-                format_args!(
-                    "/api/v1/pods?fieldSelector=spec.nodeName%3D{name}%2Cstatus.phase%21%3DFailed%2Cstatus.phase%21%3DSucceeded&limit=4"
-                ),
-                None,
-            ),
-            Pending::PodFail => {
-                let (ns, pod) = self.pods_to_fail.last().ok_or(HttpError::BufferTooSmall)?;
-                let message: String<200> = bounded(format_args!(
-                    "node {name} is a picolet node ({}): it cannot run containers",
-                    self.cfg.facts.instance_type
-                ));
-                let patch = obj::PodStatusPatch {
-                    status: obj::PodFailure {
-                        phase: "Failed",
-                        reason: "NodeCannotRunContainers",
-                        message: &message,
-                    },
-                };
-                http::encode_request(
-                    out,
-                    Method::Patch,
-                    host,
-                    format_args!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
-                    Some((BodyType::MergePatch, &mut json(&patch))),
-                )
-            }
-            Pending::CsrCreate(_) | Pending::CsrGet(_) | Pending::AccessReview(_) => {
-                Err(HttpError::BufferTooSmall)
-            }
+            Pending::CsrCreate(_)
+            | Pending::CsrGet(_)
+            | Pending::AccessReview(_)
+            | Pending::PodList
+            | Pending::PodFail => Err(HttpError::BufferTooSmall),
         }
     }
 }

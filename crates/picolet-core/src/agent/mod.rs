@@ -19,6 +19,8 @@ mod authorization;
 pub(crate) mod certificates;
 mod config_map;
 mod encode;
+mod pods;
+mod watch_stream;
 
 pub use authorization::{
     ALLOW_TTL_MS, AUTHZ_SLOTS, DENY_TTL_MS, Decision, IDENTITY_GROUPS_MAX, IDENTITY_NAME_MAX,
@@ -27,6 +29,7 @@ pub use authorization::{
 pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
+pub use pods::POD_LIST_MS;
 
 use core::fmt;
 
@@ -58,8 +61,6 @@ pub const STATUS_REPORT_DEFAULT_MS: Millis = 300_000;
 pub const CONFIG_POLL_MS: Millis = 30_000;
 /// How long polling lasts before a watch is tried again, after a watch was refused.
 pub const WATCH_RETRY_AFTER_FALLBACK_MS: Millis = 300_000;
-/// How often pods bound to this node are looked for (to fail them).
-pub const POD_CHECK_MS: Millis = 20_000;
 /// The longest watch line (one ConfigMap event) the agent holds. Larger ConfigMaps are rejected.
 pub const WATCH_LINE_MAX: usize = 16 * 1024;
 /// Taint put on the Node at creation: nothing can run here.
@@ -355,8 +356,7 @@ pub struct Agent<'a> {
     watch_sched: Schedule,
     watch_decoder: http::ResponseDecoder,
 
-    pod_sched: Schedule,
-    pods_to_fail: heapless::Vec<(String<64>, String<256>), 4>,
+    pods: pods::Pods,
 
     certs: certificates::Certificates,
     authz: authorization::Authorizations,
@@ -455,8 +455,7 @@ impl<'a> Agent<'a> {
             watch: WatchState::Idle,
             watch_sched: start,
             watch_decoder: http::ResponseDecoder::new(),
-            pod_sched: start,
-            pods_to_fail: heapless::Vec::new(),
+            pods: pods::Pods::new(now),
             certs: certificates::Certificates::new(CertificatePolicy::default(), 0, now),
             authz: authorization::Authorizations::new(),
         })
@@ -532,6 +531,7 @@ impl<'a> Agent<'a> {
 
     // ------------------------------------------------------------------ control connection
 
+            watching_pods: self.pod_watch_open(),
     /// The earliest time at which [`Agent::poll_request`] may have something to send.
     /// The driver may sleep until then (or until a watch event arrives).
     pub fn next_wakeup(&self, now: Millis) -> Millis {
@@ -548,7 +548,7 @@ impl<'a> Agent<'a> {
             .lease_sched
             .at
             .min(self.status_due_at())
-            .min(self.pod_sched.at);
+            .min(self.pod_wakeup(now));
         if self.report.sent != self.report.generation {
             t = t.min(self.report_sched.at);
         }
@@ -557,9 +557,6 @@ impl<'a> Agent<'a> {
         }
         if self.list_wanted(now) {
             t = t.min(self.list_sched.at);
-        }
-        if !self.pods_to_fail.is_empty() {
-            t = t.min(self.pod_sched.at);
         }
         t = t.min(self.certificate_wakeup(now));
         t.max(now)
@@ -625,14 +622,7 @@ impl<'a> Agent<'a> {
         if let Some(p) = self.next_certificate_request(now) {
             return Some(p);
         }
-        if self.pod_sched.due(now) {
-            return Some(if self.pods_to_fail.is_empty() {
-                Pending::PodList
-            } else {
-                Pending::PodFail
-            });
-        }
-        None
+        self.next_pod_request(now)
     }
 
     /// When the next status PATCH is due: at the next 10 s evaluation when the status changed,
@@ -781,32 +771,11 @@ impl<'a> Agent<'a> {
                 _ => self.event_sched.retry(now),
             },
             Pending::ConfigList => self.on_config_list(now, status, body, complete, body_len),
-            Pending::PodList => match status {
-                _ if ok => {
-                    let more = self.read_pods(body);
-                    self.pod_sched
-                        .ok_then(if more || !self.pods_to_fail.is_empty() {
-                            now
-                        } else {
-                            now + POD_CHECK_MS
-                        });
-                }
-                _ => self.pod_sched.retry(now),
-            },
+            Pending::PodList | Pending::PodFail => self.on_pod_response(now, pending, status, body),
             Pending::CsrCreate(_) | Pending::CsrGet(_) => {
                 self.on_certificate_response(now, pending, status, body)
             }
             Pending::AccessReview(id) => self.on_access_review(now, id, status, body),
-            Pending::PodFail => match status {
-                _ if ok || status == 404 || status == 409 => {
-                    if ok {
-                        self.metrics.pods_rejected += 1;
-                    }
-                    self.pods_to_fail.pop();
-                    self.pod_sched.ok_then(now);
-                }
-                _ => self.pod_sched.retry(now),
-            },
         }
     }
 
@@ -828,7 +797,7 @@ impl<'a> Agent<'a> {
             Pending::ConfigReport(_) => self.report_sched.retry(now),
             Pending::EventCreate => self.event_sched.retry(now),
             Pending::ConfigList => self.list_sched.retry(now),
-            Pending::PodList | Pending::PodFail => self.pod_sched.retry(now),
+            Pending::PodList | Pending::PodFail => self.on_pod_transport_error(now, pending),
             Pending::CsrCreate(_) | Pending::CsrGet(_) => {
                 self.on_certificate_transport_error(now, pending)
             }
@@ -879,22 +848,6 @@ impl<'a> Agent<'a> {
     fn lease_failed(&mut self, now: Millis) {
         self.metrics.heartbeats_failed += 1;
         self.lease_sched.retry(now);
-    }
-}
-
-impl Agent<'_> {
-    fn read_pods(&mut self, body: &[u8]) -> bool {
-        let Some(list) = obj::from_json::<obj::PodListLite>(body) else {
-            return false;
-        };
-        for pod in &list.items {
-            if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name)
-                && let (Ok(ns), Ok(name)) = (String::try_from(ns), String::try_from(name))
-            {
-                let _ = self.pods_to_fail.push((ns, name));
-            }
-        }
-        list.metadata.continue_token.is_some_and(|c| !c.is_empty())
     }
 }
 

@@ -1,0 +1,428 @@
+//! Pods bound to this node. The node cannot run them, so each one found is marked `Failed`
+//! with reason `NodeCannotRunContainers`, as a kubelet rejects a pod it cannot admit.
+//!
+//! They are found the way a kubelet finds its pods: a list of the unfinished pods bound to the
+//! node, then a watch from the list's resourceVersion on a connection of its own, when the
+//! driver has one for it ([`Agent::set_pod_watch`]; the host agent has, the board has no RAM
+//! for a third TLS connection). Without a watch, or while the server refuses one, the list is
+//! repeated every [`POD_LIST_MS`], so a pod is failed within a minute either way.
+//!
+//! Driving the watch connection: [`Agent::poll_pod_watch_request`] gives the request when one
+//! should be open (else sleep until [`Agent::next_pod_watch_wakeup`]); feed what arrives to
+//! [`Agent::on_pod_watch_bytes`] until it says to close; a connection that broke or ended goes
+//! to [`Agent::on_pod_watch_closed`].
+
+use core::fmt;
+
+use heapless::{String, Vec};
+use serde::Deserialize;
+
+use super::watch_stream::{self, Ended, WatchItem};
+use super::*;
+
+/// How often pods are listed when they are not watched.
+pub const POD_LIST_MS: Millis = 55_000;
+/// Most pods queued to be failed at once; more are found by the next list.
+const QUEUE: usize = 4;
+
+type PodName = (String<64>, String<256>);
+
+/// A pod as the list and the watch deliver it: only its name matters.
+#[derive(Deserialize)]
+struct PodLite<'a> {
+    #[serde(borrow, default)]
+    metadata: obj::MetaLite<'a>,
+}
+
+/// A page of unfinished pods bound to this node.
+#[derive(Deserialize)]
+struct PodPage<'a> {
+    #[serde(borrow, default)]
+    metadata: obj::MetaLite<'a>,
+    #[serde(borrow)]
+    items: Vec<PodLite<'a>, QUEUE>,
+}
+
+/// One line of the pod watch.
+#[derive(Deserialize)]
+struct PodEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    object: PodLite<'a>,
+}
+
+/// Where the pod watch connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Closed,
+    Requested,
+    Open,
+}
+
+pub(super) struct Pods {
+    /// The driver runs a pod watch connection.
+    watch_enabled: bool,
+    /// Listed up to here: the next watch starts from it. `None`: a list comes first.
+    listed_rv: Option<Rv>,
+    /// The server refused watches: list periodically until then.
+    listing_until: Option<Millis>,
+    list_sched: Schedule,
+    fail_sched: Schedule,
+    to_fail: Vec<PodName, QUEUE>,
+    stream: Stream,
+    stream_sched: Schedule,
+    decoder: http::ResponseDecoder,
+}
+
+impl Pods {
+    pub(super) fn new(now: Millis) -> Self {
+        let start = Schedule {
+            at: now,
+            backoff: Backoff::default(),
+        };
+        Self {
+            watch_enabled: false,
+            listed_rv: None,
+            listing_until: None,
+            list_sched: start,
+            fail_sched: start,
+            to_fail: Vec::new(),
+            stream: Stream::Closed,
+            stream_sched: start,
+            decoder: http::ResponseDecoder::new(),
+        }
+    }
+
+    fn watching(&self, now: Millis) -> bool {
+        self.watch_enabled && self.listing_until.is_none_or(|t| now >= t)
+    }
+
+    /// A list is wanted: first, after the watch lost its place, or periodically without one.
+    fn list_wanted(&self, now: Millis) -> bool {
+        self.listed_rv.is_none() || !self.watching(now)
+    }
+
+    fn queue(&mut self, namespace: &str, name: &str) {
+        let (Ok(ns), Ok(name)) = (String::try_from(namespace), String::try_from(name)) else {
+            return;
+        };
+        if !self.to_fail.iter().any(|(n, p)| *n == ns && *p == name) {
+            let _ = self.to_fail.push((ns, name));
+        }
+    }
+}
+
+impl Agent<'_> {
+    /// Tells the agent the driver runs a pod watch connection (see the module documentation).
+    pub fn set_pod_watch(&mut self, enabled: bool) {
+        self.pods.watch_enabled = enabled;
+    }
+
+    /// The next pod request for the control connection, if one is due.
+    pub(super) fn next_pod_request(&mut self, now: Millis) -> Option<Pending> {
+        let p = &self.pods;
+        if !p.to_fail.is_empty() && p.fail_sched.due(now) {
+            return Some(Pending::PodFail);
+        }
+        (p.list_wanted(now) && p.list_sched.due(now)).then_some(Pending::PodList)
+    }
+
+    /// When the pods next need the control connection.
+    pub(super) fn pod_wakeup(&self, now: Millis) -> Millis {
+        let p = &self.pods;
+        let mut t = Millis::MAX;
+        if !p.to_fail.is_empty() {
+            t = p.fail_sched.at;
+        }
+        if p.list_wanted(now) {
+            t = t.min(p.list_sched.at);
+        } else if let Some(until) = p.listing_until {
+            t = t.min(until);
+        }
+        t
+    }
+
+    pub(super) fn encode_pod_request(
+        &self,
+        pending: Pending,
+        out: &mut [u8],
+    ) -> Result<usize, HttpError> {
+        let name = self.cfg.node_name;
+        let host = self.cfg.api_host;
+        match pending {
+            Pending::PodList => http::encode_request(
+                out,
+                Method::Get,
+                host,
+                format_args!(
+                    "/api/v1/pods?fieldSelector={}&limit={QUEUE}",
+                    UnfinishedOn(name)
+                ),
+                None,
+            ),
+            Pending::PodFail => {
+                let (ns, pod) = self.pods.to_fail.last().ok_or(HttpError::BufferTooSmall)?;
+                let message: String<200> = bounded(format_args!(
+                    "node {name} is a picolet node ({}): it cannot run containers",
+                    self.cfg.facts.instance_type
+                ));
+                let patch = obj::PodStatusPatch {
+                    status: obj::PodFailure {
+                        phase: "Failed",
+                        reason: "NodeCannotRunContainers",
+                        message: &message,
+                    },
+                };
+                let mut body = |buf: &mut [u8]| obj::to_json(&patch, buf).ok();
+                http::encode_request(
+                    out,
+                    Method::Patch,
+                    host,
+                    format_args!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
+                    Some((BodyType::MergePatch, &mut body)),
+                )
+            }
+            _ => Err(HttpError::BufferTooSmall),
+        }
+    }
+
+    pub(super) fn on_pod_response(
+        &mut self,
+        now: Millis,
+        pending: Pending,
+        status: u16,
+        body: &[u8],
+    ) {
+        let ok = (200..300).contains(&status);
+        match pending {
+            Pending::PodList if ok => {
+                let Some(page) = obj::from_json::<PodPage<'_>>(body) else {
+                    self.pods.list_sched.retry(now);
+                    return;
+                };
+                for pod in &page.items {
+                    if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
+                        self.pods.queue(ns, name);
+                    }
+                }
+                let more = page.metadata.continue_token.is_some_and(|c| !c.is_empty());
+                let p = &mut self.pods;
+                if more {
+                    // Fail this page first; the next list starts over and no longer sees them.
+                    p.list_sched.ok_then(now);
+                    return;
+                }
+                p.listed_rv = page.metadata.resource_version.and_then(rv_from);
+                p.list_sched.ok_then(now + POD_LIST_MS);
+                if p.listed_rv.is_none() {
+                    p.list_sched.retry(now);
+                }
+            }
+            Pending::PodList => self.pods.list_sched.retry(now),
+            Pending::PodFail if ok || status == 404 || status == 409 => {
+                if ok {
+                    self.metrics.pods_rejected += 1;
+                }
+                self.pods.to_fail.pop();
+                self.pods.fail_sched.ok_then(now);
+            }
+            Pending::PodFail => self.pods.fail_sched.retry(now),
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_pod_transport_error(&mut self, now: Millis, pending: Pending) {
+        match pending {
+            Pending::PodList => self.pods.list_sched.retry(now),
+            Pending::PodFail => self.pods.fail_sched.retry(now),
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ pod watch connection
+
+    /// The watch request for the pod watch connection, when one should be open.
+    pub fn poll_pod_watch_request(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, AgentError> {
+        if self.next_pod_watch_wakeup(now) > now {
+            return Ok(None);
+        }
+        let Some(rv) = self.pods.listed_rv.as_ref() else {
+            return Ok(None);
+        };
+        let n = http::encode_request(
+            out,
+            Method::Get,
+            self.cfg.api_host,
+            format_args!(
+                "/api/v1/pods?fieldSelector={}&watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds={}",
+                UnfinishedOn(self.cfg.node_name),
+                self.cfg.watch_timeout_s
+            ),
+            None,
+        )
+        .map_err(|_| AgentError::RequestTooLarge { what: "pod watch" })?;
+        self.pods.listing_until = None;
+        self.pods.stream = Stream::Requested;
+        self.pods.decoder = http::ResponseDecoder::new();
+        Ok(Some(n))
+    }
+
+    /// The earliest time [`Agent::poll_pod_watch_request`] may return a request.
+    pub fn next_pod_watch_wakeup(&self, now: Millis) -> Millis {
+        let p = &self.pods;
+        if !p.watch_enabled
+            || p.stream != Stream::Closed
+            || p.listed_rv.is_none()
+            || !self.registered()
+        {
+            return Millis::MAX;
+        }
+        p.stream_sched.at.max(p.listing_until.unwrap_or(0)).max(now)
+    }
+
+    /// Feeds raw bytes from the pod watch connection. Returns the bytes used and `false` when
+    /// the driver should close the connection (the stream ended, broke, or must start over).
+    pub fn on_pod_watch_bytes<const N: usize>(
+        &mut self,
+        now: Millis,
+        lines: &mut LineFramer<N>,
+        input: &[u8],
+    ) -> (usize, bool) {
+        let Self {
+            pods,
+            metrics,
+            clock,
+            ..
+        } = self;
+        let Pods {
+            decoder,
+            stream,
+            stream_sched,
+            listed_rv,
+            listing_until,
+            list_sched,
+            ..
+        } = pods;
+        let mut found: Vec<PodName, QUEUE> = Vec::new();
+        let (used, result) = watch_stream::feed(decoder, lines, input, &mut |item| match item {
+            WatchItem::Head(head) => {
+                metrics.count_api(Method::Get, head.status);
+                if let Some(date) = head.date {
+                    clock.sync(now, date * 1000, ClockSource::HttpDate);
+                }
+                match head.status {
+                    200 => *stream = Stream::Open,
+                    410 => *listed_rv = None,
+                    // The server (or a proxy) will not watch: list for a while, then try again.
+                    400 | 403 | 404 | 405 | 501 => {
+                        *listing_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                        list_sched.ok_then(now);
+                    }
+                    _ => stream_sched.retry(now),
+                }
+                if *stream != Stream::Open {
+                    *stream = Stream::Closed;
+                }
+                *stream == Stream::Open
+            }
+            WatchItem::Line(line) => {
+                let Some(ev) = obj::from_json::<PodEvent<'_>>(line) else {
+                    *listed_rv = None;
+                    list_sched.ok_then(now);
+                    return false;
+                };
+                let meta = &ev.object.metadata;
+                match ev.kind {
+                    "ADDED" | "MODIFIED" => {
+                        if let (Some(ns), Some(name)) = (meta.namespace, meta.name)
+                            && let (Ok(ns), Ok(name)) =
+                                (String::try_from(ns), String::try_from(name))
+                        {
+                            let _ = found.push((ns, name));
+                        }
+                    }
+                    "DELETED" | "BOOKMARK" => {}
+                    // ERROR (410 Gone or anything else): list again, then watch again.
+                    _ => {
+                        *listed_rv = None;
+                        list_sched.ok_then(now);
+                        return false;
+                    }
+                }
+                if let Some(rv) = meta.resource_version.and_then(rv_from) {
+                    *listed_rv = Some(rv);
+                }
+                stream_sched.backoff.reset();
+                true
+            }
+            // A pod event too large to parse: its name and namespace come first in metadata.
+            // If they cannot be read from the prefix, the list finds the pod.
+            WatchItem::Oversized { prefix } => {
+                let ns =
+                    obj::scan_field(prefix, "namespace").and_then(|s| String::try_from(s).ok());
+                let name = obj::scan_field(prefix, "name").and_then(|s| String::try_from(s).ok());
+                match (ns, name) {
+                    (Some(ns), Some(name)) => {
+                        let _ = found.push((ns, name));
+                        true
+                    }
+                    _ => {
+                        *listed_rv = None;
+                        list_sched.ok_then(now);
+                        false
+                    }
+                }
+            }
+        });
+        for (ns, name) in &found {
+            pods.queue(ns, name);
+        }
+        match result {
+            Ok(true) => (used, true),
+            Ok(false) => {
+                self.on_pod_watch_closed(now, false);
+                (used, false)
+            }
+            Err(Ended { broken }) => {
+                self.on_pod_watch_closed(now, broken);
+                (used, false)
+            }
+        }
+    }
+
+    /// Tells the agent the pod watch connection closed (`error`: it broke rather than ended).
+    pub fn on_pod_watch_closed(&mut self, now: Millis, error: bool) {
+        let p = &mut self.pods;
+        if p.stream != Stream::Closed {
+            if error {
+                p.stream_sched.retry(now);
+            } else {
+                p.stream_sched.ok_then(now);
+            }
+        }
+        p.stream = Stream::Closed;
+    }
+
+    /// 1 while a pod watch stream is open, for `/metrics`.
+    pub(super) fn pod_watch_open(&self) -> bool {
+        self.pods.stream == Stream::Open
+    }
+}
+
+/// The field selector for unfinished pods bound to node `.0`, URL-encoded.
+struct UnfinishedOn<'a>(&'a str);
+
+impl fmt::Display for UnfinishedOn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spec.nodeName%3D{}%2Cstatus.phase%21%3DFailed%2Cstatus.phase%21%3DSucceeded",
+            self.0
+        )
+    }
+}

@@ -1,0 +1,72 @@
+//! One watch stream's HTTP and line framing: raw bytes from the connection in, one item at a
+//! time out to the concern that follows the stream (its response head, each complete line, an
+//! oversized line's prefix, the end). The concern decides what each item means.
+
+use crate::http::{self, ResponseHead};
+use crate::lines::{Line, LineFramer};
+
+/// What a watch stream delivered.
+pub(super) enum WatchItem<'b> {
+    /// The response head: 200 starts the stream, anything else refuses it.
+    Head(&'b ResponseHead),
+    /// One complete, non-blank line: a watch event.
+    Line(&'b [u8]),
+    /// A line longer than the framer: its first bytes.
+    Oversized { prefix: &'b [u8] },
+}
+
+/// The stream ended: `broken` when the bytes were not valid HTTP, otherwise the server ended
+/// the response.
+pub(super) struct Ended {
+    pub(super) broken: bool,
+}
+
+/// Feeds `input` through `decoder` and `lines`, calling `on` for each item until `on` returns
+/// `false` (close the connection) or the input runs out. Returns the bytes used, and
+/// `Err(Ended)` when the response ended or broke; `Ok(false)` when `on` asked to close.
+pub(super) fn feed<const N: usize>(
+    decoder: &mut http::ResponseDecoder,
+    lines: &mut LineFramer<N>,
+    mut input: &[u8],
+    on: &mut dyn FnMut(WatchItem<'_>) -> bool,
+) -> (usize, Result<bool, Ended>) {
+    let mut used = 0;
+    loop {
+        let Ok((n, decoded)) = decoder.decode(input) else {
+            return (used, Err(Ended { broken: true }));
+        };
+        used += n;
+        input = &input[n..];
+        match decoded {
+            http::Decoded::NeedMore if n == 0 => return (used, Ok(true)),
+            http::Decoded::NeedMore => {}
+            http::Decoded::Head(head) => {
+                lines.reset();
+                if !on(WatchItem::Head(&head)) {
+                    return (used, Ok(false));
+                }
+            }
+            http::Decoded::Data(mut data) => {
+                let mut open = true;
+                while open && !data.is_empty() {
+                    let (k, line) = lines.push(data);
+                    data = &data[k..];
+                    open = match line {
+                        None => true,
+                        Some(Line::Complete(bytes))
+                            if bytes.iter().all(u8::is_ascii_whitespace) =>
+                        {
+                            true
+                        }
+                        Some(Line::Complete(bytes)) => on(WatchItem::Line(bytes)),
+                        Some(Line::Oversized { prefix, .. }) => on(WatchItem::Oversized { prefix }),
+                    };
+                }
+                if !open {
+                    return (used, Ok(false));
+                }
+            }
+            http::Decoded::Done => return (used, Err(Ended { broken: false })),
+        }
+    }
+}
