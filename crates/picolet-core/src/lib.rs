@@ -35,6 +35,7 @@ pub mod backoff;
 pub mod fixtures;
 pub mod http;
 pub mod join;
+pub mod json_string;
 pub mod kubelet;
 pub mod lines;
 pub mod memory;

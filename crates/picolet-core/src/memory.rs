@@ -1,9 +1,14 @@
 //! The 1 KB memory region and the `data.memory_values` grammar that fills it.
 //!
 //! Grammar: comma-separated `OFFSET=VALUE` entries. Each number is decimal (`42`) or hex with a
-//! `0x`/`0X` prefix (`0x2A`); offsets are 0–1023, values 0–255. Spaces, tabs and newlines are
-//! allowed around numbers, `=` and `,`. An empty (or all-whitespace) string is valid and sets
-//! nothing.
+//! `0x`/`0X` prefix (`0x2A`); offsets are 0–1023, values 0–255. Spaces, tabs, CR and LF are
+//! allowed around numbers, `=` and `,` (so a YAML block scalar with one entry per line works).
+//! An empty (or all-whitespace) string is valid and sets nothing: every byte becomes 0.
+//!
+//! ConfigMap values arrive JSON-encoded, and serde-json-core hands them out with their escapes
+//! (`0=1\n1=2` with a backslash). [`parse_memory_values_json`] decodes the escapes as it reads
+//! (no second buffer) and the grammar sees the decoded text; [`parse_memory_values`] takes text
+//! that is already decoded.
 //!
 //! Semantics (chosen here, documented in the README):
 //! - **Declarative**: the ConfigMap describes the whole region. Offsets not listed are 0, so the
@@ -11,15 +16,19 @@
 //! - **Duplicate offsets are an error**: `1=2,1=3` has no single obvious meaning, so the update
 //!   is rejected rather than guessing "last wins".
 //! - **Empty entries are errors** (`1=2,,3=4` or a trailing comma): they are usually typos.
-//! - Anything else (non-ASCII bytes, JSON escapes, signs, overflow) is rejected with the byte
-//!   position, and the region keeps its old contents: parsing finishes before anything is written.
+//! - Anything else (non-ASCII bytes, also when they came from a `\u` escape; malformed escapes,
+//!   signs, overflow) is rejected with the byte position in the decoded text, and the region
+//!   keeps its old contents: parsing finishes before anything is written.
 
 use core::fmt;
+
+use crate::json_string::UnescapedBytes;
 
 /// Size of the region in bytes: offsets run from 0 to `REGION_SIZE - 1`.
 pub const REGION_SIZE: usize = 1024;
 
-/// Why a `memory_values` string was rejected. Positions are byte offsets into the string.
+/// Why a `memory_values` string was rejected. Positions are byte offsets into the (decoded)
+/// string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValuesError {
     /// A byte that cannot appear at that point of the grammar.
@@ -61,6 +70,12 @@ pub enum ValuesError {
         position: usize,
         /// The repeated offset.
         offset: u16,
+    },
+    /// A JSON escape that does not decode (unknown letter, short `\u`, lone surrogate); only
+    /// from [`parse_memory_values_json`].
+    InvalidEscape {
+        /// Where its text would start in the decoded string.
+        position: usize,
     },
 }
 
@@ -106,6 +121,9 @@ impl fmt::Display for ValuesError {
             Self::DuplicateOffset { position, offset } => {
                 write!(f, "offset {offset} at byte {position} is set twice")
             }
+            Self::InvalidEscape { position } => {
+                write!(f, "invalid JSON escape at byte {position}")
+            }
         }
     }
 }
@@ -130,22 +148,35 @@ impl fmt::Debug for MemoryImage {
     }
 }
 
-/// Parses and validates a whole `memory_values` string. Memory use is fixed (one image and a
-/// 128-byte bitmap) whatever the input's length, and the input is read once.
+/// Parses and validates a whole `memory_values` string (already decoded text). Memory use is
+/// fixed (one image and a 128-byte bitmap) whatever the input's length, and the input is read
+/// once.
 pub fn parse_memory_values(input: &[u8]) -> Result<MemoryImage, ValuesError> {
+    parse(Cursor::new(input.iter().map(|&b| Ok(b))))
+}
+
+/// Parses `memory_values` as it appears inside a JSON document (the contents of the string,
+/// escapes kept, as serde-json-core borrows it), decoding the escapes while reading: no copy
+/// of the decoded text is made. Positions in errors count the decoded text.
+pub fn parse_memory_values_json(escaped: &str) -> Result<MemoryImage, ValuesError> {
+    parse(Cursor::new(UnescapedBytes::new(escaped)))
+}
+
+fn parse<I: Iterator<Item = Result<u8, crate::json_string::EscapeError>>>(
+    mut cur: Cursor<I>,
+) -> Result<MemoryImage, ValuesError> {
     let mut image = MemoryImage {
         bytes: [0; REGION_SIZE],
         entries: 0,
     };
     let mut seen = [0u32; REGION_SIZE / 32];
-    let mut cur = Cursor { input, pos: 0 };
-    cur.skip_ws();
-    if cur.at_end() {
+    cur.skip_ws()?;
+    if cur.peek()?.is_none() {
         return Ok(image);
     }
     loop {
-        cur.skip_ws();
-        if cur.peek() == Some(b',') || cur.at_end() {
+        cur.skip_ws()?;
+        if matches!(cur.peek()?, Some(b',') | None) {
             return Err(ValuesError::EmptyEntry { position: cur.pos });
         }
         let offset_pos = cur.pos;
@@ -156,9 +187,9 @@ pub fn parse_memory_values(input: &[u8]) -> Result<MemoryImage, ValuesError> {
                 offset,
             });
         }
-        cur.skip_ws();
+        cur.skip_ws()?;
         cur.expect(b'=', "'='")?;
-        cur.skip_ws();
+        cur.skip_ws()?;
         let value_pos = cur.pos;
         let value = cur.number("a value")?;
         let byte = u8::try_from(value).map_err(|_| ValuesError::ValueOutOfRange {
@@ -176,10 +207,10 @@ pub fn parse_memory_values(input: &[u8]) -> Result<MemoryImage, ValuesError> {
         image.bytes[offset as usize] = byte;
         // At most REGION_SIZE distinct offsets exist, so this cannot overflow.
         image.entries += 1;
-        cur.skip_ws();
-        match cur.peek() {
+        cur.skip_ws()?;
+        match cur.peek()? {
             None => return Ok(image),
-            Some(b',') => cur.pos += 1,
+            Some(b',') => cur.bump(),
             Some(byte) => {
                 return Err(ValuesError::Unexpected {
                     position: cur.pos,
@@ -191,30 +222,54 @@ pub fn parse_memory_values(input: &[u8]) -> Result<MemoryImage, ValuesError> {
     }
 }
 
-struct Cursor<'a> {
-    input: &'a [u8],
+/// The grammar's reader: one byte of lookahead over any byte source, so that decoded JSON
+/// is read as it is decoded.
+struct Cursor<I> {
+    src: I,
+    /// The byte at `pos` (`None` at the end), or the decoding error found there.
+    cur: Result<Option<u8>, ValuesError>,
     pos: usize,
 }
 
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.input.get(self.pos).copied()
+impl<I: Iterator<Item = Result<u8, crate::json_string::EscapeError>>> Cursor<I> {
+    fn new(src: I) -> Self {
+        let mut cur = Self {
+            src,
+            cur: Ok(None),
+            pos: 0,
+        };
+        cur.cur = cur.read();
+        cur
     }
 
-    fn at_end(&self) -> bool {
-        self.pos >= self.input.len()
+    fn read(&mut self) -> Result<Option<u8>, ValuesError> {
+        self.src
+            .next()
+            .transpose()
+            .map_err(|_| ValuesError::InvalidEscape { position: self.pos })
     }
 
-    fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
+    fn peek(&self) -> Result<Option<u8>, ValuesError> {
+        self.cur
+    }
+
+    /// Moves past the current byte (only called after `peek` returned one).
+    fn bump(&mut self) {
+        self.pos += 1;
+        self.cur = self.read();
+    }
+
+    fn skip_ws(&mut self) -> Result<(), ValuesError> {
+        while matches!(self.peek()?, Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.bump();
         }
+        Ok(())
     }
 
     fn expect(&mut self, want: u8, expected: &'static str) -> Result<(), ValuesError> {
-        match self.peek() {
+        match self.peek()? {
             Some(b) if b == want => {
-                self.pos += 1;
+                self.bump();
                 Ok(())
             }
             Some(byte) => Err(ValuesError::Unexpected {
@@ -226,23 +281,32 @@ impl Cursor<'_> {
         }
     }
 
-    /// Decimal or `0x` hex; saturates at `u32::MAX` so that range errors report a number.
+    /// Decimal or `0x`/`0X` hex; saturates at `u32::MAX` so that range errors report a number.
     fn number(&mut self, what: &'static str) -> Result<u32, ValuesError> {
-        let hex =
-            self.peek() == Some(b'0') && matches!(self.input.get(self.pos + 1), Some(b'x' | b'X'));
-        if hex {
-            self.pos += 2;
+        let mut radix = 10;
+        let mut digits = 0usize;
+        if self.peek()? == Some(b'0') {
+            self.bump();
+            digits = 1;
+            if matches!(self.peek()?, Some(b'x' | b'X')) {
+                self.bump();
+                radix = 16;
+                digits = 0;
+            }
         }
-        let radix = if hex { 16 } else { 10 };
-        let start = self.pos;
         let mut n: u32 = 0;
-        while let Some(d) = self.peek().and_then(|b| (b as char).to_digit(radix)) {
+        while let Some(d) = self.peek()?.and_then(|b| char::from(b).to_digit(radix)) {
             n = n.saturating_mul(radix).saturating_add(d);
-            self.pos += 1;
+            digits += 1;
+            self.bump();
         }
-        if self.pos == start {
-            let expected = if hex { "hex digits after 0x" } else { what };
-            return match self.peek() {
+        if digits == 0 {
+            let expected = if radix == 16 {
+                "hex digits after 0x"
+            } else {
+                what
+            };
+            return match self.peek()? {
                 Some(byte) => Err(ValuesError::Unexpected {
                     position: self.pos,
                     byte,
@@ -399,6 +463,85 @@ mod tests {
             ValuesError::OffsetOutOfRange {
                 position: 0,
                 offset: u32::MAX
+            }
+        );
+    }
+
+    fn ok_json(s: &str) -> MemoryImage {
+        parse_memory_values_json(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn json_escapes_are_decoded_before_the_grammar() {
+        // As the API server sends `memory_values: |` (YAML block scalar), and friends.
+        assert_eq!(
+            &ok_json(r"0=0x42,\n1=0x43,\n2=0XFF\n").bytes[..4],
+            &[0x42, 0x43, 0xff, 0]
+        );
+        assert_eq!(ok_json(r"0=9\n").bytes[0], 9);
+        assert_eq!(&ok_json(r"0=1,\t1=2").bytes[..2], &[1, 2]);
+        assert_eq!(ok_json(r"0=1\r").bytes[0], 1);
+        assert_eq!(
+            &ok_json(r"\r\n 0 = 1 ,\r\n1=\u0032\r\n").bytes[..2],
+            &[1, 2]
+        );
+        assert_eq!(ok_json(r"\u0031\u0030=0x\u0046f").bytes[10], 0xff);
+        assert_eq!(ok_json("").entries, 0);
+        assert_eq!(ok_json(r"\n\t").entries, 0);
+        assert_eq!(ok_json(r"0=1").entries, 1);
+        // Plain text decodes to itself.
+        assert_eq!(
+            ok_json("0=0x42,1=0x43").bytes[..2],
+            ok("0=0x42,1=0x43").bytes[..2]
+        );
+    }
+
+    #[test]
+    fn json_errors_count_decoded_bytes_and_keep_refusing_non_ascii() {
+        let e = |s: &str| parse_memory_values_json(s).expect_err("should be rejected");
+        // "0=1,\n5000=1": the offset starts at byte 5 of the decoded text (6 escaped).
+        assert_eq!(
+            e(r"0=1,\n5000=1"),
+            ValuesError::OffsetOutOfRange {
+                position: 5,
+                offset: 5000
+            }
+        );
+        assert_eq!(
+            e(r"0=\u00e9"),
+            ValuesError::Unexpected {
+                position: 2,
+                byte: 0xc3,
+                expected: "a value"
+            }
+        );
+        assert_eq!(
+            e("0=é"),
+            ValuesError::Unexpected {
+                position: 2,
+                byte: 0xc3,
+                expected: "a value"
+            }
+        );
+        assert_eq!(
+            e(r"0=\\"),
+            ValuesError::Unexpected {
+                position: 2,
+                byte: b'\\',
+                expected: "a value"
+            }
+        );
+        assert_eq!(e(r"0=1,\q"), ValuesError::InvalidEscape { position: 4 });
+        assert_eq!(e(r"0=1\ud800"), ValuesError::InvalidEscape { position: 3 });
+        assert_eq!(e(r"0=1\ud800").to_string(), "invalid JSON escape at byte 3");
+        assert_eq!(e(r"1=1\n,\n"), ValuesError::EmptyEntry { position: 6 });
+        // Lines still need their commas: a newline is whitespace, not a separator.
+        assert_eq!(
+            e(r"0=1\n1=2"),
+            ValuesError::Unexpected {
+                position: 4,
+                byte: b'1',
+                expected: "',' or end"
             }
         );
     }

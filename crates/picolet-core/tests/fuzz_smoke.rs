@@ -4,6 +4,7 @@
 
 use picolet_core::agent::{Agent, ConfigMode, WatchLines};
 use picolet_core::http::{Decoded, ResponseDecoder, ResponseHead};
+use picolet_core::json_string::{Unescape, Unescaped, UnescapedBytes};
 use picolet_core::kubelet;
 use picolet_core::lines::{Line, LineFramer};
 use picolet_core::memory::{self, REGION_SIZE};
@@ -103,6 +104,58 @@ fn memory_values_never_panic_and_hold_their_invariants() {
                 String::from_utf8_lossy(&input)
             );
         }
+    }
+}
+
+/// `memory_values` as it comes out of a JSON document, escapes kept: decoding never panics,
+/// never grows the text, and text without escapes parses exactly as the plain grammar does.
+#[test]
+fn escaped_memory_values_never_panic_and_agree_with_the_plain_grammar() {
+    let mut rng = Rng(6);
+    let seeds: &[&[u8]] = &[
+        br"0=0x42\n1=0x43\n2=0XFF\n",
+        br"\r\n\t0 = 7 ,\r\n 2=\u0038",
+        br"0=\u00e9,\ud83d\ude00=1",
+        br#"\"\\\/\b\f"#,
+        b"1=2,3=4",
+    ];
+    for input in inputs(&mut rng, seeds, 50_000) {
+        let raw = String::from_utf8_lossy(&input);
+        let decoded: Vec<u8> = UnescapedBytes::new(&raw).map_while(Result::ok).collect();
+        assert!(decoded.len() <= raw.len(), "{raw:?}");
+        let chars: String = Unescape::new(&raw).map_while(Result::ok).collect();
+        assert_eq!(chars.as_bytes(), &decoded[..], "{raw:?}");
+        let shown = Unescaped(&raw).to_string();
+        assert!(shown.len() <= raw.len() + 3, "{raw:?}");
+        let json = memory::parse_memory_values_json(&raw);
+        if !raw.contains('\\') {
+            assert_eq!(json, memory::parse_memory_values(raw.as_bytes()), "{raw:?}");
+        }
+        if let Ok(img) = json {
+            assert!(img.entries as usize <= REGION_SIZE);
+            // Whatever escapes it had, the decoded text says the same.
+            assert_eq!(Ok(img), memory::parse_memory_values(&decoded), "{raw:?}");
+        }
+    }
+    // Any string, escaped as serde_json escapes it, decodes back to itself.
+    for _ in 0..20_000 {
+        let text: String = (0..rng.below(40))
+            .map(|_| match rng.below(4) {
+                0 => char::from_u32(rng.below(0x80) as u32).unwrap(),
+                1 => char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('\u{fffd}'),
+                _ => *[',', '=', '\n', '\t', '\r', '"', '\\', '0', 'x']
+                    .get(rng.below(9))
+                    .unwrap(),
+            })
+            .collect();
+        let json = serde_json::to_string(&text).unwrap();
+        let inner = &json[1..json.len() - 1];
+        let back: Result<String, _> = Unescape::new(inner).collect();
+        assert_eq!(back.as_deref(), Ok(text.as_str()), "{json}");
+        // And with every character as `\uXXXX` (surrogate pairs beyond the BMP).
+        let all: String = text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+        let back: Result<String, _> = Unescape::new(&all).collect();
+        assert_eq!(back.as_deref(), Ok(text.as_str()), "{all}");
     }
 }
 
