@@ -87,9 +87,9 @@ fn main() {
         if step == 20 {
             // A valid and an invalid update arrive on the watch: Events of both kinds follow.
             let mut wire = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-            wire.extend_from_slice(br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"8"},"data":{"memory_values":"0=1"}}}"#);
+            wire.extend_from_slice(br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","uid":"0c4a9f9e-7777-4888-9999-aaaabbbbcccc","resourceVersion":"8"},"data":{"memory_values":"0=1,\n1=2\n"}}}"#);
             wire.push(b'\n');
-            wire.extend_from_slice(br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"9"},"data":{"memory_values":"0=x"}}}"#);
+            wire.extend_from_slice(br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","uid":"0c4a9f9e-7777-4888-9999-aaaabbbbcccc","resourceVersion":"9"},"data":{"memory_values":"0=x"}}}"#);
             wire.push(b'\n');
             if let Ok(Some(_)) = agent.poll_watch_request(now, &mut buf) {
                 agent.on_watch_bytes(now, &mut lines, &wire);

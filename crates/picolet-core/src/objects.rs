@@ -416,6 +416,39 @@ pub fn scan_resource_version(prefix: &[u8]) -> Option<&str> {
     scan_field(prefix, "resourceVersion")
 }
 
+/// Where the object inside a (possibly truncated) document starts: the first list item (after
+/// `"items":[`) or a watch event's object (after `"object":`), whichever `envelope` names.
+/// The API server writes a list's own metadata before its items, so fields scanned from here
+/// on are the object's, not the list's.
+pub fn object_start(prefix: &[u8], envelope: Envelope) -> Option<usize> {
+    let key: &[u8] = match envelope {
+        Envelope::List => b"\"items\":[",
+        Envelope::WatchEvent => b"\"object\":",
+    };
+    let at = prefix.windows(key.len()).position(|w| w == key)? + key.len();
+    (prefix.get(at) == Some(&b'{')).then_some(at)
+}
+
+/// What wraps the object in a response: see [`object_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Envelope {
+    /// `{…,"items":[OBJECT]}`: a list holding one object.
+    List,
+    /// `{"type":…,"object":OBJECT}`: one watch event.
+    WatchEvent,
+}
+
+impl Envelope {
+    /// Bytes after the object: `]}` closes a list, `}` a watch event.
+    #[must_use]
+    pub fn tail_len(self) -> usize {
+        match self {
+            Self::List => 2,
+            Self::WatchEvent => 1,
+        }
+    }
+}
+
 /// Finds the first `"KEY":"VALUE"` in a (possibly truncated) document, for fields that the
 /// API server writes early in `metadata` (uid, resourceVersion). Values are alphanumeric or `-`,
 /// at most 64 bytes; anything else is refused.
@@ -478,6 +511,18 @@ mod tests {
         );
         assert_eq!(scan_field(prefix, "resourceVersion"), Some("221"));
         assert_eq!(scan_field(br#"{"uid":"a b"}"#, "uid"), None);
+    }
+
+    #[test]
+    fn finds_the_object_after_its_envelope() {
+        let list = br#"{"kind":"ConfigMapList","metadata":{"resourceVersion":"40"},"items":[{"metadata":{"uid":"u","resourceVersion":"39""#;
+        let at = object_start(list, Envelope::List).unwrap();
+        assert_eq!(scan_resource_version(list), Some("40"));
+        assert_eq!(scan_resource_version(&list[at..]), Some("39"));
+        assert_eq!(object_start(br#"{"items":[]}"#, Envelope::List), None);
+        let ev = br#"{"type":"MODIFIED","object":{"metadata":{"resourceVersion":"4"}}}"#;
+        assert_eq!(object_start(ev, Envelope::WatchEvent), Some(28));
+        assert_eq!(object_start(b"{\"object\":", Envelope::WatchEvent), None);
     }
 
     #[test]

@@ -1283,3 +1283,289 @@ mod authorization {
         }
     }
 }
+
+// ---------------------------------------------------------------- issue #10
+
+/// Answers requests until the ConfigMap list, which gets `status`, `body` and a claimed
+/// length `len` (longer than `body` when the driver's buffer cut it).
+fn list_config_cut(h: &mut Harness, status: u16, body: &str, len: usize) -> Vec<Req> {
+    let mut seen = vec![];
+    for _ in 0..10 {
+        let r = h.next().expect("a request is due");
+        if r.path.contains("/configmaps") {
+            h.agent
+                .on_response(h.now, &head(status), body.as_bytes(), len);
+            seen.push(r);
+            return seen;
+        }
+        h.reply(
+            if r.method == "POST" { 201 } else { 200 },
+            r#"{"metadata":{"resourceVersion":"2"},"items":[]}"#,
+        );
+        seen.push(r);
+    }
+    panic!("no ConfigMap list");
+}
+
+fn cm_list(rv: &str, uid: &str, escaped_values: &str) -> String {
+    format!(
+        r#"{{"kind":"ConfigMapList","apiVersion":"v1","metadata":{{"resourceVersion":"40"}},"items":[{{"metadata":{{"name":"pico-config","namespace":"default","uid":"{uid}","resourceVersion":"{rv}"}},"data":{{"memory_values":"{escaped_values}"}}}}]}}"#
+    )
+}
+
+fn watch_line(h: &mut Harness, lines: &mut WatchLines, event: &str) {
+    let mut wire = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    wire.extend_from_slice(event.as_bytes());
+    wire.push(b'\n');
+    h.watch(lines, &wire);
+}
+
+#[test]
+fn json_escaped_whitespace_and_block_scalars_are_applied() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    // `memory_values: |` in YAML: one entry per line, a final newline, as the API server
+    // sends it (JSON-escaped).
+    list_config(
+        &mut h,
+        &cm_list("39", "cm-uid-1", r"0=0x42,\n1=0x43,\n2=0XfF\n"),
+    );
+    let (state, applied, msg) = h.agent.config_state();
+    assert_eq!((state, applied), (ConfigState::Applied, "39"), "{msg}");
+    assert_eq!(&h.agent.region()[..4], &[0x42, 0x43, 0xff, 0]);
+    h.drain();
+    h.agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    let mut lines = WatchLines::new();
+    for (rv, values, expect) in [
+        ("41", r"0=9\n", [9, 0, 0]),
+        ("42", r"0=1,\t1=2", [1, 2, 0]),
+        ("43", r"0=1\r", [1, 0, 0]),
+        ("44", r"\r\n\t0 = 7 ,\r\n 2=\u0038\r\n", [7, 0, 8]),
+    ] {
+        let ev = format!(
+            r#"{{"type":"MODIFIED","object":{{"metadata":{{"name":"pico-config","uid":"cm-uid-1","resourceVersion":"{rv}"}},"data":{{"memory_values":"{values}"}}}}}}"#
+        );
+        watch_line(&mut h, &mut lines, &ev);
+        let (state, applied, msg) = h.agent.config_state();
+        assert_eq!(
+            (state, applied),
+            (ConfigState::Applied, rv),
+            "{values}: {msg}"
+        );
+        assert_eq!(&h.agent.region()[..3], &expect, "{values}");
+    }
+    // Positions count the decoded text: the bad offset starts at byte 4 of "0=1,\n5000=1".
+    let ev = r#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"45"},"data":{"memory_values":"0=1,\n5000=1"}}}"#;
+    watch_line(&mut h, &mut lines, ev);
+    let (state, _, msg) = h.agent.config_state();
+    assert_eq!(state, ConfigState::Rejected);
+    assert!(msg.contains("offset 5000 at byte 5"), "{msg}");
+    // Non-ASCII stays refused after decoding, and so does a malformed escape.
+    for (rv, values, says) in [
+        ("46", r"0=\u00e9", "unexpected byte 0xc3 at byte 2"),
+        ("47", r"0=1,\x", "invalid JSON escape at byte 4"),
+    ] {
+        let ev = format!(
+            r#"{{"type":"MODIFIED","object":{{"metadata":{{"name":"pico-config","resourceVersion":"{rv}"}},"data":{{"memory_values":"{values}"}}}}}}"#
+        );
+        watch_line(&mut h, &mut lines, &ev);
+        let (state, applied, msg) = h.agent.config_state();
+        assert_eq!((state, applied), (ConfigState::Rejected, "44"), "{msg}");
+        assert!(msg.contains(says), "{values}: {msg}");
+    }
+    assert_eq!(&h.agent.region()[..3], &[7, 0, 8]);
+}
+
+#[test]
+fn api_error_messages_are_decoded_and_shortened_at_a_word() {
+    let mut h = Harness::new(ConfigMode::Poll);
+    h.agent.sync_clock(0, DATE * 1000);
+    h.register();
+    let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"pico-config\" is forbidden: User \"system:node:pico-node-1\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\": no relationship found between node 'pico-node-1' and this object","reason":"Forbidden","details":{"name":"pico-config","kind":"configmaps"},"code":403}"#;
+    list_config_cut(&mut h, 403, status, status.len());
+    let (state, _, msg) = h.agent.config_state();
+    let msg = msg.to_string();
+    assert_eq!(state, ConfigState::Error);
+    assert!(
+        msg.contains(r#"configmaps "pico-config" is forbidden: User "system:node:pico-node-1""#),
+        "{msg}"
+    );
+    assert!(!msg.contains('\\'), "{msg}");
+    assert!(msg.len() <= 256, "{}", msg.len());
+    let kept = msg.strip_suffix('…').expect("shortened with an ellipsis");
+    let full = format!(
+        "cannot read ConfigMap default/pico-config: HTTP 403 {}",
+        r#"configmaps "pico-config" is forbidden: User "system:node:pico-node-1" cannot list resource "configmaps" in API group "" in the namespace "default": no relationship found between node 'pico-node-1' and this object"#
+    );
+    assert!(full.starts_with(kept), "{msg}");
+    let next = full[kept.len()..].chars().next().unwrap();
+    assert!(
+        next == ' ' && !kept.ends_with(' '),
+        "cut at a word boundary: {msg:?}"
+    );
+    let reqs = h.drain();
+    let ev = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigReadFailed")
+        .expect("event");
+    assert_eq!(ev.body["message"], msg.as_str());
+    let ann = reqs
+        .iter()
+        .find(|r| r.path == "/api/v1/nodes/pico-node-1")
+        .expect("annotation patch");
+    assert_eq!(
+        ann.body["metadata"]["annotations"]["picolet.dev/config-message"],
+        msg.as_str()
+    );
+}
+
+#[test]
+fn an_oversized_configmap_in_the_first_list_is_reported_with_its_own_version() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.agent.sync_clock(0, DATE * 1000);
+    h.register();
+    // The driver's buffer holds the first 8 KiB of a 1 MB list.
+    let envelope = r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":"40"},"items":["#;
+    let item_start = r#"{"metadata":{"name":"pico-config","namespace":"default","uid":"cm-uid-7","resourceVersion":"39","managedFields":[]},"data":{"memory_values":""#;
+    let mut body = format!("{envelope}{item_start}");
+    body.push_str(&"1".repeat(8192 - body.len()));
+    let total = 1_000_000;
+    list_config_cut(&mut h, 200, &body, total);
+    let (state, _, msg) = h.agent.config_state();
+    assert_eq!(state, ConfigState::Rejected);
+    assert!(msg.contains("(resourceVersion 39)"), "{msg}");
+    let object = total - envelope.len() - "]}".len();
+    assert!(msg.contains(&format!("about {object} bytes")), "{msg}");
+    assert!(msg.contains("over the 16384-byte limit"), "{msg}");
+    let reqs = h.drain();
+    let ev = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigRejected")
+        .expect("event");
+    assert_eq!(ev.body["involvedObject"]["resourceVersion"], "39");
+    assert_eq!(ev.body["involvedObject"]["uid"], "cm-uid-7");
+    // The list's version stays the watch's start point.
+    let n = h
+        .agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    assert!(parse(&h.buf[..n]).path.contains("resourceVersion=40"));
+}
+
+#[test]
+fn a_version_is_handled_once_across_a_read_error() {
+    let mut h = Harness::new(ConfigMode::Poll);
+    h.agent.sync_clock(0, DATE * 1000);
+    h.register();
+    let mut events = vec![];
+    events.extend(list_config_cut(&mut h, 200, CM_LIST, CM_LIST.len()));
+    events.extend(h.drain());
+    let (state, _, applied_msg) = h.agent.config_state();
+    assert_eq!(state, ConfigState::Applied);
+    let applied_msg = applied_msg.to_string();
+    // RBAC removed: 403.
+    h.now += 30_000;
+    events.extend(list_config_cut(
+        &mut h,
+        403,
+        r#"{"kind":"Status","message":"forbidden","code":403}"#,
+        49,
+    ));
+    events.extend(h.drain());
+    assert_eq!(h.agent.config_state().0, ConfigState::Error);
+    // Restored: the same version is listed again.
+    h.now += 30_000;
+    events.extend(list_config_cut(&mut h, 200, CM_LIST, CM_LIST.len()));
+    events.extend(h.drain());
+    let (state, applied, msg) = h.agent.config_state();
+    assert_eq!(
+        (state, applied, msg),
+        (ConfigState::Applied, "39", applied_msg.as_str())
+    );
+    let applied_events = events
+        .iter()
+        .filter(|r| r.body["reason"] == "ConfigApplied")
+        .count();
+    assert_eq!(applied_events, 1, "resourceVersion 39 is handled once");
+    assert_eq!(h.agent.metrics().config_applies, 1);
+    let ann = events
+        .iter()
+        .rev()
+        .find(|r| r.path == "/api/v1/nodes/pico-node-1")
+        .expect("annotation patch");
+    assert_eq!(
+        ann.body["metadata"]["annotations"]["picolet.dev/config-state"],
+        "Applied"
+    );
+    // A rejected version too: re-reported, not rejected again.
+    let bad = cm_list("50", "u", "1=999");
+    h.now += 30_000;
+    list_config_cut(&mut h, 200, &bad, bad.len());
+    h.drain();
+    h.now += 30_000;
+    list_config_cut(&mut h, 403, r#"{"code":403}"#, 12);
+    h.drain();
+    h.now += 30_000;
+    list_config_cut(&mut h, 200, &bad, bad.len());
+    let reqs = h.drain();
+    assert_eq!(h.agent.config_state().0, ConfigState::Rejected);
+    assert!(!reqs.iter().any(|r| r.body["reason"] == "ConfigRejected"));
+    assert_eq!(h.agent.metrics().config_rejects, 1);
+}
+
+#[test]
+fn events_carry_the_uids_kubectl_describe_looks_for() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.agent.sync_clock(0, DATE * 1000);
+    h.register();
+    let mut reqs = list_config_cut(
+        &mut h,
+        200,
+        &cm_list("39", "cm-uid-1", "0=1"),
+        cm_list("39", "cm-uid-1", "0=1").len(),
+    );
+    reqs.extend(h.drain());
+    let starting = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "Starting")
+        .expect("Starting event");
+    // The kubelet's convention, which `kubectl describe node` searches by.
+    assert_eq!(starting.body["involvedObject"]["uid"], "pico-node-1");
+    assert_eq!(starting.body["involvedObject"]["kind"], "Node");
+    let applied = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigApplied")
+        .expect("ConfigApplied event");
+    assert_eq!(applied.body["involvedObject"]["uid"], "cm-uid-1");
+    assert_eq!(applied.body["involvedObject"]["resourceVersion"], "39");
+    let msg = applied.body["message"].as_str().unwrap();
+    assert!(msg.starts_with("applied 1 value to"), "{msg}");
+    assert!(h.agent.config_state().2.starts_with("applied 1 value from"));
+    // A ConfigMap created again under a new uid: its Events carry the new one.
+    h.agent
+        .poll_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    let mut lines = WatchLines::new();
+    watch_line(
+        &mut h,
+        &mut lines,
+        r#"{"type":"ADDED","object":{"metadata":{"name":"pico-config","uid":"cm-uid-2","resourceVersion":"60"},"data":{"memory_values":"0=1,1=2"}}}"#,
+    );
+    let reqs = h.drain();
+    let applied = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "ConfigApplied")
+        .expect("ConfigApplied event");
+    assert_eq!(applied.body["involvedObject"]["uid"], "cm-uid-2");
+    assert!(
+        applied.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("applied 2 values")
+    );
+}

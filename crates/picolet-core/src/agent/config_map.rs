@@ -6,6 +6,85 @@ use core::fmt;
 use heapless::String;
 
 use super::*;
+use crate::json_string::Unescaped;
+use crate::objects::Envelope;
+
+/// Formats a message for a report or an Event within `N` bytes. One that does not fit is cut
+/// after its last whole word and ends with "…": a reader should see that something is missing,
+/// not half a word. (A word longer than half the room is cut inside, so that most of the text
+/// stays.)
+fn sentence<const N: usize>(args: fmt::Arguments<'_>) -> String<N> {
+    struct Fill<'s, const N: usize> {
+        out: &'s mut String<N>,
+        full: bool,
+    }
+    impl<const N: usize> fmt::Write for Fill<'_, N> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            if self.out.push_str(s).is_ok() {
+                return Ok(());
+            }
+            for c in s.chars() {
+                if self.out.push(c).is_err() {
+                    self.full = true;
+                    return Err(fmt::Error);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = String::new();
+    let mut fill = Fill {
+        out: &mut out,
+        full: false,
+    };
+    let _ = fmt::write(&mut fill, args);
+    if fill.full {
+        shorten(&mut out);
+    }
+    out
+}
+
+/// Cuts `out` (text that overflowed) at a word boundary and appends an ellipsis.
+fn shorten<const N: usize>(out: &mut String<N>) {
+    const ELLIPSIS: &str = "…";
+    let room = N.saturating_sub(ELLIPSIS.len());
+    let mut end = room.min(out.len());
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    let at_word_end = out[end..].starts_with(char::is_whitespace);
+    let cut = if at_word_end {
+        end
+    } else {
+        out[..end]
+            .rfind(char::is_whitespace)
+            .filter(|&i| i >= room / 2)
+            .unwrap_or(end)
+    };
+    // Punctuation left dangling before the ellipsis reads as a typo.
+    let kept = out[..cut]
+        .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | '\''))
+        .len();
+    out.truncate(kept);
+    let _ = out.push_str(ELLIPSIS);
+}
+
+/// The first ConfigMap in a response too large to parse: its resourceVersion and uid (from
+/// its metadata in the prefix), and its size, which is the whole length less the envelope
+/// around it (a list's own metadata and closing `]}`, or a watch event's `type` and closing
+/// `}`). For a list that is a close estimate: it counts a trailing newline too.
+fn oversized_object(prefix: &[u8], len: usize, envelope: Envelope) -> Option<(&str, &str, usize)> {
+    let start = obj::object_start(prefix, envelope)?;
+    let object = &prefix[start..];
+    let rv = obj::scan_resource_version(object)?;
+    let uid = obj::scan_field(object, "uid").unwrap_or("");
+    Some((rv, uid, len.saturating_sub(start + envelope.tail_len())))
+}
+
+fn uid_from(uid: Option<&str>) -> Uid {
+    uid.and_then(|u| String::try_from(u).ok())
+        .unwrap_or_default()
+}
 
 impl Agent<'_> {
     pub(super) fn queue_event(
@@ -16,17 +95,21 @@ impl Agent<'_> {
         about_node: bool,
         message: fmt::Arguments<'_>,
     ) {
-        let object_rv = if about_node {
-            String::new()
+        let (object_rv, object_uid) = if about_node {
+            (String::new(), String::new())
         } else {
-            self.handled_rv.clone().unwrap_or_default()
+            (
+                self.handled_rv.clone().unwrap_or_default(),
+                self.config_uid.clone(),
+            )
         };
         let ev = QueuedEvent {
             reason,
             warning,
-            message: bounded(message),
+            message: sentence(message),
             about_node,
             object_rv,
+            object_uid,
             unix_ms: self.clock.unix_ms(now).unwrap_or(0),
         };
         if self.events.is_full() {
@@ -39,7 +122,7 @@ impl Agent<'_> {
 
     fn set_report(&mut self, state: ConfigState, message: fmt::Arguments<'_>) {
         self.report.state = state;
-        self.report.message = bounded(message);
+        self.report.message = sentence(message);
         self.report.generation = self.report.generation.wrapping_add(1);
     }
 
@@ -57,9 +140,12 @@ impl Agent<'_> {
         let cm = self.cfg.config_map;
         if !(200..300).contains(&status) {
             if self.report.state != ConfigState::Error {
-                let reason = obj::from_json::<obj::StatusLite>(body)
-                    .and_then(|s| s.message)
-                    .unwrap_or("");
+                // The Status message as its author wrote it, escapes decoded.
+                let reason = Unescaped(
+                    obj::from_json::<obj::StatusLite>(body)
+                        .and_then(|s| s.message)
+                        .unwrap_or(""),
+                );
                 self.set_report(
                     ConfigState::Error,
                     format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
@@ -81,9 +167,13 @@ impl Agent<'_> {
             now
         };
         if !complete {
+            // The list's resourceVersion comes first and is where the watch starts; the
+            // ConfigMap's own comes later, in its item.
             let rv = obj::scan_resource_version(body).and_then(rv_from);
-            if let Some(rv) = rv.clone() {
-                self.reject_oversized(now, rv.as_str(), body_len);
+            if rv.is_some() {
+                let (object_rv, uid, size) =
+                    oversized_object(body, body_len, Envelope::List).unwrap_or(("", "", body_len));
+                self.reject_oversized(now, object_rv, uid, size);
             }
             self.config_rv = rv;
             self.list_sched.ok_then(next);
@@ -96,15 +186,11 @@ impl Agent<'_> {
             self.list_sched.retry(now);
             return;
         };
-        if self.report.state == ConfigState::Error {
-            // Readable again: handle the current version afresh so the state says what holds.
-            self.handled_rv = None;
-        }
         match list.items.first() {
             Some(item) => {
                 let rv = item.metadata.resource_version.unwrap_or("");
                 let values = item.data.and_then(|d| d.memory_values);
-                self.handle_config(now, rv, values);
+                self.handle_config(now, rv, item.metadata.uid, values);
             }
             None => {
                 if !matches!(
@@ -125,25 +211,39 @@ impl Agent<'_> {
         }
     }
 
-    /// Validates and applies one version of the ConfigMap (once per resourceVersion).
-    fn handle_config(&mut self, now: Millis, rv: &str, values: Option<&str>) {
-        if self.handled_rv.as_deref() == Some(rv) {
-            return;
+    /// Whether version `rv` is to be handled: `Some(false)` when it is new, `Some(true)` when it
+    /// was handled before but a read error has been reported since (its outcome is then
+    /// reported again, without applying it, counting it or a second Event: each
+    /// resourceVersion is handled once), `None` when there is nothing to do.
+    fn handling(&self, rv: &str) -> Option<bool> {
+        match self.handled_rv.as_deref() == Some(rv) {
+            false => Some(false),
+            true => (self.report.state == ConfigState::Error).then_some(true),
         }
+    }
+
+    /// Validates and applies one version of the ConfigMap (once per resourceVersion).
+    fn handle_config(&mut self, now: Millis, rv: &str, uid: Option<&str>, values: Option<&str>) {
+        let Some(again) = self.handling(rv) else {
+            return;
+        };
         self.handled_rv = rv_from(rv);
+        self.config_uid = uid_from(uid);
         let ns = self.cfg.config_namespace;
         let cm = self.cfg.config_map;
         let Some(values) = values else {
             self.reject(
                 now,
-                rv,
+                again,
                 format_args!("ConfigMap {ns}/{cm} has no data.memory_values key"),
             );
             return;
         };
-        match memory::parse_memory_values(values.as_bytes()) {
+        // serde-json-core leaves the value's JSON escapes in; they are decoded while parsing.
+        match memory::parse_memory_values_json(values) {
+            Ok(image) if again => self.report_applied(rv, image.entries),
             Ok(image) => self.apply(now, rv, &image),
-            Err(e) => self.reject(now, rv, format_args!("invalid data.memory_values in {ns}/{cm} (resourceVersion {rv}): {e}; memory unchanged")),
+            Err(e) => self.reject(now, again, format_args!("invalid data.memory_values in {ns}/{cm} (resourceVersion {rv}): {e}; memory unchanged")),
         }
     }
 
@@ -151,31 +251,40 @@ impl Agent<'_> {
         self.region.apply(image);
         self.metrics.config_applies += 1;
         self.report.applied_rv = rv_from(rv).unwrap_or_default();
+        self.report_applied(rv, image.entries);
         let crc = self.region.checksum();
-        let (ns, cm, n) = (
-            self.cfg.config_namespace,
-            self.cfg.config_map,
-            image.entries,
-        );
-        self.set_report(
-            ConfigState::Applied,
-            format_args!(
-                "applied {n} values from {ns}/{cm} (resourceVersion {rv}); memory crc32 0x{crc:08x}"
-            ),
-        );
+        let n = image.entries;
+        let values = if n == 1 { "value" } else { "values" };
         let node = self.cfg.node_name;
         self.queue_event(
             now,
             "ConfigApplied",
             false,
             false,
-            format_args!("applied {n} values to node {node} memory; crc32 0x{crc:08x}"),
+            format_args!("applied {n} {values} to node {node} memory; crc32 0x{crc:08x}"),
         );
     }
 
-    fn reject(&mut self, now: Millis, _rv: &str, why: fmt::Arguments<'_>) {
-        self.metrics.config_rejects += 1;
+    /// Says that the region holds version `rv`, which had `n` entries.
+    fn report_applied(&mut self, rv: &str, n: u16) {
+        let crc = self.region.checksum();
+        let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        let values = if n == 1 { "value" } else { "values" };
+        self.set_report(
+            ConfigState::Applied,
+            format_args!(
+                "applied {n} {values} from {ns}/{cm} (resourceVersion {rv}); memory crc32 0x{crc:08x}"
+            ),
+        );
+    }
+
+    /// Reports a rejection; `again`: of a version rejected before, so no count and no Event.
+    fn reject(&mut self, now: Millis, again: bool, why: fmt::Arguments<'_>) {
         self.set_report(ConfigState::Rejected, why);
+        if again {
+            return;
+        }
+        self.metrics.config_rejects += 1;
         let message: String<MESSAGE_MAX> = bounded(format_args!("{}", self.report.message));
         self.queue_event(
             now,
@@ -186,23 +295,28 @@ impl Agent<'_> {
         );
     }
 
-    fn reject_oversized(&mut self, now: Millis, rv: &str, len: usize) {
-        if self.handled_rv.as_deref() == Some(rv) {
+    /// Rejects version `rv` (`""` when its metadata was not in the prefix) of a ConfigMap
+    /// of about `size` bytes of JSON, too large to hold.
+    fn reject_oversized(&mut self, now: Millis, rv: &str, uid: &str, size: usize) {
+        let Some(again) = self.handling(rv) else {
             return;
-        }
+        };
         self.handled_rv = rv_from(rv);
+        self.config_uid = uid_from(Some(uid));
         let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
+        let rv = if rv.is_empty() { "unknown" } else { rv };
         self.reject(
             now,
-            rv,
+            again,
             format_args!(
-                "ConfigMap {ns}/{cm} (resourceVersion {rv}) is {len} bytes, over the {WATCH_LINE_MAX}-byte limit; memory unchanged"
+                "ConfigMap {ns}/{cm} (resourceVersion {rv}) is about {size} bytes of JSON, over the {WATCH_LINE_MAX}-byte limit; memory unchanged"
             ),
         );
     }
 
-    fn config_deleted(&mut self, now: Millis, rv: &str) {
+    fn config_deleted(&mut self, now: Millis, rv: &str, uid: Option<&str>) {
         self.handled_rv = rv_from(rv);
+        self.config_uid = uid_from(uid);
         let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
         self.set_report(
             ConfigState::Deleted,
@@ -351,7 +465,9 @@ impl Agent<'_> {
                 Some(Line::Oversized { prefix, len }) => {
                     self.metrics.watch_events += 1;
                     if let Some(rv) = obj::scan_resource_version(prefix) {
-                        self.reject_oversized(now, rv, len);
+                        let (_, uid, size) = oversized_object(prefix, len, Envelope::WatchEvent)
+                            .unwrap_or((rv, "", len));
+                        self.reject_oversized(now, rv, uid, size);
                         self.config_rv = rv_from(rv);
                     }
                 }
@@ -369,9 +485,9 @@ impl Agent<'_> {
         match ev.kind {
             "ADDED" | "MODIFIED" => {
                 let values = ev.object.data.and_then(|d| d.memory_values);
-                self.handle_config(now, rv.unwrap_or(""), values);
+                self.handle_config(now, rv.unwrap_or(""), ev.object.metadata.uid, values);
             }
-            "DELETED" => self.config_deleted(now, rv.unwrap_or("")),
+            "DELETED" => self.config_deleted(now, rv.unwrap_or(""), ev.object.metadata.uid),
             "BOOKMARK" => {}
             // ERROR: 410 Gone (resourceVersion too old) or anything else: re-list, then re-watch.
             _ => {

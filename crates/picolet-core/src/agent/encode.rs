@@ -277,10 +277,13 @@ impl<'a> Agent<'a> {
                         kind: if ev.about_node { "Node" } else { "ConfigMap" },
                         name: object_name,
                         namespace: (!ev.about_node).then_some(namespace),
-                        uid: ev
-                            .about_node
-                            .then_some(self.node_uid.as_str())
-                            .filter(|u| !u.is_empty()),
+                        // A Node's Events carry its name as uid (the kubelet's convention,
+                        // which `kubectl describe node` searches by); a ConfigMap's its uid.
+                        uid: if ev.about_node {
+                            Some(name)
+                        } else {
+                            Some(ev.object_uid.as_str()).filter(|u| !u.is_empty())
+                        },
                         resource_version: (!ev.object_rv.is_empty())
                             .then_some(ev.object_rv.as_str()),
                     },

@@ -71,6 +71,8 @@ pub const KUBELET_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "+pico
 const EVENT_QUEUE: usize = 4;
 const MESSAGE_MAX: usize = 256;
 type Rv = String<32>;
+/// An object's `metadata.uid` (a UUID: 36 characters).
+type Uid = String<48>;
 
 /// How the ConfigMap is followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,6 +307,8 @@ struct QueuedEvent {
     /// About the node (true) or the ConfigMap (false).
     about_node: bool,
     object_rv: Rv,
+    /// The ConfigMap's uid, which `kubectl describe` finds its Events by ("" if unknown).
+    object_uid: Uid,
     unix_ms: u64,
 }
 
@@ -350,6 +354,8 @@ pub struct Agent<'a> {
     config_rv: Option<Rv>,
     /// resourceVersion of the last ConfigMap content handled (applied or rejected).
     handled_rv: Option<Rv>,
+    /// uid of the ConfigMap that version belongs to, for its Events.
+    config_uid: Uid,
     list_sched: Schedule,
     polling_until: Option<Millis>,
     watch: WatchState,
@@ -450,6 +456,7 @@ impl<'a> Agent<'a> {
             event_sched: start,
             config_rv: None,
             handled_rv: None,
+            config_uid: String::new(),
             list_sched: start,
             polling_until: None,
             watch: WatchState::Idle,
@@ -524,6 +531,7 @@ impl<'a> Agent<'a> {
             memory_crc32: self.region.checksum(),
             registered: self.registered(),
             watching: self.watch == WatchState::Streaming,
+            watching_pods: self.pod_watch_open(),
             certificate_not_after: [CertKind::Client, CertKind::Serving]
                 .map(|k| self.certificate(k).map(|c| c.not_after)),
         }
@@ -531,7 +539,6 @@ impl<'a> Agent<'a> {
 
     // ------------------------------------------------------------------ control connection
 
-            watching_pods: self.pod_watch_open(),
     /// The earliest time at which [`Agent::poll_request`] may have something to send.
     /// The driver may sleep until then (or until a watch event arrives).
     pub fn next_wakeup(&self, now: Millis) -> Millis {
