@@ -650,3 +650,144 @@ fn a_wrong_cluster_ca_is_refused_with_a_clear_error_and_retried() {
         "no Node is registered over an unverified connection"
     );
 }
+
+/// A ConfigMap in the shape people write by hand: one entry per line in a YAML block scalar.
+const BLOCK_SCALAR_CONFIGMAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: pico-config
+  namespace: default
+data:
+  memory_values: |
+    0=0x42,
+    1=0X43,
+    2 = 255
+";
+
+fn configmap_rv(plane: &ControlPlane) -> String {
+    kubectl(
+        plane,
+        &[
+            "get",
+            "configmap",
+            "pico-config",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    )
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn a_yaml_block_scalar_is_applied_and_events_show_in_kubectl_describe() {
+    let (plane, _creds, _agent) = running_node(&[]);
+    let file = dir_file(&plane, "block-scalar.yaml", BLOCK_SCALAR_CONFIGMAP);
+    kubectl(&plane, &["apply", "-f", file.to_str().unwrap()]);
+    let m = wait_memory(
+        &plane,
+        Via::Proxy,
+        &[(0, 0x42), (1, 0x43), (2, 0xff)],
+        Duration::from_secs(10),
+    );
+    assert!(m[3..].iter().all(|&b| b == 0));
+    let rv = configmap_rv(&plane);
+    wait_for("Applied annotation", Duration::from_secs(10), || {
+        annotation(&plane, NODE, "picolet.dev/config-applied-resource-version") == rv
+    });
+    let message = annotation(&plane, NODE, "picolet.dev/config-message");
+    assert!(message.starts_with("applied 3 values from"), "{message}");
+
+    // kubectl finds a ConfigMap's Events by its uid, a Node's by the node name.
+    let mut describe = String::new();
+    wait_for(
+        "ConfigApplied in kubectl describe configmap",
+        Duration::from_secs(10),
+        || {
+            describe = kubectl(&plane, &["describe", "configmap", "pico-config"]);
+            describe.contains("ConfigApplied")
+        },
+    );
+    assert!(
+        describe.contains("applied 3 values to node pico-node-1 memory"),
+        "{describe}"
+    );
+    let node = kubectl(&plane, &["describe", "node", NODE]);
+    let events = node.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("Starting") && events.contains("Starting picolet"),
+        "{node}"
+    );
+
+    // A mistake on the second line: the position counts the text as written, not its JSON.
+    let bad = BLOCK_SCALAR_CONFIGMAP.replace("1=0X43", "5000=1");
+    let file = dir_file(&plane, "block-scalar-bad.yaml", &bad);
+    kubectl(&plane, &["apply", "-f", file.to_str().unwrap()]);
+    wait_for(
+        "ConfigRejected in kubectl describe configmap",
+        Duration::from_secs(10),
+        || {
+            describe = kubectl(&plane, &["describe", "configmap", "pico-config"]);
+            describe.contains("ConfigRejected")
+        },
+    );
+    assert!(describe.contains("offset 5000 at byte 8"), "{describe}");
+    assert_eq!(memory(&plane, NODE).unwrap(), m, "memory unchanged");
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn a_version_is_applied_once_across_removed_and_restored_rbac() {
+    let (plane, _creds, _agent) = running_node(&["--config-mode", "poll"]);
+    let file = dir_file(&plane, "block-scalar.yaml", BLOCK_SCALAR_CONFIGMAP);
+    kubectl(&plane, &["apply", "-f", file.to_str().unwrap()]);
+    let rv = configmap_rv(&plane);
+    let state = || annotation(&plane, NODE, "picolet.dev/config-state");
+    wait_for("Applied", Duration::from_secs(45), || state() == "Applied");
+    let applied_message = annotation(&plane, NODE, "picolet.dev/config-message");
+
+    // The node may no longer read its ConfigMap.
+    kubectl(
+        &plane,
+        &["delete", "rolebinding", "picolet-config-reader-pico-node-1"],
+    );
+    wait_for("Error", Duration::from_secs(45), || state() == "Error");
+    let message = annotation(&plane, NODE, "picolet.dev/config-message");
+    assert!(
+        message.contains(r#"configmaps "pico-config" is forbidden"#) && !message.contains('\\'),
+        "the API's message, decoded: {message}"
+    );
+    assert!(message.len() <= 256, "{message}");
+
+    // Restored, as `picolet enrol` applied it.
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rbac-pico-node-1.yaml");
+    kubectl(&plane, &["apply", "-f", rbac.to_str().unwrap()]);
+    wait_for("Applied again", Duration::from_secs(45), || {
+        state() == "Applied"
+    });
+    assert_eq!(
+        annotation(&plane, NODE, "picolet.dev/config-message"),
+        applied_message
+    );
+    assert_eq!(
+        annotation(&plane, NODE, "picolet.dev/config-applied-resource-version"),
+        rv
+    );
+    // Events are posted after the annotation; give them a moment.
+    std::thread::sleep(Duration::from_secs(3));
+    let applied = kubectl(
+        &plane,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=ConfigApplied",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.resourceVersion}{\"\\n\"}{end}",
+        ],
+    );
+    let for_rv = applied.lines().filter(|l| *l == rv).count();
+    assert_eq!(
+        for_rv, 1,
+        "one ConfigApplied for resourceVersion {rv}:\n{applied}"
+    );
+}
