@@ -593,7 +593,8 @@ fn a_read_error_is_reported_and_cleared_when_reads_work_again() {
         msg.contains("HTTP 403") && msg.contains("forbidden"),
         "{msg}"
     );
-    // Access restored: the same ConfigMap version is applied again and the state says so.
+    // Access restored: the state says what holds for the version again (it is not applied
+    // again: see a_version_is_handled_once_across_a_read_error).
     h.now += 10_000;
     list_config(&mut h, CM_LIST);
     assert_eq!(h.agent.config_state().0, ConfigState::Applied);
