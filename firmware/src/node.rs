@@ -12,7 +12,7 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpAddress, Stack};
 use embassy_rp::clocks::RoscRng;
 use embassy_sync::blocking_mutex::Mutex;
-use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::blocking_mutex::raw::{CriticalSectionRawMutex, ThreadModeRawMutex};
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
@@ -98,9 +98,12 @@ pub enum Link {
     Ppp,
 }
 
-type Shared = Mutex<CriticalSectionRawMutex, RefCell<Option<Agent<'static>>>>;
+type Shared = Mutex<ThreadModeRawMutex, RefCell<Option<Agent<'static>>>>;
 
-/// The agent, shared by the tasks; the lock is never held across an await.
+/// The agent, shared by the tasks; the lock is never held across an await. Only tasks (one
+/// thread-mode executor, one core) touch it, never an interrupt handler, so its lock does not
+/// mask interrupts: key generation, CSR signing, watch parsing and `/metrics` run inside it for
+/// up to a second, during which a critical section would starve the UART, USB and CYW43.
 static AGENT: Shared = Mutex::new(RefCell::new(None));
 static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
@@ -799,7 +802,18 @@ async fn kubelet_task(
         if socket.accept(KUBELET_PORT).await.is_err() {
             continue;
         }
-        let parsed = read_request(&mut socket).await;
+        // The one connection must not be held by an idle caller.
+        let parsed = match embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready())
+            .await
+        {
+            Ok(()) => embassy_time::with_timeout(KUBELET_DEADLINE, read_request(&mut socket)).await,
+            Err(t) => Err(t),
+        };
+        let Ok(parsed) = parsed else {
+            socket.abort();
+            let _ = socket.flush().await;
+            continue;
+        };
         let n = render_answer(parsed, &mut b.out);
         let _ = socket.write_all(&b.out[..n]).await;
         let _ = socket.flush().await;
@@ -809,9 +823,15 @@ async fn kubelet_task(
     }
 }
 
-/// The kubelet port over TLS (picolet_device::tls_server): one request per connection, 10 s
-/// to send the head. Until the serving certificate is approved and issued, connections are
-/// closed at once.
+/// Time from accepting a kubelet-port connection to its first byte (ClientHello or request):
+/// the board serves one connection at a time, so an idle caller is closed quickly.
+const KUBELET_FIRST_BYTE: Duration = Duration::from_secs(2);
+/// Time from the first byte for the TLS handshake (about 3 s of CPU) and the request head.
+const KUBELET_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The kubelet port over TLS (picolet_device::tls_server): one request per connection, 2 s to
+/// send the first byte, then 10 s for the handshake and head. Until the serving certificate is
+/// approved and issued, connections are closed at once.
 #[cfg(not(feature = "kubelet-plain-http"))]
 #[embassy_executor::task]
 async fn kubelet_task(
@@ -857,25 +877,48 @@ async fn kubelet_task(
                 t => Some(t),
             },
         };
-        let mut conn = match tls_server::accept(
-            &mut socket,
-            &config,
-            &mut RoscRng,
-            &mut b.tls_rx,
-            &mut b.tls_tx,
-        )
-        .await
-        {
-            Ok(conn) => conn,
-            Err(e) => {
+        // The one connection must not be held by an idle or slow caller.
+        let first = embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready());
+        if first.await.is_err() {
+            log::debug!("kubelet port: no ClientHello within 2 s; closed");
+            socket.abort();
+            let _ = socket.flush().await;
+            continue;
+        }
+        let accepted = embassy_time::with_timeout(KUBELET_DEADLINE, async {
+            match tls_server::accept(
+                &mut socket,
+                &config,
+                &mut RoscRng,
+                &mut b.tls_rx,
+                &mut b.tls_tx,
+            )
+            .await
+            {
+                Ok(mut conn) => {
+                    let parsed = read_request(&mut conn).await;
+                    Ok((conn, parsed))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        let (mut conn, parsed) = match accepted {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
                 log::warn!("kubelet port: TLS handshake refused: {e}");
                 KUBELET_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
                 socket.abort();
                 let _ = socket.flush().await;
                 continue;
             }
+            Err(_) => {
+                log::debug!("kubelet port: no handshake and request within 10 s; closed");
+                socket.abort();
+                let _ = socket.flush().await;
+                continue;
+            }
         };
-        let parsed = read_request(&mut conn).await;
         let parsed = match parsed {
             Ok(req) => match authorize(conn.peer(), req.route).await {
                 Decision::Allow => Ok(req),
