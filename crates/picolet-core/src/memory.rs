@@ -1,8 +1,9 @@
 //! The 1 KB memory region and the `data.memory_values` grammar that fills it.
 //!
-//! Grammar: comma-separated `OFFSET=VALUE` entries. Each number is decimal (`42`) or hex with a
-//! `0x`/`0X` prefix (`0x2A`); offsets are 0–1023, values 0–255. Spaces, tabs, CR and LF are
-//! allowed around numbers, `=` and `,` (so a YAML block scalar with one entry per line works).
+//! Grammar: `OFFSET=VALUE` entries separated by a comma or a line break. Each number is decimal
+//! (`42`) or hex with a `0x`/`0X` prefix (`0x2A`); offsets are 0–1023, values 0–255. Spaces,
+//! tabs, CR and LF are allowed around numbers, `=` and `,`, so a YAML block scalar with one
+//! entry per line works, with or without commas at the line ends.
 //! An empty (or all-whitespace) string is valid and sets nothing: every byte becomes 0.
 //!
 //! ConfigMap values arrive JSON-encoded, and serde-json-core hands them out with their escapes
@@ -207,15 +208,22 @@ fn parse<I: Iterator<Item = Result<u8, crate::json_string::EscapeError>>>(
         image.bytes[offset as usize] = byte;
         // At most REGION_SIZE distinct offsets exist, so this cannot overflow.
         image.entries += 1;
-        cur.skip_ws()?;
+        // A comma or a line break ends the entry (a comma after the line break is the same
+        // separator, not an empty entry).
+        let mut line_break = false;
+        while let Some(b) = cur.peek()?.filter(u8::is_ascii_whitespace) {
+            line_break |= b == b'\n' || b == b'\r';
+            cur.bump();
+        }
         match cur.peek()? {
             None => return Ok(image),
             Some(b',') => cur.bump(),
+            Some(_) if line_break => {}
             Some(byte) => {
                 return Err(ValuesError::Unexpected {
                     position: cur.pos,
                     byte,
-                    expected: "',' or end",
+                    expected: "',', a line break or end",
                 });
             }
         }
@@ -439,7 +447,7 @@ mod tests {
             ValuesError::Unexpected {
                 position: 4,
                 byte: b'3',
-                expected: "',' or end"
+                expected: "',', a line break or end"
             }
         );
         assert_eq!(
@@ -499,6 +507,7 @@ mod tests {
     #[test]
     fn json_errors_count_decoded_bytes_and_keep_refusing_non_ascii() {
         let e = |s: &str| parse_memory_values_json(s).expect_err("should be rejected");
+        let e_ok = |s: &str| parse_memory_values_json(s).expect("should be accepted");
         // "0=1,\n5000=1": the offset starts at byte 5 of the decoded text (6 escaped).
         assert_eq!(
             e(r"0=1,\n5000=1"),
@@ -535,13 +544,17 @@ mod tests {
         assert_eq!(e(r"0=1\ud800"), ValuesError::InvalidEscape { position: 3 });
         assert_eq!(e(r"0=1\ud800").to_string(), "invalid JSON escape at byte 3");
         assert_eq!(e(r"1=1\n,\n"), ValuesError::EmptyEntry { position: 6 });
-        // Lines still need their commas: a newline is whitespace, not a separator.
+        // A line break separates entries as a comma does: a YAML block scalar needs no commas.
+        let image = e_ok(r"0=1\n1=2\r\n 2 = 3 \n");
+        assert_eq!((image.entries, &image.bytes[..3]), (3, &[1, 2, 3][..]));
+        let image = e_ok(r"0=1,\n1=2\n,2=3");
+        assert_eq!((image.entries, &image.bytes[..3]), (3, &[1, 2, 3][..]));
         assert_eq!(
-            e(r"0=1\n1=2"),
+            e(r"0=1 1=2"),
             ValuesError::Unexpected {
                 position: 4,
                 byte: b'1',
-                expected: "',' or end"
+                expected: "',', a line break or end"
             }
         );
     }

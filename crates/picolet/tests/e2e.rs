@@ -651,7 +651,8 @@ fn a_wrong_cluster_ca_is_refused_with_a_clear_error_and_retried() {
     );
 }
 
-/// A ConfigMap in the shape people write by hand: one entry per line in a YAML block scalar.
+/// A ConfigMap in the shape people write by hand: one entry per line in a YAML block scalar,
+/// the line ends with or without a comma.
 const BLOCK_SCALAR_CONFIGMAP: &str = "apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -660,7 +661,7 @@ metadata:
 data:
   memory_values: |
     0=0x42,
-    1=0X43,
+    1=0X43
     2 = 255
 ";
 
