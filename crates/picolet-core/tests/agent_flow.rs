@@ -1570,3 +1570,141 @@ fn events_carry_the_uids_kubectl_describe_looks_for() {
             .starts_with("applied 2 values")
     );
 }
+
+/// Feeds `bytes` to the pod watch connection; `false` when the agent wants it closed.
+fn pod_watch(h: &mut Harness, lines: &mut WatchLines, bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    loop {
+        let (n, open) = h.agent.on_pod_watch_bytes(h.now, lines, rest);
+        rest = &rest[n..];
+        if !open || rest.is_empty() || n == 0 {
+            return open;
+        }
+    }
+}
+
+/// Runs the agent for `minutes` of steady state, answering everything, and returns the
+/// control-connection requests made in that time.
+fn steady_requests(h: &mut Harness, minutes: u64) -> Vec<Req> {
+    let end = h.now + minutes * 60_000;
+    let mut seen = vec![];
+    while h.now < end {
+        seen.extend(h.drain());
+        h.now += 500;
+    }
+    seen
+}
+
+#[test]
+fn without_a_pod_watch_pods_are_listed_within_a_minute() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.register();
+    h.drain();
+    let seen = steady_requests(&mut h, 10);
+    let lists = seen
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/pods?"))
+        .count();
+    // Every 55 s: 10 or 11 lists in 10 minutes, never the 30 that a 20 s check made.
+    assert!((10..=11).contains(&lists), "{lists} pod lists");
+}
+
+#[test]
+fn with_a_pod_watch_steady_state_is_a_kubelets_request_rate() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.agent.set_pod_watch(true);
+    h.register();
+    h.drain();
+    let mut lines = WatchLines::new();
+    // The watch starts from the list's resourceVersion ("1" in the harness's answers).
+    let n = h
+        .agent
+        .poll_pod_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .expect("a pod watch after the first list");
+    let w = parse(&h.buf[..n]);
+    assert!(
+        w.path
+            .starts_with("/api/v1/pods?fieldSelector=spec.nodeName%3Dpico-node-1")
+            && w.path
+                .contains("&watch=1&resourceVersion=1&allowWatchBookmarks=true"),
+        "{}",
+        w.path
+    );
+    assert!(pod_watch(
+        &mut h,
+        &mut lines,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ));
+    let seen = steady_requests(&mut h, 10);
+    let per_minute = seen.len() as f64 / 10.0;
+    assert!(
+        !seen.iter().any(|r| r.path.starts_with("/api/v1/pods")),
+        "no pod lists while watching: {:?}",
+        seen.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    // 6 Lease renewals a minute and a status PATCH every 5 minutes, as a kubelet.
+    assert!(per_minute <= 6.3, "{per_minute} requests per minute");
+}
+
+#[test]
+fn a_watched_pod_is_failed_at_once_and_a_gone_watch_lists_again() {
+    let mut h = Harness::new(ConfigMode::Watch);
+    h.agent.set_pod_watch(true);
+    h.register();
+    h.drain();
+    let mut lines = WatchLines::new();
+    h.agent
+        .poll_pod_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let event = br#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"nginx","namespace":"web","resourceVersion":"40"},"spec":{"nodeName":"pico-node-1","containers":[{"name":"a","image":"nginx"}]},"status":{"phase":"Pending"}}}
+"#;
+    wire.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+    wire.extend_from_slice(event);
+    wire.extend_from_slice(b"\r\n");
+    assert!(pod_watch(&mut h, &mut lines, &wire));
+    let fail = h.expect("PATCH", "/api/v1/namespaces/web/pods/nginx/status");
+    assert_eq!(fail.body["status"]["reason"], "NodeCannotRunContainers");
+    h.reply(200, "{}");
+    assert_eq!(h.agent.metrics().pods_rejected, 1);
+    // An in-stream 410: close, list again, then watch from the new list.
+    let gone = b"{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"code\":410,\"reason\":\"Expired\"}}\n";
+    let mut wire = format!("{:x}\r\n", gone.len()).into_bytes();
+    wire.extend_from_slice(gone);
+    wire.extend_from_slice(b"\r\n");
+    assert!(!pod_watch(&mut h, &mut lines, &wire));
+    assert!(
+        h.agent
+            .poll_pod_watch_request(h.now, &mut h.buf)
+            .unwrap()
+            .is_none(),
+        "no pod watch before the list"
+    );
+    h.expect(
+        "GET",
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dpico-node-1",
+    );
+    h.reply(200, r#"{"metadata":{"resourceVersion":"77"},"items":[]}"#);
+    let n = h
+        .agent
+        .poll_pod_watch_request(h.now, &mut h.buf)
+        .unwrap()
+        .unwrap();
+    assert!(parse(&h.buf[..n]).path.contains("resourceVersion=77"));
+    // A server that refuses pod watches gets lists every 55 s instead.
+    assert!(!pod_watch(
+        &mut h,
+        &mut lines,
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+    ));
+    h.expect("GET", "/api/v1/pods?");
+    h.reply(200, r#"{"metadata":{"resourceVersion":"78"},"items":[]}"#);
+    h.now += 56_000;
+    assert!(
+        h.drain()
+            .iter()
+            .any(|r| r.path.starts_with("/api/v1/pods?"))
+    );
+}
