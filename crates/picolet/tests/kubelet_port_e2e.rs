@@ -88,6 +88,19 @@ fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
     let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
     let port = agent.port;
 
+    // A connection that sends nothing is closed after the first-byte deadline (3 s).
+    let mut lone = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(12)))
+        .unwrap();
+    let t = Instant::now();
+    let n = lone.read(&mut [0u8; 1]).unwrap_or(0);
+    let took = t.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        took > Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "an idle connection was closed after {took:?}"
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let holder = hold_idle(port, IDLE, stop.clone());
     // Longer than the old 10 s handshake deadline, so reopened connections are in play.
@@ -121,6 +134,7 @@ fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
         )
     };
     assert!(outcome("evicted") >= 1.0, "{m}");
+    // At least the lone connection; the flood's are mostly evicted before their 3 s are up.
     assert!(outcome("timed_out") >= 1.0, "{m}");
     assert_eq!(outcome("over_limit"), 0.0, "{m}");
     assert!(agent.alive(), "{}", agent.log());
