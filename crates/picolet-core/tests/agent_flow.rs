@@ -1314,7 +1314,10 @@ fn cm_list(rv: &str, uid: &str, escaped_values: &str) -> String {
     )
 }
 
+/// Opens a new watch (ending the one before) that carries the single line `event`.
 fn watch_line(h: &mut Harness, lines: &mut WatchLines, event: &str) {
+    h.agent.on_watch_closed(h.now, false);
+    h.agent.poll_watch_request(h.now, &mut h.buf).unwrap();
     let mut wire = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
     wire.extend_from_slice(event.as_bytes());
     wire.push(b'\n');

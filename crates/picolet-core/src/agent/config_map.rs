@@ -9,6 +9,8 @@ use super::*;
 use crate::json_string::Unescaped;
 use crate::objects::Envelope;
 
+use super::watch_stream::{self, Ended, WatchItem};
+
 /// Formats a message for a report or an Event within `N` bytes. One that does not fit is cut
 /// after its last whole word and ends with "…": a reader should see that something is missing,
 /// not half a word. (A word longer than half the room is cut inside, so that most of the text
@@ -388,41 +390,44 @@ impl Agent<'_> {
         &mut self,
         now: Millis,
         lines: &mut WatchLines,
-        mut input: &[u8],
+        input: &[u8],
     ) -> (usize, bool) {
-        let mut used = 0;
-        loop {
-            let (n, decoded) = match self.watch_decoder.decode(input) {
-                Ok(x) => x,
-                Err(_) => {
-                    self.on_watch_closed(now, true);
-                    return (used, false);
+        // Out of `self` while it is fed, so that each item can be handled with all of `self`.
+        let mut decoder = core::mem::take(&mut self.watch_decoder);
+        let (used, result) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
+            match item {
+                WatchItem::Head(head) => {
+                    self.on_watch_head(now, head);
+                    return self.watch == WatchState::Streaming;
                 }
-            };
-            used += n;
-            input = &input[n..];
-            match decoded {
-                http::Decoded::NeedMore if n == 0 => return (used, true),
-                http::Decoded::NeedMore => {}
-                http::Decoded::Head(head) => {
-                    lines.reset();
-                    self.on_watch_head(now, &head);
-                    if self.watch != WatchState::Streaming {
-                        return (used, false);
+                WatchItem::Line(line) => {
+                    self.metrics.watch_events += 1;
+                    self.on_watch_event(now, line);
+                }
+                WatchItem::Oversized { prefix, len } => {
+                    self.metrics.watch_events += 1;
+                    if let Some(rv) = obj::scan_resource_version(prefix) {
+                        let (_, uid, size) = oversized_object(prefix, len, Envelope::WatchEvent)
+                            .unwrap_or((rv, "", len));
+                        self.reject_oversized(now, rv, uid, size);
+                        self.config_rv = rv_from(rv);
                     }
                 }
-                http::Decoded::Data(data) => {
-                    self.on_watch_data(now, lines, data);
-                    if self.config_rv.is_none() {
-                        // The stream said to start over: close it and re-list.
-                        self.on_watch_closed(now, false);
-                        return (used, false);
-                    }
-                }
-                http::Decoded::Done => {
+            }
+            // `None`: the stream said to start over: close it and re-list.
+            self.config_rv.is_some()
+        });
+        self.watch_decoder = decoder;
+        match result {
+            Ok(open) => {
+                if !open {
                     self.on_watch_closed(now, false);
-                    return (used, false);
                 }
+                (used, open)
+            }
+            Err(Ended { broken }) => {
+                self.on_watch_closed(now, broken);
+                (used, false)
             }
         }
     }
@@ -447,30 +452,6 @@ impl Agent<'_> {
             _ => {
                 self.watch = WatchState::Idle;
                 self.watch_sched.retry(now);
-            }
-        }
-    }
-
-    fn on_watch_data(&mut self, now: Millis, lines: &mut WatchLines, mut data: &[u8]) {
-        while !data.is_empty() {
-            let (n, line) = lines.push(data);
-            data = &data[n..];
-            match line {
-                None => {}
-                Some(Line::Complete(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
-                Some(Line::Complete(bytes)) => {
-                    self.metrics.watch_events += 1;
-                    self.on_watch_event(now, bytes);
-                }
-                Some(Line::Oversized { prefix, len }) => {
-                    self.metrics.watch_events += 1;
-                    if let Some(rv) = obj::scan_resource_version(prefix) {
-                        let (_, uid, size) = oversized_object(prefix, len, Envelope::WatchEvent)
-                            .unwrap_or((rv, "", len));
-                        self.reject_oversized(now, rv, uid, size);
-                        self.config_rv = rv_from(rv);
-                    }
-                }
             }
         }
     }

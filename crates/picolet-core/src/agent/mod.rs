@@ -37,7 +37,7 @@ use heapless::String;
 
 use crate::backoff::Backoff;
 use crate::http::{self, BodyType, HttpError, Method, ResponseHead};
-use crate::lines::{Line, LineFramer};
+use crate::lines::LineFramer;
 use crate::memory::{self, MemoryImage, MemoryRegion};
 use crate::metrics::{Gauges, Metrics};
 use crate::objects::{self as obj, Crc32Hex};

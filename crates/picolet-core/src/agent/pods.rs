@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::watch_stream::{self, Ended, WatchItem};
 use super::*;
+use crate::http::ResponseHead;
 
 /// How often pods are listed when they are not watched.
 pub const POD_LIST_MS: Millis = 55_000;
@@ -101,6 +102,12 @@ impl Pods {
     /// A list is wanted: first, after the watch lost its place, or periodically without one.
     fn list_wanted(&self, now: Millis) -> bool {
         self.listed_rv.is_none() || !self.watching(now)
+    }
+
+    /// The watch can no longer resume: list again at once, then watch from the new list.
+    fn lost_place(&mut self, now: Millis) {
+        self.listed_rv = None;
+        self.list_sched.ok_then(now);
     }
 
     fn queue(&mut self, namespace: &str, name: &str) {
@@ -293,106 +300,80 @@ impl Agent<'_> {
         lines: &mut LineFramer<N>,
         input: &[u8],
     ) -> (usize, bool) {
-        let Self {
-            pods,
-            metrics,
-            clock,
-            ..
-        } = self;
-        let Pods {
-            decoder,
-            stream,
-            stream_sched,
-            listed_rv,
-            listing_until,
-            list_sched,
-            ..
-        } = pods;
-        let mut found: Vec<PodName, QUEUE> = Vec::new();
-        let (used, result) = watch_stream::feed(decoder, lines, input, &mut |item| match item {
-            WatchItem::Head(head) => {
-                metrics.count_api(Method::Get, head.status);
-                if let Some(date) = head.date {
-                    clock.sync(now, date * 1000, ClockSource::HttpDate);
-                }
-                match head.status {
-                    200 => *stream = Stream::Open,
-                    410 => *listed_rv = None,
-                    // The server (or a proxy) will not watch: list for a while, then try again.
-                    400 | 403 | 404 | 405 | 501 => {
-                        *listing_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
-                        list_sched.ok_then(now);
-                    }
-                    _ => stream_sched.retry(now),
-                }
-                if *stream != Stream::Open {
-                    *stream = Stream::Closed;
-                }
-                *stream == Stream::Open
-            }
-            WatchItem::Line(line) => {
-                let Some(ev) = obj::from_json::<PodEvent<'_>>(line) else {
-                    *listed_rv = None;
-                    list_sched.ok_then(now);
-                    return false;
-                };
-                let meta = &ev.object.metadata;
-                match ev.kind {
-                    "ADDED" | "MODIFIED" => {
-                        if let (Some(ns), Some(name)) = (meta.namespace, meta.name)
-                            && let (Ok(ns), Ok(name)) =
-                                (String::try_from(ns), String::try_from(name))
-                        {
-                            let _ = found.push((ns, name));
-                        }
-                    }
-                    "DELETED" | "BOOKMARK" => {}
-                    // ERROR (410 Gone or anything else): list again, then watch again.
-                    _ => {
-                        *listed_rv = None;
-                        list_sched.ok_then(now);
-                        return false;
-                    }
-                }
-                if let Some(rv) = meta.resource_version.and_then(rv_from) {
-                    *listed_rv = Some(rv);
-                }
-                stream_sched.backoff.reset();
-                true
-            }
-            // A pod event too large to parse: its name and namespace come first in metadata.
-            // If they cannot be read from the prefix, the list finds the pod.
-            WatchItem::Oversized { prefix } => {
-                let ns =
-                    obj::scan_field(prefix, "namespace").and_then(|s| String::try_from(s).ok());
-                let name = obj::scan_field(prefix, "name").and_then(|s| String::try_from(s).ok());
-                match (ns, name) {
-                    (Some(ns), Some(name)) => {
-                        let _ = found.push((ns, name));
-                        true
-                    }
-                    _ => {
-                        *listed_rv = None;
-                        list_sched.ok_then(now);
-                        false
+        // Out of `self` while it is fed, so that each item can be handled with all of `self`.
+        let mut decoder = core::mem::take(&mut self.pods.decoder);
+        let (used, result) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
+            match item {
+                WatchItem::Head(head) => self.on_pod_watch_head(now, head),
+                WatchItem::Line(line) => self.on_pod_event(now, line),
+                // Too large to parse: name and namespace come first in metadata.
+                WatchItem::Oversized { prefix, .. } => {
+                    match (
+                        obj::scan_field(prefix, "namespace"),
+                        obj::scan_field(prefix, "name"),
+                    ) {
+                        (Some(ns), Some(name)) => self.pods.queue(ns, name),
+                        // Not readable from the prefix: the list finds the pod.
+                        _ => self.pods.lost_place(now),
                     }
                 }
             }
+            self.pods.stream == Stream::Open && self.pods.listed_rv.is_some()
         });
-        for (ns, name) in &found {
-            pods.queue(ns, name);
-        }
+        self.pods.decoder = decoder;
         match result {
-            Ok(true) => (used, true),
-            Ok(false) => {
-                self.on_pod_watch_closed(now, false);
-                (used, false)
+            Ok(open) => {
+                if !open {
+                    self.on_pod_watch_closed(now, false);
+                }
+                (used, open)
             }
             Err(Ended { broken }) => {
                 self.on_pod_watch_closed(now, broken);
                 (used, false)
             }
         }
+    }
+
+    fn on_pod_watch_head(&mut self, now: Millis, head: &ResponseHead) {
+        self.metrics.count_api(Method::Get, head.status);
+        if let Some(date) = head.date {
+            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+        }
+        let p = &mut self.pods;
+        p.stream = Stream::Closed;
+        match head.status {
+            200 => p.stream = Stream::Open,
+            410 => p.lost_place(now),
+            // The server (or a proxy) will not watch: list for a while, then try again.
+            400 | 403 | 404 | 405 | 501 => {
+                p.listing_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                p.list_sched.ok_then(now);
+            }
+            _ => p.stream_sched.retry(now),
+        }
+    }
+
+    fn on_pod_event(&mut self, now: Millis, line: &[u8]) {
+        let p = &mut self.pods;
+        let Some(ev) = obj::from_json::<PodEvent<'_>>(line) else {
+            return p.lost_place(now);
+        };
+        let meta = &ev.object.metadata;
+        match ev.kind {
+            "ADDED" | "MODIFIED" => {
+                if let (Some(ns), Some(name)) = (meta.namespace, meta.name) {
+                    p.queue(ns, name);
+                }
+            }
+            "DELETED" | "BOOKMARK" => {}
+            // ERROR (410 Gone or anything else): list again, then watch again.
+            _ => return p.lost_place(now),
+        }
+        if let Some(rv) = meta.resource_version.and_then(rv_from) {
+            p.listed_rv = Some(rv);
+        }
+        p.stream_sched.backoff.reset();
     }
 
     /// Tells the agent the pod watch connection closed (`error`: it broke rather than ended).

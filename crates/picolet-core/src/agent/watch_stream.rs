@@ -11,8 +11,8 @@ pub(super) enum WatchItem<'b> {
     Head(&'b ResponseHead),
     /// One complete, non-blank line: a watch event.
     Line(&'b [u8]),
-    /// A line longer than the framer: its first bytes.
-    Oversized { prefix: &'b [u8] },
+    /// A line longer than the framer: its first bytes and its full length.
+    Oversized { prefix: &'b [u8], len: usize },
 }
 
 /// The stream ended: `broken` when the bytes were not valid HTTP, otherwise the server ended
@@ -59,7 +59,9 @@ pub(super) fn feed<const N: usize>(
                             true
                         }
                         Some(Line::Complete(bytes)) => on(WatchItem::Line(bytes)),
-                        Some(Line::Oversized { prefix, .. }) => on(WatchItem::Oversized { prefix }),
+                        Some(Line::Oversized { prefix, len }) => {
+                            on(WatchItem::Oversized { prefix, len })
+                        }
                     };
                 }
                 if !open {
