@@ -22,7 +22,8 @@
 //!
 //! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (wall clock from
 //! `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
-//! watch-line framing), [`objects`] (the Kubernetes objects, serde-json-core), [`memory`] (the
+//! watch-line framing), [`objects`] (the Kubernetes objects, serde-json-core), [`paths`] (every API path
+//! the node requests), [`memory`] (the
 //! region and the `memory_values` grammar), [`metrics`], [`kubelet`], and [`agent`].
 
 #![no_std]
@@ -41,6 +42,7 @@ pub mod lines;
 pub mod memory;
 pub mod metrics;
 pub mod objects;
+pub mod paths;
 pub mod pki;
 pub mod time;
 pub mod write;

@@ -245,7 +245,7 @@ impl Agent<'_> {
             out,
             Method::Post,
             self.cfg.api_host,
-            format_args!("/apis/authorization.k8s.io/v1/subjectaccessreviews"),
+            format_args!("{}", ApiPath::SubjectAccessReviews),
             Some((BodyType::Json, &mut body)),
         )
     }

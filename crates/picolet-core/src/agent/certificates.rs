@@ -269,8 +269,6 @@ impl Serialize for Base64<'_> {
     }
 }
 
-const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-
 /// Writes the POST of a CertificateSigningRequest named `name` carrying `csr_pem` for `kind`'s
 /// signer, authenticated by the connection's client certificate or by `bearer`.
 pub(crate) fn encode_csr_post(
@@ -301,7 +299,7 @@ pub(crate) fn encode_csr_post(
         out,
         Method::Post,
         host,
-        format_args!("{CSR_PATH}"),
+        format_args!("{}", ApiPath::CertificateSigningRequests),
         bearer,
         Some((BodyType::Json, &mut body)),
     )
@@ -318,7 +316,7 @@ pub(crate) fn encode_csr_get(
         out,
         Method::Get,
         host,
-        format_args!("{CSR_PATH}/{name}"),
+        format_args!("{}", ApiPath::CertificateSigningRequest(name)),
         bearer,
         None,
     )

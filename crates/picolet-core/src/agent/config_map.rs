@@ -361,8 +361,15 @@ impl Agent<'_> {
             Method::Get,
             self.cfg.api_host,
             format_args!(
-                "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}&watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
-                self.cfg.config_namespace, self.cfg.config_map, rv, self.cfg.watch_timeout_s
+                "{}",
+                ApiPath::ConfigMap {
+                    namespace: self.cfg.config_namespace,
+                    name: self.cfg.config_map,
+                    watch: Some(Watch {
+                        resource_version: rv,
+                        timeout_s: self.cfg.watch_timeout_s,
+                    }),
+                }
             ),
             None,
         )

@@ -154,8 +154,6 @@ impl<'a> Agent<'a> {
             labels: self.labels(),
             annotations: self.annotations(),
         };
-        let lease_path =
-            format_args!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}");
         match pending {
             Pending::NodeCreate => {
                 let node = obj::Node {
@@ -178,7 +176,7 @@ impl<'a> Agent<'a> {
                     out,
                     Method::Post,
                     host,
-                    format_args!("/api/v1/nodes"),
+                    format_args!("{}", ApiPath::Nodes),
                     Some((BodyType::Json, &mut json(&node))),
                 )
             }
@@ -186,7 +184,7 @@ impl<'a> Agent<'a> {
                 out,
                 Method::Get,
                 host,
-                format_args!("/api/v1/nodes/{name}"),
+                format_args!("{}", ApiPath::Node(name)),
                 None,
             ),
             Pending::NodeAdopt | Pending::ConfigReport(_) => {
@@ -195,7 +193,7 @@ impl<'a> Agent<'a> {
                     out,
                     Method::Patch,
                     host,
-                    format_args!("/api/v1/nodes/{name}"),
+                    format_args!("{}", ApiPath::Node(name)),
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
@@ -205,11 +203,17 @@ impl<'a> Agent<'a> {
                     out,
                     Method::Patch,
                     host,
-                    format_args!("/api/v1/nodes/{name}/status"),
+                    format_args!("{}", ApiPath::NodeStatus(name)),
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
-            Pending::LeaseGet => http::encode_request(out, Method::Get, host, lease_path, None),
+            Pending::LeaseGet => http::encode_request(
+                out,
+                Method::Get,
+                host,
+                format_args!("{}", ApiPath::Lease(name)),
+                None,
+            ),
             Pending::LeaseCreate | Pending::LeaseRenew => {
                 let rv = match &self.lease {
                     LeaseStep::Renew(rv) => Some(rv.as_str()),
@@ -240,9 +244,7 @@ impl<'a> Agent<'a> {
                         out,
                         Method::Post,
                         host,
-                        format_args!(
-                            "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
-                        ),
+                        format_args!("{}", ApiPath::Leases),
                         Some((BodyType::Json, &mut json(&lease))),
                     )
                 } else {
@@ -250,7 +252,7 @@ impl<'a> Agent<'a> {
                         out,
                         Method::Put,
                         host,
-                        lease_path,
+                        format_args!("{}", ApiPath::Lease(name)),
                         Some((BodyType::Json, &mut json(&lease))),
                     )
                 }
@@ -305,7 +307,7 @@ impl<'a> Agent<'a> {
                     out,
                     Method::Post,
                     host,
-                    format_args!("/api/v1/namespaces/{namespace}/events"),
+                    format_args!("{}", ApiPath::Events(namespace)),
                     Some((BodyType::Json, &mut json(&event))),
                 )
             }
@@ -314,8 +316,12 @@ impl<'a> Agent<'a> {
                 Method::Get,
                 host,
                 format_args!(
-                    "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
-                    self.cfg.config_namespace, self.cfg.config_map
+                    "{}",
+                    ApiPath::ConfigMap {
+                        namespace: self.cfg.config_namespace,
+                        name: self.cfg.config_map,
+                        watch: None,
+                    }
                 ),
                 None,
             ),

@@ -31,6 +31,9 @@ pub use certificates::{
 };
 pub use pods::POD_LIST_MS;
 
+pub use crate::paths::LEASE_NAMESPACE;
+use crate::paths::{ApiPath, Watch};
+
 use core::fmt;
 
 use heapless::String;
@@ -43,8 +46,6 @@ use crate::metrics::{Gauges, Metrics};
 use crate::objects::{self as obj, Crc32Hex};
 use crate::time::{ClockSource, MicroTime, Millis, Rfc3339, WallClock};
 
-/// Namespace of node Leases.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease duration the node announces, as the kubelet does.
 pub const LEASE_DURATION_S: u32 = 40;
 /// How often the Lease is renewed (a quarter of its duration).

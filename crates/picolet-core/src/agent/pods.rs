@@ -12,8 +12,6 @@
 //! [`Agent::on_pod_watch_bytes`] until it says to close; a connection that broke or ended goes
 //! to [`Agent::on_pod_watch_closed`].
 
-use core::fmt;
-
 use heapless::{String, Vec};
 use serde::Deserialize;
 
@@ -163,8 +161,12 @@ impl Agent<'_> {
                 Method::Get,
                 host,
                 format_args!(
-                    "/api/v1/pods?fieldSelector={}&limit={QUEUE}",
-                    UnfinishedOn(name)
+                    "{}",
+                    ApiPath::PodsOn {
+                        node: name,
+                        limit: QUEUE,
+                        watch: None,
+                    }
                 ),
                 None,
             ),
@@ -186,7 +188,13 @@ impl Agent<'_> {
                     out,
                     Method::Patch,
                     host,
-                    format_args!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
+                    format_args!(
+                        "{}",
+                        ApiPath::PodStatus {
+                            namespace: ns,
+                            name: pod,
+                        }
+                    ),
                     Some((BodyType::MergePatch, &mut body)),
                 )
             }
@@ -266,9 +274,15 @@ impl Agent<'_> {
             Method::Get,
             self.cfg.api_host,
             format_args!(
-                "/api/v1/pods?fieldSelector={}&watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds={}",
-                UnfinishedOn(self.cfg.node_name),
-                self.cfg.watch_timeout_s
+                "{}",
+                ApiPath::PodsOn {
+                    node: self.cfg.node_name,
+                    limit: QUEUE,
+                    watch: Some(Watch {
+                        resource_version: rv,
+                        timeout_s: self.cfg.watch_timeout_s,
+                    }),
+                }
             ),
             None,
         )
@@ -392,18 +406,5 @@ impl Agent<'_> {
     /// 1 while a pod watch stream is open, for `/metrics`.
     pub(super) fn pod_watch_open(&self) -> bool {
         self.pods.stream == Stream::Open
-    }
-}
-
-/// The field selector for unfinished pods bound to node `.0`, URL-encoded.
-struct UnfinishedOn<'a>(&'a str);
-
-impl fmt::Display for UnfinishedOn<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spec.nodeName%3D{}%2Cstatus.phase%21%3DFailed%2Cstatus.phase%21%3DSucceeded",
-            self.0
-        )
     }
 }
