@@ -18,13 +18,16 @@
 //! 2. the platform sends it and feeds the response to [`agent::Agent::on_response`];
 //! 3. on a second connection, [`agent::Agent::poll_watch_request`] and
 //!    [`agent::Agent::on_watch_bytes`] follow the ConfigMap;
-//! 4. [`kubelet::parse_request`] and [`kubelet::respond`] serve the kubelet port.
+//! 5. [`kubelet::parse_request`] and [`kubelet::respond`] serve the kubelet port.
+//!
+//! 4. on a third connection, where the platform has one, [`agent::Agent::poll_pod_watch_request`]
+//!    and [`agent::Agent::on_pod_watch_bytes`] watch the pods bound to the node.
 //!
 //! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (wall clock from
 //! `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
-//! watch-line framing), [`objects`] (the Kubernetes objects, serde-json-core), [`paths`] (every API path
-//! the node requests), [`memory`] (the
-//! region and the `memory_values` grammar), [`metrics`], [`kubelet`], and [`agent`].
+//! watch-line framing), [`json_string`] (JSON escapes), [`objects`] (the Kubernetes objects,
+//! serde-json-core), [`paths`] (every API path the node requests), [`memory`] (the region and
+//! the `memory_values` grammar), [`metrics`], [`kubelet`], and [`agent`].
 
 #![no_std]
 #![forbid(unsafe_code)]
