@@ -12,9 +12,8 @@ use core::fmt;
 
 use heapless::{String, Vec};
 
-use crate::agent::certificates::{self, CsrOutcome};
-use crate::agent::{CERT_DER_MAX, CERT_PEM_MAX, CertKind};
 use crate::backoff::Backoff;
+use crate::csr::{self as certificates, CERT_DER_MAX, CERT_PEM_MAX, CertKind, CsrOutcome};
 use crate::http::{HttpError, ResponseHead};
 use crate::pki::{CsrSubject, PkiError, PublicKey};
 use crate::time::Millis;

@@ -26,7 +26,8 @@
 //! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (wall clock from
 //! `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
 //! watch-line framing), [`json_string`] (JSON escapes), [`objects`] (the Kubernetes objects,
-//! serde-json-core), [`paths`] (every API path the node requests), [`memory`] (the region and
+//! serde-json-core), [`paths`] (every API path the node requests), [`csr`] (the CSR wire code the agent
+//! and [`join`] share), [`memory`] (the region and
 //! the `memory_values` grammar), [`metrics`], [`kubelet`], and [`agent`].
 
 #![no_std]
@@ -35,6 +36,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod csr;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod http;

@@ -16,7 +16,7 @@
 //! [`Agent::sync_clock`] or the responses' `Date` headers.
 
 mod authorization;
-pub(crate) mod certificates;
+mod certificates;
 mod config_map;
 mod encode;
 mod pods;
