@@ -9,7 +9,7 @@ use super::*;
 use crate::json_string::Unescaped;
 use crate::objects::Envelope;
 
-use super::watch_stream::{self, Ended, WatchItem};
+use super::watch_stream::{self, Close, WatchItem};
 
 /// Formats a message for a report or an Event within `N` bytes. One that does not fit is cut
 /// after its last whole word and ends with "…": a reader should see that something is missing,
@@ -401,7 +401,7 @@ impl Agent<'_> {
     ) -> (usize, bool) {
         // Out of `self` while it is fed, so that each item can be handled with all of `self`.
         let mut decoder = core::mem::take(&mut self.watch_decoder);
-        let (used, result) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
+        let (used, close) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
             match item {
                 WatchItem::Head(head) => {
                     self.on_watch_head(now, head);
@@ -425,25 +425,14 @@ impl Agent<'_> {
             self.config_rv.is_some()
         });
         self.watch_decoder = decoder;
-        match result {
-            Ok(open) => {
-                if !open {
-                    self.on_watch_closed(now, false);
-                }
-                (used, open)
-            }
-            Err(Ended { broken }) => {
-                self.on_watch_closed(now, broken);
-                (used, false)
-            }
+        if let Some(Close { broken }) = close {
+            self.on_watch_closed(now, broken);
         }
+        (used, close.is_none())
     }
 
     fn on_watch_head(&mut self, now: Millis, head: &ResponseHead) {
-        self.metrics.count_api(Method::Get, head.status);
-        if let Some(date) = head.date {
-            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
-        }
+        self.note_watch_head(now, head);
         match head.status {
             200 => self.watch = WatchState::Streaming,
             410 => {

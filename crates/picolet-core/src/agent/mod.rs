@@ -813,6 +813,14 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// Counts a watch response and takes the time from its `Date` header.
+    fn note_watch_head(&mut self, now: Millis, head: &ResponseHead) {
+        self.metrics.count_api(Method::Get, head.status);
+        if let Some(date) = head.date {
+            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+        }
+    }
+
     fn read_rv(&self, body: &[u8]) -> Option<Rv> {
         obj::from_json::<obj::ObjectLite>(body)
             .and_then(|o| o.metadata.resource_version)

@@ -15,7 +15,7 @@
 use heapless::{String, Vec};
 use serde::Deserialize;
 
-use super::watch_stream::{self, Ended, WatchItem};
+use super::watch_stream::{self, Close, WatchItem};
 use super::*;
 use crate::http::ResponseHead;
 
@@ -316,7 +316,7 @@ impl Agent<'_> {
     ) -> (usize, bool) {
         // Out of `self` while it is fed, so that each item can be handled with all of `self`.
         let mut decoder = core::mem::take(&mut self.pods.decoder);
-        let (used, result) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
+        let (used, close) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
             match item {
                 WatchItem::Head(head) => self.on_pod_watch_head(now, head),
                 WatchItem::Line(line) => self.on_pod_event(now, line),
@@ -335,25 +335,14 @@ impl Agent<'_> {
             self.pods.stream == Stream::Open && self.pods.listed_rv.is_some()
         });
         self.pods.decoder = decoder;
-        match result {
-            Ok(open) => {
-                if !open {
-                    self.on_pod_watch_closed(now, false);
-                }
-                (used, open)
-            }
-            Err(Ended { broken }) => {
-                self.on_pod_watch_closed(now, broken);
-                (used, false)
-            }
+        if let Some(Close { broken }) = close {
+            self.on_pod_watch_closed(now, broken);
         }
+        (used, close.is_none())
     }
 
     fn on_pod_watch_head(&mut self, now: Millis, head: &ResponseHead) {
-        self.metrics.count_api(Method::Get, head.status);
-        if let Some(date) = head.date {
-            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
-        }
+        self.note_watch_head(now, head);
         let p = &mut self.pods;
         p.stream = Stream::Closed;
         match head.status {

@@ -15,35 +15,37 @@ pub(super) enum WatchItem<'b> {
     Oversized { prefix: &'b [u8], len: usize },
 }
 
-/// The stream ended: `broken` when the bytes were not valid HTTP, otherwise the server ended
-/// the response.
-pub(super) struct Ended {
+/// Why the connection is to be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Close {
+    /// The bytes were not valid HTTP (rather than: the response ended, or the concern asked).
     pub(super) broken: bool,
 }
 
 /// Feeds `input` through `decoder` and `lines`, calling `on` for each item until `on` returns
-/// `false` (close the connection) or the input runs out. Returns the bytes used, and
-/// `Err(Ended)` when the response ended or broke; `Ok(false)` when `on` asked to close.
+/// `false` (close the connection) or the input runs out. Returns the bytes used, and whether to
+/// close (the response ended or broke, or `on` asked).
 pub(super) fn feed<const N: usize>(
     decoder: &mut http::ResponseDecoder,
     lines: &mut LineFramer<N>,
     mut input: &[u8],
     on: &mut dyn FnMut(WatchItem<'_>) -> bool,
-) -> (usize, Result<bool, Ended>) {
+) -> (usize, Option<Close>) {
+    const ASKED: Option<Close> = Some(Close { broken: false });
     let mut used = 0;
     loop {
         let Ok((n, decoded)) = decoder.decode(input) else {
-            return (used, Err(Ended { broken: true }));
+            return (used, Some(Close { broken: true }));
         };
         used += n;
         input = &input[n..];
         match decoded {
-            http::Decoded::NeedMore if n == 0 => return (used, Ok(true)),
+            http::Decoded::NeedMore if n == 0 => return (used, None),
             http::Decoded::NeedMore => {}
             http::Decoded::Head(head) => {
                 lines.reset();
                 if !on(WatchItem::Head(&head)) {
-                    return (used, Ok(false));
+                    return (used, ASKED);
                 }
             }
             http::Decoded::Data(mut data) => {
@@ -65,10 +67,10 @@ pub(super) fn feed<const N: usize>(
                     };
                 }
                 if !open {
-                    return (used, Ok(false));
+                    return (used, ASKED);
                 }
             }
-            http::Decoded::Done => return (used, Err(Ended { broken: false })),
+            http::Decoded::Done => return (used, ASKED),
         }
     }
 }
