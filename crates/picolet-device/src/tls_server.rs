@@ -17,8 +17,10 @@
 //!   known) and allowed for client authentication; its CN and O values are the caller's
 //!   identity. A client without a certificate is anonymous (the kubelet port then serves only
 //!   `/healthz`);
-//! - no session resumption, 0-RTT, key updates or renegotiation: such input ends the connection
-//!   with an alert.
+//! - KeyUpdate in both directions (RFC 8446 §4.6.3), rekeying in place;
+//! - no session resumption, 0-RTT or renegotiation: a ClientHello offering early data gets a
+//!   1-RTT handshake, and the 0-RTT records are skipped (up to [`EARLY_DATA_SKIP_MAX`] bytes,
+//!   §4.2.10); anything else out of order ends the connection with the alert RFC 8446 names.
 //!
 //! A handshake message must fit in one record, and a record in the receive buffer; larger
 //! input is refused with `record_overflow`. Every failure sends a fatal alert and returns an
@@ -42,6 +44,9 @@ pub const RECORD_OVERHEAD: usize = 22;
 pub const NAME_MAX: usize = 96;
 /// Most O values (groups) kept from a client certificate.
 pub const GROUPS_MAX: usize = 4;
+/// Most bytes of rejected 0-RTT records (headers included) skipped before the client's second
+/// flight; more is `bad_record_mac` (RFC 8446 §4.2.10 calls the bound max_early_data_size).
+pub const EARLY_DATA_SKIP_MAX: u16 = 8192;
 
 /// What the server presents and whom it trusts.
 pub struct ServerConfig<'a> {
@@ -100,6 +105,21 @@ pub enum TlsServerError {
         /// What was missing.
         what: &'static str,
     },
+    /// A record or message that is not allowed at this point.
+    Unexpected {
+        /// What arrived.
+        what: &'static str,
+    },
+    /// A field with a value RFC 8446 forbids.
+    IllegalParameter {
+        /// Which field.
+        what: &'static str,
+    },
+    /// A ClientHello without an extension RFC 8446 requires (§9.2).
+    MissingExtension {
+        /// Which extension.
+        what: &'static str,
+    },
     /// A record did not decrypt (tampered, or the peer's keys differ).
     BadRecordMac,
     /// The client's Finished did not match the transcript.
@@ -119,6 +139,9 @@ impl core::fmt::Display for TlsServerError {
             Self::RecordOverflow => f.write_str("record larger than the receive buffer"),
             Self::Decode { what } => write!(f, "malformed {what}"),
             Self::Unsupported { what } => write!(f, "unsupported: {what}"),
+            Self::Unexpected { what } => write!(f, "unexpected {what}"),
+            Self::IllegalParameter { what } => write!(f, "illegal {what}"),
+            Self::MissingExtension { what } => write!(f, "missing extension {what}"),
             Self::BadRecordMac => f.write_str("record failed authentication"),
             Self::BadFinished => f.write_str("client Finished does not match"),
             Self::ClientCertificate(r) => write!(f, "client certificate refused: {r:?}"),
@@ -137,7 +160,11 @@ impl TlsServerError {
             Self::Io | Self::PeerAlert(_) => return None,
             Self::RecordOverflow => 22,
             Self::Decode { .. } => 50,
+            Self::Unsupported { what: NOT_TLS13 } => 70,
             Self::Unsupported { .. } => 40,
+            Self::Unexpected { .. } => 10,
+            Self::IllegalParameter { .. } => 47,
+            Self::MissingExtension { .. } => 109,
             Self::BadRecordMac => 20,
             Self::BadFinished => 51,
             Self::BufferTooSmall => 80,
@@ -157,6 +184,25 @@ type Result<T> = core::result::Result<T, TlsServerError>;
 
 fn decode(what: &'static str) -> TlsServerError {
     TlsServerError::Decode { what }
+}
+
+fn unexpected(what: &'static str) -> TlsServerError {
+    TlsServerError::Unexpected { what }
+}
+
+fn illegal(what: &'static str) -> TlsServerError {
+    TlsServerError::IllegalParameter { what }
+}
+
+/// `Unsupported { what: NOT_TLS13 }`: the client does not speak TLS 1.3 (`protocol_version`).
+const NOT_TLS13: &str = "TLS 1.3";
+
+/// An alert's body: exactly level and description (RFC 8446 §6).
+fn peer_alert(body: &[u8]) -> TlsServerError {
+    match body {
+        [_, code] => TlsServerError::PeerAlert(*code),
+        _ => decode("alert"),
+    }
 }
 
 const HANDSHAKE: u8 = 22;
@@ -285,11 +331,12 @@ fn finished_mac(base_secret: &[u8], transcript: &[u8; 32]) -> Hmac<Sha256> {
     mac
 }
 
-/// The AEAD state of one direction.
+/// The AEAD state of one direction, and its traffic secret (for KeyUpdate).
 struct TrafficKeys {
     aead: Aes128Gcm,
     iv: [u8; 12],
     seq: u64,
+    secret: [u8; 32],
 }
 
 impl TrafficKeys {
@@ -302,15 +349,23 @@ impl TrafficKeys {
             aead: Aes128Gcm::new(&key.into()),
             iv,
             seq: 0,
+            secret: *secret,
         }
     }
 
-    fn nonce(&mut self) -> [u8; 12] {
+    /// The next generation of this direction's keys (RFC 8446 §7.2), in place.
+    fn update(&mut self) {
+        let mut next = [0u8; 32];
+        hkdf_expand_label(&self.secret, b"traffic upd", b"", &mut next);
+        *self = Self::new(&next);
+    }
+
+    /// The nonce of the current record; `seq` moves on only once the record is used.
+    fn nonce(&self) -> [u8; 12] {
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *b ^= s;
         }
-        self.seq += 1;
         n
     }
 }
@@ -324,6 +379,10 @@ struct Records<'b, S> {
     socket: S,
     rx: &'b mut [u8],
     tx: &'b mut [u8],
+    /// A plaintext ChangeCipherSpec is dropped (between ClientHello and the client's Finished).
+    ccs_ok: bool,
+    /// Bytes of undecryptable (rejected 0-RTT) records that may still be skipped.
+    early_skip: u16,
 }
 
 impl<S: Read + Write> Records<'_, S> {
@@ -350,7 +409,8 @@ impl<S: Read + Write> Records<'_, S> {
             kind,
             HANDSHAKE | APPLICATION_DATA | ALERT | CHANGE_CIPHER_SPEC
         ) {
-            return Err(decode("record type"));
+            // Not a TLS content type (plain HTTP, say): §5 says unexpected_message.
+            return Err(unexpected("record type"));
         }
         if len > 16_384 + 256 || 5 + len > self.rx.len() {
             return Err(TlsServerError::RecordOverflow);
@@ -359,9 +419,10 @@ impl<S: Read + Write> Records<'_, S> {
         Ok((kind, len))
     }
 
-    /// Reads a record, decrypting it with `keys` when given. Returns the content type and the
-    /// plaintext range in `rx`. Plaintext ChangeCipherSpec records are skipped (middlebox
-    /// compatibility); alerts end the connection.
+    /// Reads a record, decrypting it with `keys` when given. Returns the content type
+    /// (handshake or application data) and the plaintext range in `rx`. A plaintext
+    /// ChangeCipherSpec is dropped while `ccs_ok` (middlebox compatibility); rejected 0-RTT
+    /// records are skipped while `early_skip` lasts; alerts end the connection.
     async fn read_content(
         &mut self,
         keys: Option<&mut TrafficKeys>,
@@ -369,35 +430,63 @@ impl<S: Read + Write> Records<'_, S> {
         let mut keys = keys;
         loop {
             let (kind, len) = self.read_record().await?;
-            match (kind, keys.as_deref_mut()) {
-                (CHANGE_CIPHER_SPEC, _) if len == 1 && self.rx[5] == 1 => continue,
-                (ALERT, _) if len >= 2 => return Err(TlsServerError::PeerAlert(self.rx[6])),
-                (HANDSHAKE, None) => return Ok((HANDSHAKE, 5..5 + len)),
-                (APPLICATION_DATA, Some(k)) => {
-                    if len < 17 {
-                        return Err(TlsServerError::BadRecordMac);
-                    }
-                    let header = [self.rx[0], self.rx[1], self.rx[2], self.rx[3], self.rx[4]];
-                    let nonce = k.nonce();
-                    let (body, tag) = self.rx[5..5 + len].split_at_mut(len - 16);
-                    let tag = Tag::clone_from_slice(tag);
-                    k.aead
-                        .decrypt_in_place_detached(Nonce::from_slice(&nonce), &header, body, &tag)
-                        .map_err(|_| TlsServerError::BadRecordMac)?;
-                    // The inner content type is the last non-zero byte.
-                    let end = body
-                        .iter()
-                        .rposition(|&b| b != 0)
-                        .ok_or(decode("inner plaintext"))?;
-                    let inner = body[end];
-                    if inner == ALERT {
-                        return Err(TlsServerError::PeerAlert(body.get(1).copied().unwrap_or(0)));
-                    }
-                    return Ok((inner, 5..5 + end));
-                }
-                _ => return Err(decode("record order")),
+            match kind {
+                CHANGE_CIPHER_SPEC if self.ccs_ok && len == 1 && self.rx[5] == 1 => continue,
+                CHANGE_CIPHER_SPEC => return Err(unexpected("change_cipher_spec")),
+                ALERT => return Err(peer_alert(&self.rx[5..5 + len])),
+                _ => {}
             }
+            let Some(k) = keys.as_deref_mut() else {
+                if kind == HANDSHAKE {
+                    return Ok((HANDSHAKE, 5..5 + len));
+                }
+                // Before keys, only 0-RTT data (after a HelloRetryRequest) is protected.
+                if self.early_skip == 0 {
+                    return Err(unexpected("application data in the handshake"));
+                }
+                self.skip_early(len)?;
+                continue;
+            };
+            if kind != APPLICATION_DATA {
+                return Err(unexpected("plaintext record after keys"));
+            }
+            let opened = len >= 17 && {
+                let header = [self.rx[0], self.rx[1], self.rx[2], self.rx[3], self.rx[4]];
+                let (body, tag) = self.rx[5..5 + len].split_at_mut(len - 16);
+                let tag = Tag::clone_from_slice(tag);
+                k.aead
+                    .decrypt_in_place_detached(Nonce::from_slice(&k.nonce()), &header, body, &tag)
+                    .is_ok()
+            };
+            if !opened {
+                // Rejected 0-RTT data, encrypted with keys this server never derived.
+                self.skip_early(len)?;
+                continue;
+            }
+            k.seq += 1;
+            self.early_skip = 0;
+            // The inner content type is the last non-zero byte.
+            let body = &self.rx[5..5 + len - 16];
+            let end = body
+                .iter()
+                .rposition(|&b| b != 0)
+                .ok_or(unexpected("record without a content type"))?;
+            return match body[end] {
+                ALERT => Err(peer_alert(&body[..end])),
+                HANDSHAKE if end == 0 => Err(decode("empty handshake record")),
+                inner @ (HANDSHAKE | APPLICATION_DATA) => Ok((inner, 5..5 + end)),
+                _ => Err(unexpected("content type")),
+            };
         }
+    }
+
+    /// Counts a skipped 0-RTT record of `len` against `early_skip`; past it, `bad_record_mac`.
+    fn skip_early(&mut self, len: usize) -> Result<()> {
+        self.early_skip = self
+            .early_skip
+            .checked_sub((5 + len) as u16)
+            .ok_or(TlsServerError::BadRecordMac)?;
+        Ok(())
     }
 
     /// Sends `data` as plaintext records of `kind` (before keys exist).
@@ -425,6 +514,7 @@ impl<S: Read + Write> Records<'_, S> {
         let header = [APPLICATION_DATA, 3, 3, (total >> 8) as u8, total as u8];
         self.tx[..5].copy_from_slice(&header);
         let nonce = keys.nonce();
+        keys.seq += 1;
         let tag = keys
             .aead
             .encrypt_in_place_detached(
@@ -465,11 +555,16 @@ struct Hello {
     session_id: Vec<u8, 32>,
     /// The client's secp256r1 key share, when it sent one.
     p256_share: Option<[u8; 65]>,
+    /// It offers 0-RTT data (which this server rejects, and skips).
+    early_data: bool,
 }
 
 fn parse_client_hello(body: &[u8]) -> Result<Hello> {
     let mut r = Reader::new(body, "ClientHello");
-    let _legacy_version = r.u16()?;
+    // SSL 3.0 or older (RFC 8446 Appendix D.5).
+    if r.u16()? <= 0x0300 {
+        return Err(TlsServerError::Unsupported { what: NOT_TLS13 });
+    }
     r.take(32)?;
     let sid = r.vec8()?;
     let session_id = Vec::from_slice(sid).map_err(|_| decode("session id"))?;
@@ -482,9 +577,15 @@ fn parse_client_hello(body: &[u8]) -> Result<Hello> {
             what: "cipher suite TLS_AES_128_GCM_SHA256",
         });
     }
-    let _compression = r.vec8()?;
-    let mut exts = Reader::new(r.vec16()?, "extensions");
+    let null_compression = r.vec8()? == [0];
+    // No extensions at all: a client from before TLS 1.3.
+    let mut exts = Reader::new(if r.done() { &[] } else { r.vec16()? }, "extensions");
+    if !r.done() {
+        return Err(decode("ClientHello"));
+    }
     let (mut tls13, mut p256_group, mut ecdsa, mut p256_share) = (false, false, false, None);
+    // Which of supported_groups, signature_algorithms and key_share are there (§9.2).
+    let (mut groups, mut algorithms, mut key_share, mut early_data) = (false, false, false, false);
     while !exts.done() {
         let kind = exts.u16()?;
         let mut data = Reader::new(exts.vec16()?, "extension");
@@ -496,34 +597,57 @@ fn parse_client_hello(body: &[u8]) -> Result<Hello> {
                 }
             }
             10 => {
+                groups = true;
                 let mut g = Reader::new(data.vec16()?, "supported_groups");
                 while !g.done() {
                     p256_group |= g.u16()? == SECP256R1;
                 }
             }
             13 => {
+                algorithms = true;
                 let mut s = Reader::new(data.vec16()?, "signature_algorithms");
                 while !s.done() {
                     ecdsa |= s.u16()? == ECDSA_P256_SHA256;
                 }
             }
             51 => {
+                key_share = true;
                 let mut shares = Reader::new(data.vec16()?, "key_share");
                 while !shares.done() {
                     let group = shares.u16()?;
                     let key = shares.vec16()?;
-                    if group == SECP256R1 && key.len() == 65 && key[0] == 4 {
+                    if group == SECP256R1 {
+                        // One uncompressed point (§4.2.8.2), once; on the curve is checked
+                        // when it is used.
+                        if key.len() != 65 || key[0] != 4 || p256_share.is_some() {
+                            return Err(illegal("secp256r1 key share"));
+                        }
                         let mut k = [0u8; 65];
                         k.copy_from_slice(key);
                         p256_share = Some(k);
                     }
                 }
             }
+            42 => early_data = true,
             _ => {}
         }
     }
     if !tls13 {
-        return Err(TlsServerError::Unsupported { what: "TLS 1.3" });
+        return Err(TlsServerError::Unsupported { what: NOT_TLS13 });
+    }
+    if !null_compression {
+        return Err(illegal("compression methods"));
+    }
+    // Without pre_shared_key (never accepted here) both are required, and key_share with
+    // supported_groups.
+    for (present, what) in [
+        (groups, "supported_groups"),
+        (algorithms, "signature_algorithms"),
+        (key_share, "key_share"),
+    ] {
+        if !present {
+            return Err(TlsServerError::MissingExtension { what });
+        }
     }
     if !p256_group {
         return Err(TlsServerError::Unsupported {
@@ -538,6 +662,7 @@ fn parse_client_hello(body: &[u8]) -> Result<Hello> {
     Ok(Hello {
         session_id,
         p256_share,
+        early_data,
     })
 }
 
@@ -620,7 +745,13 @@ pub async fn accept<'b, S: Read + Write>(
     rx: &'b mut [u8],
     tx: &'b mut [u8],
 ) -> Result<TlsServerConnection<'b, S>> {
-    let mut records = Records { socket, rx, tx };
+    let mut records = Records {
+        socket,
+        rx,
+        tx,
+        ccs_ok: false,
+        early_skip: 0,
+    };
     let mut keys: Option<TrafficKeys> = None;
     match handshake(&mut records, config, rng, &mut keys).await {
         Ok(done) => Ok(TlsServerConnection {
@@ -693,8 +824,11 @@ async fn read_handshake_plain<S: Read + Write>(
     let mut r = Reader::new(body, "handshake message");
     let kind = r.u8()?;
     let len = r.u24()?;
-    if kind != want || len + 4 != body.len() {
+    if len + 4 != body.len() {
         return Err(decode("handshake message (one per record expected here)"));
+    }
+    if kind != want {
+        return Err(unexpected("handshake message"));
     }
     Ok(range)
 }
@@ -710,6 +844,11 @@ async fn handshake<S: Read + Write>(
     let range = read_handshake_plain(records, 1).await?;
     let mut hello = parse_client_hello(&records.rx[range.start + 4..range.end])?;
     transcript.update(&records.rx[range.clone()]);
+    records.ccs_ok = true;
+    // 0-RTT is always rejected: its records are skipped (§4.2.10).
+    if hello.early_data {
+        records.early_skip = EARLY_DATA_SKIP_MAX;
+    }
     let mut sent_ccs = false;
     let client_share = match hello.p256_share {
         Some(share) => share,
@@ -736,18 +875,23 @@ async fn handshake<S: Read + Write>(
             let range = read_handshake_plain(records, 1).await?;
             let again = parse_client_hello(&records.rx[range.start + 4..range.end])?;
             transcript.update(&records.rx[range.clone()]);
+            // All 0-RTT data came before the second ClientHello, which may not offer more.
+            records.early_skip = 0;
+            if again.early_data {
+                return Err(illegal("early_data after HelloRetryRequest"));
+            }
             hello.session_id = again.session_id;
-            again.p256_share.ok_or(TlsServerError::Unsupported {
-                what: "a secp256r1 key share after HelloRetryRequest",
-            })?
+            again
+                .p256_share
+                .ok_or(illegal("a secp256r1 key share after HelloRetryRequest"))?
         }
     };
 
     // ServerHello with our share; the shared secret.
     let ours = p256::ecdh::EphemeralSecret::random(rng);
     let our_point = p256::EncodedPoint::from(ours.public_key());
-    let their_key =
-        p256::PublicKey::from_sec1_bytes(&client_share).map_err(|_| decode("key share"))?;
+    let their_key = p256::PublicKey::from_sec1_bytes(&client_share)
+        .map_err(|_| illegal("secp256r1 key share (not on the curve)"))?;
     let shared = ours.diffie_hellman(&their_key);
     let mut random = [0u8; 32];
     rng.fill_bytes(&mut random);
@@ -843,7 +987,7 @@ async fn handshake<S: Read + Write>(
     loop {
         let (kind, range) = records.read_content(Some(&mut client_keys)).await?;
         if kind != HANDSHAKE {
-            return Err(decode("client handshake flight"));
+            return Err(unexpected("application data before the client Finished"));
         }
         let mut msgs = Reader::new(&records.rx[range.clone()], "client handshake flight");
         let mut offset = range.start;
@@ -853,7 +997,7 @@ async fn handshake<S: Read + Write>(
             let whole = offset..offset + 4 + body.len();
             offset = whole.end;
             if kind != expect {
-                return Err(decode("client handshake message order"));
+                return Err(unexpected("client handshake message"));
             }
             match kind {
                 11 => {
@@ -896,12 +1040,17 @@ async fn handshake<S: Read + Write>(
                     expect = 20;
                 }
                 _ => {
+                    if body.len() != 32 {
+                        return Err(decode("client Finished"));
+                    }
                     finished_mac(&c_hs, &transcript_hash(&transcript))
                         .verify_slice(body)
                         .map_err(|_| TlsServerError::BadFinished)?;
+                    // A key change follows: nothing may share its record (§5.1).
                     if !msgs.done() {
-                        return Err(decode("data after client Finished"));
+                        return Err(unexpected("data after client Finished"));
                     }
+                    records.ccs_ok = false;
                     return Ok(Established {
                         read_keys: TrafficKeys::new(&c_ap),
                         write_keys: sealed.take().unwrap_or_else(|| TrafficKeys::new(&s_ap)),
@@ -961,16 +1110,8 @@ impl<S: Read + Write> TlsServerConnection<'_, S> {
             if self.closed {
                 return Ok(0);
             }
-            match self.records.read_content(Some(&mut self.read_keys)).await {
-                Ok((APPLICATION_DATA, range)) => self.pending = range,
-                Ok(_) => {
-                    // Post-handshake messages (KeyUpdate, tickets) are not supported.
-                    let e = TlsServerError::Unsupported {
-                        what: "post-handshake message",
-                    };
-                    self.records.alert(Some(&mut self.write_keys), 10).await;
-                    return Err(e);
-                }
+            match self.next_record().await {
+                Ok(()) => {}
                 Err(TlsServerError::PeerAlert(0)) | Err(TlsServerError::Io) => {
                     self.closed = true;
                     return Ok(0);
@@ -987,6 +1128,44 @@ impl<S: Read + Write> TlsServerConnection<'_, S> {
         buf[..n].copy_from_slice(&self.records.rx[self.pending.start..self.pending.start + n]);
         self.pending.start += n;
         Ok(n)
+    }
+
+    /// Reads one record: application data becomes `pending`; the only handshake message a
+    /// client may send now, KeyUpdate (RFC 8446 §4.6.3), rekeys in place.
+    async fn next_record(&mut self) -> Result<()> {
+        let (kind, range) = self.records.read_content(Some(&mut self.read_keys)).await?;
+        if kind == APPLICATION_DATA {
+            self.pending = range;
+            return Ok(());
+        }
+        let mut r = Reader::new(&self.records.rx[range], "KeyUpdate");
+        let (msg, body) = (r.u8()?, r.vec24()?);
+        if msg != 24 {
+            return Err(unexpected("post-handshake message"));
+        }
+        if !r.done() {
+            return Err(unexpected("data after KeyUpdate"));
+        }
+        let requested = match body {
+            [0] => false,
+            [1] => true,
+            [_] => return Err(illegal("KeyUpdate request_update")),
+            _ => return Err(decode("KeyUpdate")),
+        };
+        self.read_keys.update();
+        if requested {
+            // Ours, update_not_requested, under the old keys; then the new ones.
+            self.records
+                .tx
+                .get_mut(5..10)
+                .ok_or(TlsServerError::BufferTooSmall)?
+                .copy_from_slice(&[24, 0, 0, 1, 0]);
+            self.records
+                .send_sealed(&mut self.write_keys, HANDSHAKE, 5)
+                .await?;
+            self.write_keys.update();
+        }
+        Ok(())
     }
 
     /// Writes all of `data`, in records as large as the send buffer allows.

@@ -344,3 +344,53 @@ fn openssl_s_client_is_served_when_installed() {
     assert_eq!(line, "GET /healthz HTTP/1.1");
     assert_eq!(peer.unwrap().user.as_str(), "curl-user");
 }
+
+/// KeyUpdate (RFC 8446 §4.6.3) with an independent client: rustls asks for new keys in both
+/// directions in the middle of the request; the server rekeys, answers with its own KeyUpdate
+/// and sends the 70 KB answer under its new keys. (Before, KeyUpdate got `unexpected_message`.)
+/// The record-level cases are in `picolet-device/tests/tls_conformance.rs`.
+#[test]
+fn rustls_key_update_mid_request_is_followed() {
+    let pki = pki();
+    let prom = pki.client("prometheus", &["monitoring"], false);
+    let (port, server) = serve_one(&pki, true, 4096);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca_der.clone())).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        CertificateDer::pem_slice_iter(prom.0.as_bytes())
+            .map(Result::unwrap)
+            .collect(),
+        PrivateKeyDer::from_pem_slice(prom.1.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from("pico-node-1").unwrap(),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    tls.flush().unwrap();
+    for _ in 0..2 {
+        tls.conn.refresh_traffic_keys().unwrap();
+        tls.write_all(b"X-Rekeyed: yes\r\n").unwrap();
+        tls.flush().unwrap();
+    }
+    tls.write_all(b"Host: pico-node-1\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).unwrap();
+    let page = String::from_utf8_lossy(&out);
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &page[..100]);
+    assert_eq!(page.len(), page.find("\r\n\r\n").unwrap() + 4 + 70_000);
+    let (peer, line) = server.join().unwrap().unwrap();
+    assert_eq!(line, "GET /metrics HTTP/1.1");
+    assert_eq!(peer.unwrap().user.as_str(), "prometheus");
+}
