@@ -201,14 +201,14 @@ impl Agent<'_> {
     }
 
     /// The next SubjectAccessReview to send, if one is queued.
-    pub(super) fn next_access_review(&mut self, now: Millis) -> Option<Pending> {
+    pub(super) fn next_access_review(&mut self, now: Millis) -> Option<ApiRequest> {
         let slot = self
             .authz
             .slots
             .iter_mut()
             .find(|s| matches!(s.state, State::Queued { .. }))?;
         slot.state = State::InFlight { since: now };
-        Some(Pending::AccessReview(slot.id))
+        Some(ApiRequest::AccessReview(slot.id))
     }
 
     /// True while a caller waits for a review to be sent.

@@ -250,7 +250,7 @@ impl Agent<'_> {
     }
 
     /// The next CSR request, if one is due (called by the scheduler).
-    pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<Pending> {
+    pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<ApiRequest> {
         let unix_s = self.clock.unix_ms(now).map(|ms| ms / 1000);
         for kind in KINDS {
             if !self.certs.busy()
@@ -266,8 +266,8 @@ impl Agent<'_> {
                 continue;
             }
             match slot.step {
-                Some(Step::Submit) => return Some(Pending::CsrCreate(kind)),
-                Some(Step::Wait { .. }) => return Some(Pending::CsrGet(kind)),
+                Some(Step::Submit) => return Some(ApiRequest::CsrCreate(kind)),
+                Some(Step::Wait { .. }) => return Some(ApiRequest::CsrGet(kind)),
                 _ => {}
             }
         }
@@ -305,12 +305,12 @@ impl Agent<'_> {
 
     pub(super) fn encode_certificate_request(
         &mut self,
-        pending: Pending,
+        pending: ApiRequest,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
         let host = self.cfg.api_host;
         match pending {
-            Pending::CsrCreate(kind) => encode_csr_post(
+            ApiRequest::CsrCreate(kind) => encode_csr_post(
                 out,
                 host,
                 None,
@@ -318,7 +318,7 @@ impl Agent<'_> {
                 &self.certs.pem,
                 kind,
             ),
-            Pending::CsrGet(kind) => {
+            ApiRequest::CsrGet(kind) => {
                 encode_csr_get(out, host, None, &self.certs.slots[kind.index()].name)
             }
             _ => Err(HttpError::BufferTooSmall),
@@ -328,31 +328,31 @@ impl Agent<'_> {
     pub(super) fn on_certificate_response(
         &mut self,
         now: Millis,
-        pending: Pending,
+        pending: ApiRequest,
         status: u16,
         body: &[u8],
     ) {
         let ok = (200..300).contains(&status);
         match pending {
             // 409: a CSR of this name exists (an earlier POST whose answer was lost).
-            Pending::CsrCreate(kind) if ok || status == 409 => {
+            ApiRequest::CsrCreate(kind) if ok || status == 409 => {
                 self.metrics.csr_submitted[kind.index()] += 1;
                 self.certs.pem.clear();
                 let slot = self.certs.slot(kind);
                 slot.step = Some(Step::Wait { since: now });
                 slot.sched.ok_then(now + CSR_POLL_FAST_MS);
             }
-            Pending::CsrCreate(kind) => self.csr_failed(now, kind, false),
-            Pending::CsrGet(kind) if ok => self.read_csr(now, kind, body),
+            ApiRequest::CsrCreate(kind) => self.csr_failed(now, kind, false),
+            ApiRequest::CsrGet(kind) if ok => self.read_csr(now, kind, body),
             // Deleted (for example by the CSR cleaner): start again with a new key.
-            Pending::CsrGet(kind) if status == 404 => self.csr_failed(now, kind, false),
-            Pending::CsrGet(kind) => self.certs.slot(kind).sched.retry(now),
+            ApiRequest::CsrGet(kind) if status == 404 => self.csr_failed(now, kind, false),
+            ApiRequest::CsrGet(kind) => self.certs.slot(kind).sched.retry(now),
             _ => {}
         }
     }
 
-    pub(super) fn on_certificate_transport_error(&mut self, now: Millis, pending: Pending) {
-        if let Pending::CsrCreate(kind) | Pending::CsrGet(kind) = pending {
+    pub(super) fn on_certificate_transport_error(&mut self, now: Millis, pending: ApiRequest) {
+        if let ApiRequest::CsrCreate(kind) | ApiRequest::CsrGet(kind) = pending {
             self.certs.slot(kind).sched.retry(now);
         }
     }

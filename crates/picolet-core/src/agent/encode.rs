@@ -10,23 +10,23 @@ fn json<T: serde::Serialize>(value: &T) -> impl FnMut(&mut [u8]) -> Option<usize
     move |buf| obj::to_json(value, buf).ok()
 }
 
-pub(super) fn pending_name(p: Pending) -> &'static str {
+pub(super) fn pending_name(p: ApiRequest) -> &'static str {
     match p {
-        Pending::NodeCreate => "node create",
-        Pending::NodeGet => "node get",
-        Pending::NodeAdopt => "node adopt",
-        Pending::LeaseGet => "lease get",
-        Pending::LeaseCreate => "lease create",
-        Pending::LeaseRenew => "lease renew",
-        Pending::StatusPatch(_) => "node status",
-        Pending::ConfigReport(_) => "config report",
-        Pending::EventCreate => "event",
-        Pending::ConfigList => "configmap list",
-        Pending::PodList => "pod list",
-        Pending::PodFail => "pod status",
-        Pending::CsrCreate(_) => "certificate signing request",
-        Pending::CsrGet(_) => "certificate signing request read",
-        Pending::AccessReview(_) => "subject access review",
+        ApiRequest::NodeCreate => "node create",
+        ApiRequest::NodeGet => "node get",
+        ApiRequest::NodeAdopt => "node adopt",
+        ApiRequest::LeaseGet => "lease get",
+        ApiRequest::LeaseCreate => "lease create",
+        ApiRequest::LeaseRenew => "lease renew",
+        ApiRequest::StatusPatch(_) => "node status",
+        ApiRequest::ConfigReport(_) => "config report",
+        ApiRequest::EventCreate => "event",
+        ApiRequest::ConfigList => "configmap list",
+        ApiRequest::PodList => "pod list",
+        ApiRequest::PodFail => "pod status",
+        ApiRequest::CsrCreate(_) => "certificate signing request",
+        ApiRequest::CsrGet(_) => "certificate signing request read",
+        ApiRequest::AccessReview(_) => "subject access review",
     }
 }
 
@@ -94,17 +94,17 @@ impl<'a> Agent<'a> {
 
     pub(super) fn encode(
         &mut self,
-        pending: Pending,
+        pending: ApiRequest,
         now: Millis,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
-        if let Pending::CsrCreate(_) | Pending::CsrGet(_) = pending {
+        if let ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) = pending {
             return self.encode_certificate_request(pending, out);
         }
-        if let Pending::AccessReview(id) = pending {
+        if let ApiRequest::AccessReview(id) = pending {
             return self.encode_access_review(id, out);
         }
-        if let Pending::PodList | Pending::PodFail = pending {
+        if let ApiRequest::PodList | ApiRequest::PodFail = pending {
             return self.encode_pod_request(pending, out);
         }
         let unix = self.clock.unix_ms(now);
@@ -155,7 +155,7 @@ impl<'a> Agent<'a> {
             annotations: self.annotations(),
         };
         match pending {
-            Pending::NodeCreate => {
+            ApiRequest::NodeCreate => {
                 let node = obj::Node {
                     api_version: "v1",
                     kind: "Node",
@@ -180,14 +180,14 @@ impl<'a> Agent<'a> {
                     Some((BodyType::Json, &mut json(&node))),
                 )
             }
-            Pending::NodeGet => http::encode_request(
+            ApiRequest::NodeGet => http::encode_request(
                 out,
                 Method::Get,
                 host,
                 format_args!("{}", ApiPath::Node(name)),
                 None,
             ),
-            Pending::NodeAdopt | Pending::ConfigReport(_) => {
+            ApiRequest::NodeAdopt | ApiRequest::ConfigReport(_) => {
                 let patch = obj::NodeMetaPatch { metadata: meta };
                 http::encode_request(
                     out,
@@ -197,7 +197,7 @@ impl<'a> Agent<'a> {
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
-            Pending::StatusPatch(_) => {
+            ApiRequest::StatusPatch(_) => {
                 let patch = obj::NodeStatusPatch { status };
                 http::encode_request(
                     out,
@@ -207,14 +207,14 @@ impl<'a> Agent<'a> {
                     Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
-            Pending::LeaseGet => http::encode_request(
+            ApiRequest::LeaseGet => http::encode_request(
                 out,
                 Method::Get,
                 host,
                 format_args!("{}", ApiPath::Lease(name)),
                 None,
             ),
-            Pending::LeaseCreate | Pending::LeaseRenew => {
+            ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => {
                 let rv = match &self.lease {
                     LeaseStep::Renew(rv) => Some(rv.as_str()),
                     _ => None,
@@ -239,7 +239,7 @@ impl<'a> Agent<'a> {
                         renew_time: MicroTime(unix.unwrap_or(0)),
                     },
                 };
-                if pending == Pending::LeaseCreate {
+                if pending == ApiRequest::LeaseCreate {
                     http::encode_request(
                         out,
                         Method::Post,
@@ -257,7 +257,7 @@ impl<'a> Agent<'a> {
                     )
                 }
             }
-            Pending::EventCreate => {
+            ApiRequest::EventCreate => {
                 let ev = self.events.front().ok_or(HttpError::BufferTooSmall)?;
                 let seq = self.event_seq;
                 let (object_name, namespace) = if ev.about_node {
@@ -311,7 +311,7 @@ impl<'a> Agent<'a> {
                     Some((BodyType::Json, &mut json(&event))),
                 )
             }
-            Pending::ConfigList => http::encode_request(
+            ApiRequest::ConfigList => http::encode_request(
                 out,
                 Method::Get,
                 host,
@@ -325,11 +325,11 @@ impl<'a> Agent<'a> {
                 ),
                 None,
             ),
-            Pending::CsrCreate(_)
-            | Pending::CsrGet(_)
-            | Pending::AccessReview(_)
-            | Pending::PodList
-            | Pending::PodFail => Err(HttpError::BufferTooSmall),
+            ApiRequest::CsrCreate(_)
+            | ApiRequest::CsrGet(_)
+            | ApiRequest::AccessReview(_)
+            | ApiRequest::PodList
+            | ApiRequest::PodFail => Err(HttpError::BufferTooSmall),
         }
     }
 }

@@ -212,9 +212,10 @@ impl ConfigState {
     }
 }
 
-/// The request in flight on the control connection, so its response can be routed.
+/// A kind of request on the control connection: what is due, and what is in flight (so its
+/// response can be routed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pending {
+enum ApiRequest {
     NodeCreate,
     NodeGet,
     NodeAdopt,
@@ -233,7 +234,7 @@ enum Pending {
     AccessReview(u16),
 }
 
-impl Pending {
+impl ApiRequest {
     fn method(self) -> Method {
         match self {
             Self::NodeCreate
@@ -331,7 +332,7 @@ pub struct Agent<'a> {
     region: MemoryRegion<'a>,
     internal_ip: String<48>,
 
-    in_flight: Option<Pending>,
+    in_flight: Option<ApiRequest>,
     registration: Registration,
     registration_sched: Schedule,
     node_uid: String<48>,
@@ -592,40 +593,42 @@ impl<'a> Agent<'a> {
         Ok(Some(n))
     }
 
-    fn next_due(&mut self, now: Millis) -> Option<Pending> {
+    fn next_due(&mut self, now: Millis) -> Option<ApiRequest> {
         // A kubelet-port caller is waiting for this answer.
         if let Some(p) = self.next_access_review(now) {
             return Some(p);
         }
         match self.registration {
             Registration::Create if self.registration_sched.due(now) => {
-                return Some(Pending::NodeCreate);
+                return Some(ApiRequest::NodeCreate);
             }
-            Registration::Get if self.registration_sched.due(now) => return Some(Pending::NodeGet),
+            Registration::Get if self.registration_sched.due(now) => {
+                return Some(ApiRequest::NodeGet);
+            }
             Registration::Adopt if self.registration_sched.due(now) => {
-                return Some(Pending::NodeAdopt);
+                return Some(ApiRequest::NodeAdopt);
             }
             Registration::Done => {}
             _ => return None,
         }
         if self.lease_sched.due(now) {
             return Some(match self.lease {
-                LeaseStep::Get => Pending::LeaseGet,
-                LeaseStep::Create => Pending::LeaseCreate,
-                LeaseStep::Renew(_) => Pending::LeaseRenew,
+                LeaseStep::Get => ApiRequest::LeaseGet,
+                LeaseStep::Create => ApiRequest::LeaseCreate,
+                LeaseStep::Renew(_) => ApiRequest::LeaseRenew,
             });
         }
         if now >= self.status_due_at() {
-            return Some(Pending::StatusPatch(self.fingerprint()));
+            return Some(ApiRequest::StatusPatch(self.fingerprint()));
         }
         if self.report.sent != self.report.generation && self.report_sched.due(now) {
-            return Some(Pending::ConfigReport(self.report.generation));
+            return Some(ApiRequest::ConfigReport(self.report.generation));
         }
         if !self.events.is_empty() && self.event_sched.due(now) {
-            return Some(Pending::EventCreate);
+            return Some(ApiRequest::EventCreate);
         }
         if self.list_wanted(now) && self.list_sched.due(now) {
-            return Some(Pending::ConfigList);
+            return Some(ApiRequest::ConfigList);
         }
         if let Some(p) = self.next_certificate_request(now) {
             return Some(p);
@@ -677,12 +680,12 @@ impl<'a> Agent<'a> {
         let ok = (200..300).contains(&head.status);
         let status = head.status;
         match pending {
-            Pending::NodeCreate => match status {
+            ApiRequest::NodeCreate => match status {
                 _ if ok => self.registered_with(now, body),
                 409 => self.registration = Registration::Get,
                 _ => self.registration_sched.retry(now),
             },
-            Pending::NodeGet => match status {
+            ApiRequest::NodeGet => match status {
                 _ if ok => {
                     let uid = obj::from_json::<obj::ObjectLite>(body)
                         .and_then(|o| o.metadata.uid)
@@ -697,7 +700,7 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.registration_sched.retry(now),
             },
-            Pending::NodeAdopt => match status {
+            ApiRequest::NodeAdopt => match status {
                 _ if ok => self.registered_with(now, body),
                 404 => {
                     self.registration = Registration::Create;
@@ -705,7 +708,7 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.registration_sched.retry(now),
             },
-            Pending::LeaseGet => match status {
+            ApiRequest::LeaseGet => match status {
                 _ if ok => match self.read_rv(body) {
                     // Renew at once from the object just read.
                     Some(rv) => {
@@ -720,7 +723,7 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.lease_failed(now),
             },
-            Pending::LeaseCreate | Pending::LeaseRenew => match status {
+            ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => match status {
                 _ if ok => {
                     self.lease = match self.read_rv(body) {
                         Some(rv) => LeaseStep::Renew(rv),
@@ -748,7 +751,7 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.lease_failed(now),
             },
-            Pending::StatusPatch(fp) => match status {
+            ApiRequest::StatusPatch(fp) => match status {
                 _ if ok => {
                     self.metrics.status_updates += 1;
                     self.status_sent = Some((fp, now));
@@ -757,7 +760,7 @@ impl<'a> Agent<'a> {
                 404 => self.node_vanished(now),
                 _ => self.status_sched.retry(now),
             },
-            Pending::ConfigReport(generation) => match status {
+            ApiRequest::ConfigReport(generation) => match status {
                 _ if ok => {
                     self.report.sent = generation;
                     self.report_sched.ok_then(now);
@@ -765,7 +768,7 @@ impl<'a> Agent<'a> {
                 404 => self.node_vanished(now),
                 _ => self.report_sched.retry(now),
             },
-            Pending::EventCreate => match status {
+            ApiRequest::EventCreate => match status {
                 _ if ok => {
                     self.events.pop_front();
                     self.event_sched.ok_then(now);
@@ -778,12 +781,14 @@ impl<'a> Agent<'a> {
                 }
                 _ => self.event_sched.retry(now),
             },
-            Pending::ConfigList => self.on_config_list(now, status, body, complete, body_len),
-            Pending::PodList | Pending::PodFail => self.on_pod_response(now, pending, status, body),
-            Pending::CsrCreate(_) | Pending::CsrGet(_) => {
+            ApiRequest::ConfigList => self.on_config_list(now, status, body, complete, body_len),
+            ApiRequest::PodList | ApiRequest::PodFail => {
+                self.on_pod_response(now, pending, status, body)
+            }
+            ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) => {
                 self.on_certificate_response(now, pending, status, body)
             }
-            Pending::AccessReview(id) => self.on_access_review(now, id, status, body),
+            ApiRequest::AccessReview(id) => self.on_access_review(now, id, status, body),
         }
     }
 
@@ -795,21 +800,21 @@ impl<'a> Agent<'a> {
         };
         self.metrics.count_api(pending.method(), 0);
         match pending {
-            Pending::NodeCreate | Pending::NodeGet | Pending::NodeAdopt => {
+            ApiRequest::NodeCreate | ApiRequest::NodeGet | ApiRequest::NodeAdopt => {
                 self.registration_sched.retry(now)
             }
-            Pending::LeaseGet | Pending::LeaseCreate | Pending::LeaseRenew => {
+            ApiRequest::LeaseGet | ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => {
                 self.lease_failed(now)
             }
-            Pending::StatusPatch(_) => self.status_sched.retry(now),
-            Pending::ConfigReport(_) => self.report_sched.retry(now),
-            Pending::EventCreate => self.event_sched.retry(now),
-            Pending::ConfigList => self.list_sched.retry(now),
-            Pending::PodList | Pending::PodFail => self.on_pod_transport_error(now, pending),
-            Pending::CsrCreate(_) | Pending::CsrGet(_) => {
+            ApiRequest::StatusPatch(_) => self.status_sched.retry(now),
+            ApiRequest::ConfigReport(_) => self.report_sched.retry(now),
+            ApiRequest::EventCreate => self.event_sched.retry(now),
+            ApiRequest::ConfigList => self.list_sched.retry(now),
+            ApiRequest::PodList | ApiRequest::PodFail => self.on_pod_transport_error(now, pending),
+            ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) => {
                 self.on_certificate_transport_error(now, pending)
             }
-            Pending::AccessReview(id) => self.on_access_review_lost(now, id),
+            ApiRequest::AccessReview(id) => self.on_access_review_lost(now, id),
         }
     }
 

@@ -125,12 +125,12 @@ impl Agent<'_> {
     }
 
     /// The next pod request for the control connection, if one is due.
-    pub(super) fn next_pod_request(&mut self, now: Millis) -> Option<Pending> {
+    pub(super) fn next_pod_request(&mut self, now: Millis) -> Option<ApiRequest> {
         let p = &self.pods;
         if !p.to_fail.is_empty() && p.fail_sched.due(now) {
-            return Some(Pending::PodFail);
+            return Some(ApiRequest::PodFail);
         }
-        (p.list_wanted(now) && p.list_sched.due(now)).then_some(Pending::PodList)
+        (p.list_wanted(now) && p.list_sched.due(now)).then_some(ApiRequest::PodList)
     }
 
     /// When the pods next need the control connection.
@@ -150,13 +150,13 @@ impl Agent<'_> {
 
     pub(super) fn encode_pod_request(
         &self,
-        pending: Pending,
+        pending: ApiRequest,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
         let name = self.cfg.node_name;
         let host = self.cfg.api_host;
         match pending {
-            Pending::PodList => http::encode_request(
+            ApiRequest::PodList => http::encode_request(
                 out,
                 Method::Get,
                 host,
@@ -170,7 +170,7 @@ impl Agent<'_> {
                 ),
                 None,
             ),
-            Pending::PodFail => {
+            ApiRequest::PodFail => {
                 let (ns, pod) = self.pods.to_fail.last().ok_or(HttpError::BufferTooSmall)?;
                 let message: String<200> = bounded(format_args!(
                     "node {name} is a picolet node ({}): it cannot run containers",
@@ -205,13 +205,13 @@ impl Agent<'_> {
     pub(super) fn on_pod_response(
         &mut self,
         now: Millis,
-        pending: Pending,
+        pending: ApiRequest,
         status: u16,
         body: &[u8],
     ) {
         let ok = (200..300).contains(&status);
         match pending {
-            Pending::PodList if ok => {
+            ApiRequest::PodList if ok => {
                 let Some(page) = obj::from_json::<PodPage<'_>>(body) else {
                     self.pods.list_sched.retry(now);
                     return;
@@ -234,23 +234,23 @@ impl Agent<'_> {
                     p.list_sched.retry(now);
                 }
             }
-            Pending::PodList => self.pods.list_sched.retry(now),
-            Pending::PodFail if ok || status == 404 || status == 409 => {
+            ApiRequest::PodList => self.pods.list_sched.retry(now),
+            ApiRequest::PodFail if ok || status == 404 || status == 409 => {
                 if ok {
                     self.metrics.pods_rejected += 1;
                 }
                 self.pods.to_fail.pop();
                 self.pods.fail_sched.ok_then(now);
             }
-            Pending::PodFail => self.pods.fail_sched.retry(now),
+            ApiRequest::PodFail => self.pods.fail_sched.retry(now),
             _ => {}
         }
     }
 
-    pub(super) fn on_pod_transport_error(&mut self, now: Millis, pending: Pending) {
+    pub(super) fn on_pod_transport_error(&mut self, now: Millis, pending: ApiRequest) {
         match pending {
-            Pending::PodList => self.pods.list_sched.retry(now),
-            Pending::PodFail => self.pods.fail_sched.retry(now),
+            ApiRequest::PodList => self.pods.list_sched.retry(now),
+            ApiRequest::PodFail => self.pods.fail_sched.retry(now),
             _ => {}
         }
     }
