@@ -17,6 +17,7 @@
 //   <- {"cmd":"edges","pin":N}                      -> {"reply":"edges","edges":[{high,nanos}…]}
 //        (the last 64 level changes of an output pin, for the LED patterns)
 //   <- {"cmd":"stats"}                              -> {"reply":"stats", ...figures}
+//        (among them maskedMaxNanos: the longest time interrupts were masked, and where)
 //   <- {"cmd":"exit"}                               stops the emulator and exits
 // Firmware trouble (watchdog reset, undefined instruction) is an {"event":"fault"} and exit 3.
 //
@@ -295,6 +296,22 @@ function main() {
     }
     return frames;
   };
+  // The longest stretch with interrupts masked (PRIMASK set: a critical section), in emulated
+  // time, with where it began and ended; a real board's UART FIFO and USB wait meanwhile.
+  let masked = false;
+  let maskedSince = 0;
+  let maskedFromPc = 0;
+  let maskedMax = { nanos: 0, fromPc: 0, toPc: 0, at: 0 };
+  const noteMask = () => {
+    masked = core.PM;
+    if (masked) {
+      maskedSince = clock.nanos;
+      maskedFromPc = core.PC;
+    } else if (clock.nanos - maskedSince > maskedMax.nanos) {
+      maskedMax = { nanos: clock.nanos - maskedSince, fromPc: maskedFromPc, toPc: core.PC, at: clock.nanos };
+    }
+  };
+  const codeAt = (pc) => `0x${pc.toString(16)} ${functionAt(pc)}`;
   const slice = () => {
     const until = performance.now() + 20;
     while (performance.now() < until) {
@@ -318,6 +335,7 @@ function main() {
       for (let i = 0; i < 20_000 && !core.waiting; i++) {
         clock.tick(core.executeInstruction() * NANOS_PER_CYCLE);
         if (core.registers[13] < deepest.sp) noteDepth(core.registers[13]);
+        if (core.PM !== masked) noteMask();
         if (i % 1024 === 0 && rxQueue.length > 0 && !uart.rxFIFO.full) break;
       }
       lagNanos += Math.max(0, wallNanos() - wallStart - (clock.nanos - emuStart));
@@ -363,7 +381,11 @@ function main() {
           stackHighWaterBytes: stackHighWater(),
           uartTxBytes: txBytes,
           uartRxBytes: rxBytes,
-          pc: `0x${core.PC.toString(16)} ${functionAt(core.PC)}`,
+          pc: codeAt(core.PC),
+          maskedMaxNanos: maskedMax.nanos,
+          maskedMaxFrom: codeAt(maskedMax.fromPc),
+          maskedMaxTo: codeAt(maskedMax.toPc),
+          maskedMaxEndedAtNanos: maskedMax.at,
         });
       } else if (cmd.cmd === 'edges') {
         emit({ reply: 'edges', edges: edges.get(cmd.pin) ?? [], nanos: clock.nanos });

@@ -11,7 +11,7 @@ use core::cell::RefCell;
 
 use embassy_rp::clocks::RoscRng;
 use embassy_sync::blocking_mutex::Mutex;
-use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::blocking_mutex::raw::{CriticalSectionRawMutex, ThreadModeRawMutex};
 use embassy_sync::signal::Signal;
 use picolet_core::agent::{Agent, CERT_DER_MAX, CertKind};
 use picolet_core::pki::PKCS8_LEN;
@@ -32,7 +32,8 @@ pub struct ServingMaterial {
     pub key: NodeKey,
 }
 
-static CLIENT: Mutex<CriticalSectionRawMutex, RefCell<Option<ClientMaterial>>> =
+/// Tasks only (as `node`'s agent), so its lock does not mask interrupts.
+static CLIENT: Mutex<ThreadModeRawMutex, RefCell<Option<ClientMaterial>>> =
     Mutex::new(RefCell::new(None));
 /// Bumped on every client certificate change; connections compare it to reconnect.
 static CLIENT_GENERATION: AtomicU32 = AtomicU32::new(0);

@@ -7,7 +7,8 @@
 //! ConfigMap into the 1 KB region (read from emulated SRAM and over the kubelet port), and that
 //! the node goes NotReady when the emulator stops. It prints the figures the README quotes
 //! (`scripts/emulator.sh` runs it alone): TLS handshake time, cycles per heartbeat,
-//! ConfigMap-to-memory latency, stack high-water mark and peak RAM.
+//! ConfigMap-to-memory latency, stack high-water mark, peak RAM and the longest stretch with
+//! interrupts masked.
 //!
 //! `#[ignore]`d for a plain `cargo test`: it needs the control plane, Node.js with the emulator's
 //! npm packages, and the firmware toolchain; `scripts/test.sh` provides them all.
@@ -33,6 +34,8 @@ use common::{
 const NODE: &str = "pico-emu-1";
 /// The plain Pico's LED.
 const LED_PIN: u32 = 25;
+/// The longest the firmware may keep interrupts masked, in device microseconds (see the test).
+const MASKED_MAX_US: f64 = 500.0;
 
 /// One emulated board at a time: rp2040js needs a core of its own to keep emulated time near
 /// the chip's pace (CI machines have two), and the tests measure timing.
@@ -575,6 +578,21 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
         "  peak RAM (static + stack):             {:.0} B = {:.1} KiB of 264 KiB",
         static_ram + stack_high,
         (static_ram + stack_high) / 1024.0
+    );
+    let masked_us = stats["maskedMaxNanos"].as_f64().unwrap() / 1e3;
+    println!(
+        "  longest with interrupts masked:        {masked_us:.0} µs device time (from {} to {})",
+        stats["maskedMaxFrom"], stats["maskedMaxTo"]
+    );
+    // A real board must not mask interrupts for long: the UART's 32-byte receive FIFO fills in
+    // 2.8 ms at 115200 baud (PPP frames are lost after that), and USB and the CYW43's DMA want
+    // far less. Heavy work (key generation, CSR signing, /metrics) runs outside any critical
+    // section; what remains are short sections in embassy and the agent's signals.
+    assert!(
+        masked_us < MASKED_MAX_US,
+        "interrupts masked for {masked_us:.0} µs (bound {MASKED_MAX_US} µs), from {} to {}",
+        stats["maskedMaxFrom"],
+        stats["maskedMaxTo"]
     );
 
     // Stopping the board (the emulator) makes the node NotReady.
