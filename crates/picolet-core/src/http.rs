@@ -355,32 +355,97 @@ impl ResponseDecoder {
     }
 }
 
-/// Collects a whole response body into a fixed buffer (for ordinary, non-watch requests).
-pub struct BodyCollector<'b> {
-    buf: &'b mut [u8],
-    len: usize,
+/// What [`ResponseReader::feed`] found.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Read more bytes from the connection and feed them (after the unconsumed ones). If the
+    /// connection closes instead, call [`ResponseReader::closed`].
+    NeedMore,
+    /// The response is complete.
+    Done(Response),
 }
 
-impl<'b> BodyCollector<'b> {
-    /// Collects into `buf`; a longer body is an error.
-    pub fn new(buf: &'b mut [u8]) -> Self {
-        Self { buf, len: 0 }
+/// A complete response: its head, and its full body length (more than the caller's buffer
+/// holds when the body did not fit; the excess was counted, not kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The head.
+    pub head: ResponseHead,
+    /// The full body length.
+    pub body_len: usize,
+}
+
+/// Reads one response to a request on a kept-alive connection, the same way for every
+/// transport: bytes in, the head and the body (into the caller's buffer) out.
+///
+/// Call [`ResponseReader::feed`] with the bytes read so far; it says how many it used and
+/// whether more are needed. The driver keeps the unused bytes (the start of the next response,
+/// or of a head not yet complete) and reads more after them; a full input buffer with
+/// [`ReadStep::NeedMore`] means a head or chunk line is too long for it.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseReader {
+    decoder: ResponseDecoder,
+    head: Option<ResponseHead>,
+    body_len: usize,
+}
+
+impl ResponseReader {
+    /// A reader waiting for a response head.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Appends a piece of body.
-    pub fn push(&mut self, data: &[u8]) -> Result<(), HttpError> {
-        let end = self.len + data.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(HttpError::BodyTooLarge)?
-            .copy_from_slice(data);
-        self.len = end;
-        Ok(())
+    /// Decodes what `input` holds, copying body bytes into `body` from where the last call
+    /// stopped. Returns the bytes of `input` used and what is next.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        body: &mut [u8],
+    ) -> Result<(usize, ReadStep), HttpError> {
+        let mut used = 0;
+        loop {
+            let (n, decoded) = self.decoder.decode(input)?;
+            used += n;
+            input = &input[n..];
+            match decoded {
+                Decoded::Head(h) => self.head = Some(h),
+                Decoded::Data(d) => {
+                    if let Some(dst) = body.get_mut(self.body_len..) {
+                        let k = dst.len().min(d.len());
+                        dst[..k].copy_from_slice(&d[..k]);
+                    }
+                    self.body_len += d.len();
+                }
+                Decoded::Done => return Ok((used, self.done()?)),
+                Decoded::NeedMore if n > 0 => {}
+                Decoded::NeedMore => return Ok((used, ReadStep::NeedMore)),
+            }
+        }
     }
 
-    /// The body so far.
-    pub fn body(&self) -> &[u8] {
-        &self.buf[..self.len]
+    /// The connection closed before [`ReadStep::Done`]: the end of a read-until-close body,
+    /// or [`HttpError::Truncated`].
+    pub fn closed(&mut self) -> Result<Response, HttpError> {
+        self.decoder.finish()?;
+        match self.done()? {
+            ReadStep::Done(r) => Ok(r),
+            ReadStep::NeedMore => Err(HttpError::Truncated),
+        }
+    }
+
+    /// True once a head arrived (a connection that breaks before that may simply have been
+    /// closed by the server while idle).
+    pub fn started(&self) -> bool {
+        self.head.is_some()
+    }
+
+    fn done(&self) -> Result<ReadStep, HttpError> {
+        let head = self.head.ok_or(HttpError::BadHead)?;
+        Ok(ReadStep::Done(Response {
+            head,
+            body_len: self.body_len,
+        }))
     }
 }
 
@@ -539,11 +604,35 @@ mod tests {
     }
 
     #[test]
-    fn body_collector_is_bounded() {
-        let mut buf = [0u8; 4];
-        let mut c = BodyCollector::new(&mut buf);
-        c.push(b"ab").unwrap();
-        assert_eq!(c.push(b"cde"), Err(HttpError::BodyTooLarge));
-        assert_eq!(c.body(), b"ab");
+    fn response_reader_collects_bodies_in_pieces_and_counts_what_does_not_fit() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nHTTP/1.1 204";
+        let mut body = [0u8; 8];
+        for step in [1, 3, 7, wire.len()] {
+            let mut r = ResponseReader::new();
+            let (mut start, mut end) = (0, 0);
+            let done = loop {
+                let (n, s) = r.feed(&wire[start..end], &mut body).unwrap();
+                start += n;
+                match s {
+                    ReadStep::Done(resp) => break resp,
+                    ReadStep::NeedMore => end = (end + step).min(wire.len()),
+                }
+            };
+            assert_eq!((done.head.status, done.body_len), (200, 11), "step {step}");
+            assert_eq!(&body, b"hello wo");
+            assert_eq!(&wire[start..], b"HTTP/1.1 204", "the next response is left");
+        }
+        let mut r = ResponseReader::new();
+        let (_, s) = r.feed(b"HTTP/1.1 200 OK\r\n\r\nuntil", &mut body).unwrap();
+        assert_eq!(s, ReadStep::NeedMore);
+        assert_eq!(r.closed().map(|r| r.body_len), Ok(5));
+        let mut r = ResponseReader::new();
+        let _ = r
+            .feed(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc",
+                &mut body,
+            )
+            .unwrap();
+        assert_eq!(r.closed(), Err(HttpError::Truncated));
     }
 }

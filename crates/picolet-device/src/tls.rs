@@ -114,42 +114,31 @@ pub async fn exchange<S: embedded_io_async::Read + embedded_io_async::Write>(
     body: &mut [u8],
 ) -> Result<(picolet_core::http::ResponseHead, usize), ExchangeError> {
     use embedded_io_async::Write as _;
-    use picolet_core::http::{Decoded, ResponseDecoder};
+    use picolet_core::http::{ReadStep, ResponseReader};
     tls.write_all(request).await.map_err(ExchangeError::Tls)?;
     tls.flush().await.map_err(ExchangeError::Tls)?;
-    let mut dec = ResponseDecoder::new();
-    let (mut head, mut len, mut end) = (None, 0usize, 0usize);
+    let mut reader = ResponseReader::new();
+    let mut end = 0usize;
     loop {
-        let (n, decoded) = dec.decode(&input[..end]).map_err(|_| ExchangeError::Http)?;
-        match decoded {
-            Decoded::Head(h) => head = Some(h),
-            Decoded::Data(d) => {
-                if let Some(dst) = body.get_mut(len..) {
-                    let k = dst.len().min(d.len());
-                    dst[..k].copy_from_slice(&d[..k]);
-                }
-                len += d.len();
-            }
-            Decoded::Done => break,
-            Decoded::NeedMore if n > 0 => {}
-            Decoded::NeedMore => {
-                if end == input.len() {
-                    return Err(ExchangeError::Http);
-                }
-                let r = tls
-                    .read(&mut input[end..])
-                    .await
-                    .map_err(ExchangeError::Tls)?;
-                if r == 0 {
-                    dec.finish().map_err(|_| ExchangeError::Closed)?;
-                    break;
-                }
-                end += r;
-                continue;
-            }
-        }
+        let (n, step) = reader
+            .feed(&input[..end], body)
+            .map_err(|_| ExchangeError::Http)?;
         input.copy_within(n..end, 0);
         end -= n;
+        if let ReadStep::Done(r) = step {
+            return Ok((r.head, r.body_len));
+        }
+        if end == input.len() {
+            return Err(ExchangeError::Http);
+        }
+        let r = tls
+            .read(&mut input[end..])
+            .await
+            .map_err(ExchangeError::Tls)?;
+        if r == 0 {
+            let r = reader.closed().map_err(|_| ExchangeError::Closed)?;
+            return Ok((r.head, r.body_len));
+        }
+        end += r;
     }
-    head.map(|h| (h, len)).ok_or(ExchangeError::Http)
 }

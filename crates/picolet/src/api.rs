@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use picolet_core::http::{Decoded, HttpError, ResponseDecoder, ResponseHead};
+use picolet_core::http::{HttpError, ReadStep, Response, ResponseReader};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -148,14 +148,6 @@ pub struct Connection {
     end: usize,
 }
 
-/// A response whose body was collected into the caller's buffer.
-#[derive(Debug, Clone, Copy)]
-pub struct Response {
-    pub head: ResponseHead,
-    /// The full body length; more than the buffer when the body did not fit.
-    pub body_len: usize,
-}
-
 impl Connection {
     /// A connection that connects on first use; `head_buffer` bounds response heads.
     pub fn new(endpoint: Arc<Endpoint>, head_buffer: usize) -> Self {
@@ -215,64 +207,44 @@ impl Connection {
             .await
             .map_err(|_| Attempt::Stale)?;
         self.bytes_sent += request.len() as u64;
-        let mut decoder = ResponseDecoder::new();
-        let mut head = None;
-        let mut body_len = 0usize;
+        let mut reader = ResponseReader::new();
         let mut got_any = false;
         let http = |e| Attempt::Failed(TransportError::Http(e));
-        loop {
-            let (n, decoded) = decoder
-                .decode(&self.inbuf[self.start..self.end])
+        let response = loop {
+            let (n, step) = reader
+                .feed(&self.inbuf[self.start..self.end], body)
                 .map_err(http)?;
-            match decoded {
-                Decoded::Head(h) => head = Some(h),
-                Decoded::Data(d) => {
-                    if let Some(dst) = body.get_mut(body_len..) {
-                        let k = dst.len().min(d.len());
-                        dst[..k].copy_from_slice(&d[..k]);
-                    }
-                    body_len += d.len();
-                }
-                Decoded::Done => {
-                    self.start += n;
-                    break;
-                }
-                Decoded::NeedMore if n > 0 => {}
-                Decoded::NeedMore => {
-                    self.inbuf.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                    if self.end == self.inbuf.len() {
-                        return Err(http(HttpError::HeadTooLarge));
-                    }
-                    let stream = self.stream.as_mut().expect("connected");
-                    let read = match stream.read(&mut self.inbuf[self.end..]).await {
-                        // The server refused us in TLS (a TLS 1.3 client-certificate check):
-                        // not a stale connection, and retrying will not help.
-                        Err(e) if is_alert(&e) => {
-                            return Err(Attempt::Failed(TransportError::Io(e)));
-                        }
-                        Ok(0) | Err(_) if !got_any => return Err(Attempt::Stale),
-                        Ok(0) => {
-                            decoder.finish().map_err(http)?;
-                            self.stream = None;
-                            break;
-                        }
-                        Ok(r) => r,
-                        Err(e) => return Err(Attempt::Failed(TransportError::Io(e))),
-                    };
-                    got_any = true;
-                    self.bytes_received += read as u64;
-                    self.end += read;
-                }
-            }
             self.start += n;
-        }
-        let head = head.ok_or(http(HttpError::BadHead))?;
-        if head.close {
+            if let ReadStep::Done(r) = step {
+                break r;
+            }
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.inbuf.len() {
+                return Err(http(HttpError::HeadTooLarge));
+            }
+            let stream = self.stream.as_mut().expect("connected");
+            let read = match stream.read(&mut self.inbuf[self.end..]).await {
+                // The server refused us in TLS (a TLS 1.3 client-certificate check): not a
+                // stale connection, and retrying will not help.
+                Err(e) if is_alert(&e) => return Err(Attempt::Failed(TransportError::Io(e))),
+                Ok(0) | Err(_) if !got_any => return Err(Attempt::Stale),
+                Ok(0) => {
+                    self.stream = None;
+                    break reader.closed().map_err(http)?;
+                }
+                Ok(r) => r,
+                Err(e) => return Err(Attempt::Failed(TransportError::Io(e))),
+            };
+            got_any = true;
+            self.bytes_received += read as u64;
+            self.end += read;
+        };
+        if response.head.close {
             self.stream = None;
         }
-        Ok(Response { head, body_len })
+        Ok(response)
     }
 }
 
