@@ -17,15 +17,15 @@ use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::Write as _;
 use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
+#[cfg(not(feature = "kubelet-plain-http"))]
+use picolet_core::agent::Identity;
 use picolet_core::agent::{
     Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
 };
-#[cfg(not(feature = "kubelet-plain-http"))]
-use picolet_core::agent::{Decision, Identity, REVIEW_TIMEOUT_MS};
+use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
 use picolet_core::http::ResponseHead;
-use picolet_core::kubelet;
 use picolet_core::memory::REGION_SIZE;
-use picolet_core::metrics::PlatformStats;
+use picolet_core::metrics::{KubeletOutcome, PlatformStats};
 use picolet_core::time::Millis;
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
@@ -124,12 +124,9 @@ static LAST_HANDSHAKE_MS: AtomicU32 = AtomicU32::new(0);
 /// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
 static RSSI_DBM: AtomicI32 = AtomicI32::new(0);
 static LINK_KIND: AtomicU32 = AtomicU32::new(0);
-/// Kubelet-port outcomes: TLS handshakes refused, anonymous callers refused (401), callers
-/// refused by the API server's SubjectAccessReview (403).
-static KUBELET_TLS_FAILURES: AtomicU32 = AtomicU32::new(0);
-static KUBELET_UNAUTHENTICATED: AtomicU32 = AtomicU32::new(0);
-static KUBELET_FORBIDDEN: AtomicU32 = AtomicU32::new(0);
-static KUBELET_SERVED: AtomicU32 = AtomicU32::new(0);
+/// Raised after every control-connection response: a kubelet-port caller may be waiting for
+/// its authorization answer.
+static KUBELET_WAKE: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 
 /// The 1 KB memory region the ConfigMap is written into: a fixed, zeroed static in SRAM (.bss).
 static MEMORY_REGION: ConstStaticCell<[u8; REGION_SIZE]> = ConstStaticCell::new([0; REGION_SIZE]);
@@ -449,6 +446,7 @@ async fn control_task(
                     let shown = len.min(body.len());
                     with_agent(|a| a.on_response(t, &head, &body[..shown], len));
                     WAKE_WATCH.signal(());
+                    KUBELET_WAKE.signal(());
                     let installed = with_agent(|a| keys.install_issued(a)).flatten();
                     if installed == Some(CertKind::Client) {
                         // Both connections start again with the new certificate.
@@ -614,24 +612,6 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
     let (stack, high) = stack_use();
     family(
         w,
-        "picolet_kubelet_requests_total",
-        "counter",
-        "Kubelet-port requests by outcome.",
-    )?;
-    for (outcome, n) in [
-        ("served", &KUBELET_SERVED),
-        ("tls_failure", &KUBELET_TLS_FAILURES),
-        ("unauthenticated", &KUBELET_UNAUTHENTICATED),
-        ("forbidden", &KUBELET_FORBIDDEN),
-    ] {
-        writeln!(
-            w,
-            "picolet_kubelet_requests_total{{outcome=\"{outcome}\"}} {}",
-            n.load(Ordering::Relaxed)
-        )?;
-    }
-    family(
-        w,
         "picolet_device_static_ram_bytes",
         "gauge",
         "RAM taken by .data, .bss and .uninit.",
@@ -713,77 +693,69 @@ fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
     )
 }
 
-/// How long a kubelet-port caller waits for the API server's authorization answer.
-#[cfg(not(feature = "kubelet-plain-http"))]
-const AUTHORIZATION_WAIT: Duration = Duration::from_millis(REVIEW_TIMEOUT_MS + 1_000);
-
-/// Asks the agent (and through it the API server) whether the caller may use `route`.
-#[cfg(not(feature = "kubelet-plain-http"))]
-async fn authorize(peer: Option<&tls_server::ClientIdentity>, route: kubelet::Route) -> Decision {
-    let mut groups: heapless::Vec<&str, { tls_server::GROUPS_MAX }> = heapless::Vec::new();
-    if let Some(p) = peer {
-        for g in &p.groups {
-            let _ = groups.push(g.as_str());
-        }
-    }
-    let id = peer.map(|p| Identity {
-        user: p.user.as_str(),
-        groups: &groups,
-    });
-    let deadline = Instant::now() + AUTHORIZATION_WAIT;
-    loop {
-        let t = now();
-        match with_agent(|a| a.authorize(t, id.as_ref(), route)) {
-            Some(Decision::Pending) if Instant::now() < deadline => {
-                WAKE_CONTROL.signal(());
-                Timer::after(Duration::from_millis(20)).await;
-            }
-            Some(Decision::Pending) | None => return Decision::Unavailable,
-            Some(d) => return d,
-        }
-    }
-}
-
-/// Reads a kubelet request head (at most 1 KiB) from a plain or TLS stream.
-async fn read_request(
+/// Drives the core's kubelet session on one connection (`picolet_core::agent::KubeletSession`):
+/// reads the request head (at most 1 KiB) by `deadline`, waits for the authorization answer
+/// until the control task has had a response, and returns the answer's length in `out`; `None`
+/// when nothing complete came in time (close without an answer).
+async fn kubelet_session(
     stream: &mut impl embedded_io_async::Read,
-) -> Result<kubelet::Request, kubelet::Refusal> {
+    caller: Caller<'_>,
+    deadline: Instant,
+    out: &mut [u8; KUBELET_OUT],
+) -> Option<usize> {
     let mut head = [0u8; 1024];
     let mut len = 0;
+    let mut session = KubeletSession::new(caller);
     loop {
-        match kubelet::parse_request(&head[..len]) {
-            Ok(Some(req)) => return Ok(req),
-            Err(refusal) => return Err(refusal),
-            Ok(None) if len == head.len() => return Err(kubelet::Refusal::HeadTooLarge),
-            Ok(None) => {}
-        }
-        match stream.read(&mut head[len..]).await {
-            Ok(0) | Err(_) => return Err(kubelet::Refusal::BadRequest),
-            Ok(n) => len += n,
+        KUBELET_WAKE.reset();
+        let t = now();
+        // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
+        let platform = Platform {
+            stats: PlatformStats {
+                cpu_seconds: crate::cpu::busy_seconds(),
+                memory_working_set_bytes: (static_ram() + stack_use().1) as u64,
+            },
+            extra_metrics: &device_metrics,
+        };
+        let full = len == head.len();
+        let step = with_agent(|a| {
+            a.kubelet_step(&mut session, t, &head[..len], full, &platform, &mut out[..])
+        })?;
+        match step {
+            KubeletStep::ReadMore => {
+                match embassy_time::with_deadline(deadline, stream.read(&mut head[len..])).await {
+                    Ok(Ok(n)) if n > 0 => len += n,
+                    Ok(_) => {
+                        return match with_agent(|a| a.kubelet_eof(&mut session, &mut out[..]))? {
+                            KubeletStep::Respond { len, .. } => Some(len),
+                            _ => None,
+                        };
+                    }
+                    Err(_) => {
+                        with_agent(|a| a.count_kubelet(KubeletOutcome::TimedOut));
+                        return None;
+                    }
+                }
+            }
+            KubeletStep::Authorizing { until } => {
+                WAKE_CONTROL.signal(());
+                select(KUBELET_WAKE.wait(), Timer::at(Instant::from_millis(until))).await;
+            }
+            KubeletStep::Respond { len, refused } => {
+                if let Some((route, refusal)) = refused {
+                    log::warn!("kubelet port: {route:?} refused: {refusal:?}");
+                }
+                return Some(len);
+            }
         }
     }
 }
 
-/// Renders the answer to a parsed (and allowed) request, or the refusal.
-fn render_answer(
-    parsed: Result<kubelet::Request, kubelet::Refusal>,
-    out: &mut [u8; KUBELET_OUT],
-) -> usize {
-    match parsed {
-        Ok(req) => {
-            KUBELET_SERVED.fetch_add(1, Ordering::Relaxed);
-            let t = now();
-            // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
-            let working_set = (static_ram() + stack_use().1) as u64;
-            let stats = PlatformStats {
-                cpu_seconds: crate::cpu::busy_seconds(),
-                memory_working_set_bytes: working_set,
-            };
-            with_agent(|a| kubelet::respond(a, t, &stats, &device_metrics, req, &mut out[..]))
-                .unwrap_or(0)
-        }
-        Err(refusal) => kubelet::refuse(refusal, &mut out[..]),
-    }
+/// Closes a kubelet-port connection at once (no answer), counting why.
+async fn drop_connection(socket: &mut TcpSocket<'_>, outcome: KubeletOutcome) {
+    with_agent(|a| a.count_kubelet(outcome));
+    socket.abort();
+    let _ = socket.flush().await;
 }
 
 /// The kubelet port over plain HTTP (feature `kubelet-plain-http`): no TLS, no
@@ -803,18 +775,17 @@ async fn kubelet_task(
             continue;
         }
         // The one connection must not be held by an idle caller.
-        let parsed = match embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready())
-            .await
-        {
-            Ok(()) => embassy_time::with_timeout(KUBELET_DEADLINE, read_request(&mut socket)).await,
-            Err(t) => Err(t),
-        };
-        let Ok(parsed) = parsed else {
+        let first = embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready());
+        if first.await.is_err() {
+            drop_connection(&mut socket, KubeletOutcome::TimedOut).await;
+            continue;
+        }
+        let deadline = Instant::now() + KUBELET_DEADLINE;
+        let Some(n) = kubelet_session(&mut socket, Caller::Open, deadline, &mut b.out).await else {
             socket.abort();
             let _ = socket.flush().await;
             continue;
         };
-        let n = render_answer(parsed, &mut b.out);
         let _ = socket.write_all(&b.out[..n]).await;
         let _ = socket.flush().await;
         socket.close();
@@ -863,9 +834,7 @@ async fn kubelet_task(
                 );
                 told = true;
             }
-            KUBELET_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
-            socket.abort();
-            let _ = socket.flush().await;
+            drop_connection(&mut socket, KubeletOutcome::TlsFailure).await;
             continue;
         };
         let config = tls_server::ServerConfig {
@@ -881,69 +850,56 @@ async fn kubelet_task(
         let first = embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready());
         if first.await.is_err() {
             log::debug!("kubelet port: no ClientHello within 2 s; closed");
-            socket.abort();
-            let _ = socket.flush().await;
+            drop_connection(&mut socket, KubeletOutcome::TimedOut).await;
             continue;
         }
-        let accepted = embassy_time::with_timeout(KUBELET_DEADLINE, async {
-            match tls_server::accept(
+        let deadline = Instant::now() + KUBELET_DEADLINE;
+        let accepted = embassy_time::with_deadline(
+            deadline,
+            tls_server::accept(
                 &mut socket,
                 &config,
                 &mut RoscRng,
                 &mut b.tls_rx,
                 &mut b.tls_tx,
-            )
-            .await
-            {
-                Ok(mut conn) => {
-                    let parsed = read_request(&mut conn).await;
-                    Ok((conn, parsed))
-                }
-                Err(e) => Err(e),
-            }
-        })
+            ),
+        )
         .await;
-        let (mut conn, parsed) = match accepted {
-            Ok(Ok(x)) => x,
+        let mut conn = match accepted {
+            Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 log::warn!("kubelet port: TLS handshake refused: {e}");
-                KUBELET_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
-                socket.abort();
-                let _ = socket.flush().await;
+                drop_connection(&mut socket, KubeletOutcome::TlsFailure).await;
                 continue;
             }
             Err(_) => {
-                log::debug!("kubelet port: no handshake and request within 10 s; closed");
-                socket.abort();
-                let _ = socket.flush().await;
+                log::debug!("kubelet port: no handshake within 10 s; closed");
+                drop_connection(&mut socket, KubeletOutcome::TimedOut).await;
                 continue;
             }
         };
-        let parsed = match parsed {
-            Ok(req) => match authorize(conn.peer(), req.route).await {
-                Decision::Allow => Ok(req),
-                Decision::Deny if conn.peer().is_none() => {
-                    KUBELET_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "kubelet port: {:?} refused: no client certificate (401)",
-                        req.route
-                    );
-                    Err(kubelet::Refusal::Unauthorized)
+        // A copy: the session reads from the connection while it holds the identity.
+        let peer = conn.peer().cloned();
+        let mut groups: heapless::Vec<&str, { tls_server::GROUPS_MAX }> = heapless::Vec::new();
+        let caller = match &peer {
+            Some(p) => {
+                for g in &p.groups {
+                    let _ = groups.push(g.as_str());
                 }
-                Decision::Deny => {
-                    KUBELET_FORBIDDEN.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "kubelet port: {:?} refused for user={}: SubjectAccessReview denied (403)",
-                        req.route,
-                        conn.peer().map(|p| p.user.as_str()).unwrap_or("")
-                    );
-                    Err(kubelet::Refusal::Forbidden)
-                }
-                _ => Err(kubelet::Refusal::AuthorizationUnavailable),
-            },
-            Err(r) => Err(r),
+                Caller::Verified(Identity {
+                    user: p.user.as_str(),
+                    groups: &groups,
+                })
+            }
+            None => Caller::Anonymous,
         };
-        let n = render_answer(parsed, &mut b.out);
+        let answer = kubelet_session(&mut conn, caller, deadline, &mut b.out).await;
+        let Some(n) = answer else {
+            drop(conn);
+            socket.abort();
+            let _ = socket.flush().await;
+            continue;
+        };
         if conn.write_all(&b.out[..n]).await.is_ok() {
             conn.close().await;
         }

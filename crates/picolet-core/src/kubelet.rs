@@ -1,15 +1,30 @@
 //! The kubelet endpoints on :10250, rendered from the agent's state into a caller buffer.
 //!
-//! The platform reads a request head (bounded, with a timeout), calls [`parse_request`], then
-//! [`respond`]. Routes: `/healthz`, `/metrics`, `/metrics/resource`, `/pods`, `/memory`.
+//! Drivers do not call these directly: a [`crate::agent::KubeletSession`] parses, authorizes and
+//! answers through them. Routes: `/healthz`, `/metrics`, `/metrics/resource`, `/pods`, `/memory`.
+//! Rendering takes a [`KubeletView`], a snapshot of what the pages show, not the agent.
 
 use core::fmt::{self, Write};
 
-use crate::agent::Agent;
 use crate::memory::REGION_SIZE;
-use crate::metrics::{self, PlatformStats};
-use crate::time::Millis;
+use crate::metrics::{self, Gauges, Metrics, PlatformStats};
 use crate::write::SliceWriter;
+
+/// What the kubelet pages show, taken from the agent at one moment.
+pub struct KubeletView<'a> {
+    /// The agent's counters.
+    pub metrics: &'a Metrics,
+    /// Its gauges.
+    pub gauges: Gauges,
+    /// The memory region.
+    pub region: &'a [u8; REGION_SIZE],
+    /// The config state's annotation value (`Applied`, …).
+    pub config_state: &'a str,
+    /// The resourceVersion last applied ("" when none).
+    pub applied_resource_version: &'a str,
+    /// Unix milliseconds now, once the clock is known.
+    pub unix_ms: Option<u64>,
+}
 
 /// The endpoints picolet serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,10 +183,9 @@ pub fn refuse(refusal: Refusal, out: &mut [u8]) -> usize {
     })
 }
 
-/// Writes the response to `req` from the agent's current state.
+/// Writes the response to `req` from `view`.
 pub fn respond(
-    agent: &Agent<'_>,
-    now: Millis,
+    view: &KubeletView<'_>,
     stats: &PlatformStats,
     extra_metrics: &dyn Fn(&mut dyn Write) -> fmt::Result,
     req: Request,
@@ -181,30 +195,30 @@ pub fn respond(
     match req.route {
         Route::Healthz => write_response(out, ok, TEXT, req.head_only, &mut |w| w.write_str("ok")),
         Route::Metrics => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
-            agent.metrics().render(w, &agent.gauges(now))?;
+            view.metrics.render(w, &view.gauges)?;
             extra_metrics(w)
         }),
         Route::MetricsResource => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
-            metrics::render_resource(w, stats, agent.unix_ms(now).unwrap_or(0))
+            metrics::render_resource(w, stats, view.unix_ms.unwrap_or(0))
         }),
         Route::Pods => write_response(out, ok, JSON, req.head_only, &mut |w| {
             w.write_str(r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#)
         }),
         Route::Memory => write_response(out, ok, TEXT, req.head_only, &mut |w| {
-            render_memory(agent, w)
+            render_memory(view, w)
         }),
     }
 }
 
 /// `/memory`: a header line, then 16 bytes per line as `OFFSET: HEX…`.
-fn render_memory(agent: &Agent<'_>, w: &mut dyn Write) -> fmt::Result {
-    let region = agent.region();
-    let (state, rv, _) = agent.config_state();
+fn render_memory(view: &KubeletView<'_>, w: &mut dyn Write) -> fmt::Result {
+    let region = view.region;
+    let (state, rv) = (view.config_state, view.applied_resource_version);
     writeln!(
         w,
         "# picolet memory region: {REGION_SIZE} bytes, crc32 0x{:08x}, config {} (resourceVersion {})",
         crate::memory::checksum(region),
-        state.as_str(),
+        state,
         if rv.is_empty() { "none" } else { rv }
     )?;
     for (i, row) in region.chunks(16).enumerate() {

@@ -46,6 +46,8 @@ pub struct Metrics {
     /// Kubelet-port authorization reviews: allowed, denied, error (no answer, or an identity
     /// too large to hold).
     pub kubelet_authz: [u32; 3],
+    /// Kubelet-port connections by outcome, indexed by [`KubeletOutcome`].
+    pub kubelet_requests: [u32; KubeletOutcome::ALL.len()],
     api: heapless::Vec<ApiCount, API_SLOTS>,
     api_other: u32,
 }
@@ -75,6 +77,67 @@ impl Metrics {
     /// Total API requests counted, for tests and benchmarks.
     pub fn api_total(&self) -> u32 {
         self.api.iter().map(|c| c.count).sum::<u32>() + self.api_other
+    }
+}
+
+/// How a kubelet-port connection ended; `picolet_kubelet_requests_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeletOutcome {
+    /// Answered.
+    Served,
+    /// Malformed, unknown path or method, or a head too large (400, 404, 405, 431).
+    Refused,
+    /// No client certificate (401).
+    Unauthenticated,
+    /// The SubjectAccessReview said no (403).
+    Forbidden,
+    /// The API server could not be asked in time (503).
+    Unavailable,
+    /// The TLS handshake was refused (or there is no serving certificate yet).
+    TlsFailure,
+    /// No first byte, or no complete handshake and head, within the deadlines.
+    TimedOut,
+    /// Closed before its request to make room for a new connection (host agent).
+    Evicted,
+    /// Closed at once: every connection was answering a request (host agent).
+    OverLimit,
+}
+
+impl KubeletOutcome {
+    /// Every outcome, in the order `/metrics` lists them.
+    pub const ALL: [Self; 9] = [
+        Self::Served,
+        Self::Refused,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::Unavailable,
+        Self::TlsFailure,
+        Self::TimedOut,
+        Self::Evicted,
+        Self::OverLimit,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Served => "served",
+            Self::Refused => "refused",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+            Self::TlsFailure => "tls_failure",
+            Self::TimedOut => "timed_out",
+            Self::Evicted => "evicted",
+            Self::OverLimit => "over_limit",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one kubelet-port connection's outcome.
+    pub fn count_kubelet(&mut self, outcome: KubeletOutcome) {
+        let i = outcome as usize;
+        self.kubelet_requests[i] = self.kubelet_requests[i].wrapping_add(1);
     }
 }
 
@@ -248,6 +311,20 @@ impl Metrics {
             "Kubernetes Events not sent because the queue was full.",
         )?;
         writeln!(w, "picolet_events_dropped_total {}", self.events_dropped)?;
+        family(
+            w,
+            "picolet_kubelet_requests_total",
+            "counter",
+            "Kubelet-port connections by outcome.",
+        )?;
+        for outcome in KubeletOutcome::ALL {
+            writeln!(
+                w,
+                "picolet_kubelet_requests_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                self.kubelet_requests[outcome as usize]
+            )?;
+        }
         family(
             w,
             "picolet_kubelet_authorization_reviews_total",

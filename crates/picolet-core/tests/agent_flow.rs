@@ -1128,6 +1128,159 @@ mod authorization {
         r.body
     }
 
+    /// Steps a kubelet session over `head` until it answers, answering its review with
+    /// `allowed` if it asks one; returns the answer's text and whether a review was asked.
+    fn kubelet_request(
+        h: &mut Harness,
+        caller: picolet_core::agent::Caller<'_>,
+        head: &[u8],
+        allowed: bool,
+    ) -> (String, bool) {
+        use picolet_core::agent::{KubeletSession, KubeletStep, Platform};
+        let platform = Platform {
+            stats: picolet_core::metrics::PlatformStats {
+                cpu_seconds: 1.5,
+                memory_working_set_bytes: 1000,
+            },
+            extra_metrics: &|w| w.write_str("platform_extra 1\n"),
+        };
+        let mut session = KubeletSession::new(caller);
+        let mut out = vec![0u8; 16 * 1024];
+        let mut asked = false;
+        // The head arrives a byte at a time.
+        let mut len = 0;
+        loop {
+            match h.agent.kubelet_step(
+                &mut session,
+                h.now,
+                &head[..len],
+                len == 4096,
+                &platform,
+                &mut out,
+            ) {
+                KubeletStep::ReadMore if len < head.len() => len += 1,
+                KubeletStep::ReadMore => {
+                    let step = h.agent.kubelet_eof(&mut session, &mut out);
+                    let KubeletStep::Respond { len, .. } = step else {
+                        panic!("{step:?}")
+                    };
+                    return (String::from_utf8_lossy(&out[..len]).into(), asked);
+                }
+                KubeletStep::Authorizing { until } => {
+                    assert!(until > h.now);
+                    assert!(!asked, "asked twice");
+                    asked = true;
+                    answer_review(h, allowed);
+                }
+                KubeletStep::Respond { len, .. } => {
+                    return (String::from_utf8_lossy(&out[..len]).into(), asked);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_kubelet_session_parses_authorizes_answers_and_counts() {
+        use picolet_core::agent::Caller;
+        let mut h = registered();
+        let (healthz, asked) = kubelet_request(
+            &mut h,
+            Caller::Anonymous,
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+            false,
+        );
+        assert!(
+            healthz.starts_with("HTTP/1.1 200 OK") && healthz.ends_with("ok"),
+            "{healthz}"
+        );
+        assert!(!asked);
+        let (anon, _) = kubelet_request(
+            &mut h,
+            Caller::Anonymous,
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            false,
+        );
+        assert!(anon.starts_with("HTTP/1.1 401 "), "{anon}");
+        let (denied, asked) = kubelet_request(
+            &mut h,
+            Caller::Verified(PROM),
+            b"GET /memory HTTP/1.1\r\n\r\n",
+            false,
+        );
+        assert!(asked && denied.starts_with("HTTP/1.1 403 "), "{denied}");
+        let (metrics, asked) = kubelet_request(
+            &mut h,
+            Caller::Verified(PROM),
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            true,
+        );
+        assert!(asked && metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+        assert!(metrics.contains("platform_extra 1\n"));
+        let (bad, _) = kubelet_request(&mut h, Caller::Open, b"GET /exec HTTP/1.1\r\n\r\n", false);
+        assert!(bad.starts_with("HTTP/1.1 404 "), "{bad}");
+        let (cut, _) = kubelet_request(&mut h, Caller::Open, b"GET /heal", false);
+        assert!(cut.starts_with("HTTP/1.1 400 "), "{cut}");
+        h.agent
+            .count_kubelet(picolet_core::metrics::KubeletOutcome::TimedOut);
+        // Every outcome is on /metrics, the same on every driver.
+        let (page, _) = kubelet_request(
+            &mut h,
+            Caller::Open,
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            false,
+        );
+        for (outcome, n) in [
+            // /healthz, /metrics, and this page itself.
+            ("served", 3),
+            ("refused", 2),
+            ("unauthenticated", 1),
+            ("forbidden", 1),
+            ("unavailable", 0),
+            ("timed_out", 1),
+            ("evicted", 0),
+        ] {
+            let line = format!("picolet_kubelet_requests_total{{outcome=\"{outcome}\"}} {n}\n");
+            assert!(page.contains(&line), "{line} in\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_kubelet_session_answers_503_when_the_review_is_not_answered_in_time() {
+        use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
+        let mut h = registered();
+        let platform = Platform {
+            stats: Default::default(),
+            extra_metrics: &|_| Ok(()),
+        };
+        let mut session = KubeletSession::new(Caller::Verified(PROM));
+        let mut out = vec![0u8; 4096];
+        let head = b"GET /pods HTTP/1.1\r\n\r\n";
+        let step = h
+            .agent
+            .kubelet_step(&mut session, h.now, head, false, &platform, &mut out);
+        let KubeletStep::Authorizing { until } = step else {
+            panic!("{step:?}")
+        };
+        // The review goes out, but its answer never comes.
+        h.expect("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        h.now = until;
+        let step = h
+            .agent
+            .kubelet_step(&mut session, h.now, head, false, &platform, &mut out);
+        let KubeletStep::Respond { len, refused } = step else {
+            panic!("{step:?}")
+        };
+        assert!(String::from_utf8_lossy(&out[..len]).starts_with("HTTP/1.1 503 "));
+        assert_eq!(
+            refused,
+            Some((
+                Some(Route::Pods),
+                picolet_core::kubelet::Refusal::AuthorizationUnavailable
+            ))
+        );
+        assert!(until <= REVIEW_TIMEOUT_MS + 1_000 + 1);
+    }
+
     #[test]
     fn healthz_is_open_and_everything_else_needs_an_allowed_identity() {
         let mut h = registered();

@@ -7,12 +7,13 @@
 //! request yet instead of being refused.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use picolet_core::agent::{Decision, Identity, REVIEW_TIMEOUT_MS};
-use picolet_core::kubelet::{self, Refusal, Route};
+use picolet_core::agent::{Caller, Identity, KubeletSession, KubeletStep, Platform};
+use picolet_core::kubelet::{Refusal, Route};
+use picolet_core::metrics::KubeletOutcome;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -40,31 +41,14 @@ const FD_RESERVE: u64 = 64;
 /// Largest request head accepted (larger gets 431).
 pub const MAX_HEAD: usize = 8 * 1024;
 
-/// Counters the server adds to `/metrics`.
-#[derive(Default)]
-pub struct ServerCounters {
-    pub requests: AtomicU64,
-    pub refused: AtomicU64,
-    /// Connections closed at once because every slot had a request in progress.
-    pub over_limit: AtomicU64,
-    /// Connections closed before a complete request to make room for a new one.
-    pub evicted: AtomicU64,
-    /// Connections that sent nothing within [`FIRST_BYTE_DEADLINE`], or no complete handshake
-    /// and head within [`REQUEST_DEADLINE`].
-    pub timed_out: AtomicU64,
-    pub tls_failures: AtomicU64,
-    pub unauthenticated: AtomicU64,
-    pub forbidden: AtomicU64,
-}
-
 /// A caller's identity from its verified client certificate: CN and O values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
+pub struct Peer {
     pub user: String,
     pub groups: Vec<String>,
 }
 
-impl Caller {
+impl Peer {
     /// Reads the identity from a certificate rustls already verified against the client CA.
     pub fn from_certificate(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -274,14 +258,14 @@ pub async fn serve(listener: TcpListener, transport: Transport, shared: Arc<Shar
         let admission = table.lock().unwrap_or_else(|p| p.into_inner()).admit();
         let id = match admission {
             Admission::Full => {
-                shared.server.over_limit.fetch_add(1, Ordering::Relaxed);
+                shared.count_kubelet(KubeletOutcome::OverLimit);
                 drop(tcp);
                 continue;
             }
             Admission::Admitted { id, evicted } => {
                 if let Some(victim) = evicted {
                     victim.abort();
-                    shared.server.evicted.fetch_add(1, Ordering::Relaxed);
+                    shared.count_kubelet(KubeletOutcome::Evicted);
                 }
                 id
             }
@@ -304,12 +288,12 @@ pub async fn serve(listener: TcpListener, transport: Transport, shared: Arc<Shar
 fn timed_out(shared: &Shared, peer: std::net::SocketAddr, what: &str) {
     // Debug only: a flood of idle connections would otherwise flood the log.
     tracing::debug!("kubelet port: {peer} timed out {what}");
-    shared.server.timed_out.fetch_add(1, Ordering::Relaxed);
+    shared.count_kubelet(KubeletOutcome::TimedOut);
 }
 
 fn handshake_failed(shared: &Shared, peer: std::net::SocketAddr, why: &dyn std::fmt::Display) {
     tracing::warn!("kubelet port: TLS handshake from {peer} refused: {why}");
-    shared.server.tls_failures.fetch_add(1, Ordering::Relaxed);
+    shared.count_kubelet(KubeletOutcome::TlsFailure);
 }
 
 /// One connection: its first byte, the handshake (if any), then one request.
@@ -340,7 +324,7 @@ async fn connection(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| Caller::from_certificate(c));
+                        .and_then(|c| Peer::from_certificate(c));
                     let access = Access::Authenticated(caller);
                     handle(TokioConn(tls), shared, access, deadline, tracked).await
                 }
@@ -380,7 +364,7 @@ async fn connection(
             .await;
             match accepted {
                 Ok(Ok(conn)) => {
-                    let caller = conn.peer().map(|p| Caller {
+                    let caller = conn.peer().map(|p| Peer {
                         user: p.user.to_string(),
                         groups: p.groups.iter().map(|g| g.to_string()).collect(),
                     });
@@ -411,75 +395,7 @@ pub enum Access {
     /// authentication and no authorization.
     Open,
     /// HTTPS: the verified client certificate's identity, or `None` for no certificate.
-    Authenticated(Option<Caller>),
-}
-
-/// Asks the agent (and through it the API server) whether `caller` may use `route`.
-async fn authorize(shared: &Shared, caller: Option<&Caller>, route: Route) -> Decision {
-    let groups: Vec<&str> = caller
-        .map(|c| c.groups.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    let id = caller.map(|c| Identity {
-        user: &c.user,
-        groups: &groups,
-    });
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(REVIEW_TIMEOUT_MS)
-        + Duration::from_secs(1);
-    loop {
-        let now = shared.now();
-        let decision = shared
-            .agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .authorize(now, id.as_ref(), route);
-        if decision != Decision::Pending {
-            return decision;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Decision::Unavailable;
-        }
-        shared.wake_control();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Authentication, then authorization; a refusal is logged and counted.
-async fn allowed(shared: &Shared, access: &Access, req: kubelet::Request) -> Result<(), Refusal> {
-    let Access::Authenticated(caller) = access else {
-        return Ok(());
-    };
-    let refusal = match authorize(shared, caller.as_ref(), req.route).await {
-        Decision::Allow => return Ok(()),
-        Decision::Deny if caller.is_none() => {
-            shared
-                .server
-                .unauthenticated
-                .fetch_add(1, Ordering::Relaxed);
-            Refusal::Unauthorized
-        }
-        Decision::Deny => {
-            shared.server.forbidden.fetch_add(1, Ordering::Relaxed);
-            Refusal::Forbidden
-        }
-        Decision::Pending | Decision::Unavailable => Refusal::AuthorizationUnavailable,
-    };
-    let who = caller
-        .as_ref()
-        .map_or("anonymous (no client certificate)".to_string(), |c| {
-            format!("user={} groups={:?}", c.user, c.groups)
-        });
-    tracing::warn!(
-        "kubelet port: {:?} refused for {who}: {} (get nodes/{})",
-        req.route,
-        match refusal {
-            Refusal::Unauthorized => "401, a client certificate is required",
-            Refusal::Forbidden => "403, the API server's SubjectAccessReview denied it",
-            _ => "503, the API server could not be asked",
-        },
-        req.route.subresource().unwrap_or("-"),
-    );
-    Err(refusal)
+    Authenticated(Option<Peer>),
 }
 
 /// A connection a request is read from and its answer written to: rustls/plain TCP through
@@ -522,7 +438,8 @@ impl<S: embedded_io_async::Read + embedded_io_async::Write> KubeletConn
     }
 }
 
-/// Reads one request head by `deadline`, then answers it (or the refusal).
+/// Drives the core's kubelet session for one connection: reads the head by `deadline`, waits
+/// for the authorization answer when woken by the control connection, writes the answer.
 async fn handle<C: KubeletConn>(
     mut stream: C,
     shared: &Shared,
@@ -530,54 +447,99 @@ async fn handle<C: KubeletConn>(
     deadline: Instant,
     tracked: &Tracked,
 ) {
+    let groups: Vec<&str> = match &access {
+        Access::Authenticated(Some(p)) => p.groups.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let caller = match &access {
+        Access::Open => Caller::Open,
+        Access::Authenticated(None) => Caller::Anonymous,
+        Access::Authenticated(Some(p)) => Caller::Verified(Identity {
+            user: &p.user,
+            groups: &groups,
+        }),
+    };
+    let mut session = KubeletSession::new(caller);
     let mut head = vec![0u8; MAX_HEAD];
-    let mut len = 0;
-    let parsed = tokio::time::timeout_at(deadline, async {
-        loop {
-            match kubelet::parse_request(&head[..len]) {
-                Ok(Some(req)) => return Ok(req),
-                Err(refusal) => return Err(refusal),
-                Ok(None) if len == head.len() => return Err(Refusal::HeadTooLarge),
-                Ok(None) => {}
-            }
-            match stream.read_some(&mut head[len..]).await {
-                None => return Err(Refusal::BadRequest),
-                Some(n) => len += n,
-            }
-        }
-    })
-    .await;
-    if parsed.is_ok() {
-        tracked.advance(Stage::Answering);
-    }
     let mut out = vec![0u8; 64 * 1024];
-    let parsed = match parsed {
-        Ok(Ok(req)) => match allowed(shared, &access, req).await {
-            Ok(()) => Ok(Ok(req)),
-            Err(refusal) => Ok(Err(refusal)),
-        },
-        other => other,
-    };
-    let n = match parsed {
-        // Nothing complete arrived in time: close without an answer.
-        Err(_) => {
-            shared.server.timed_out.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Ok(Err(refusal)) => {
-            shared.server.refused.fetch_add(1, Ordering::Relaxed);
-            kubelet::refuse(refusal, &mut out)
-        }
-        Ok(Ok(req)) => {
-            shared.server.requests.fetch_add(1, Ordering::Relaxed);
+    let mut len = 0;
+    loop {
+        // Registered before the step, so that an answer arriving meanwhile is not missed.
+        let woken = shared.kubelet_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let step = {
             let stats = stats::process_stats();
-            let now = shared.now();
             let extra = |w: &mut dyn std::fmt::Write| render_extra(w, shared, &stats);
-            let agent = shared.agent.lock().unwrap_or_else(|p| p.into_inner());
-            kubelet::respond(&agent, now, &stats, &extra, req, &mut out)
+            let platform = Platform {
+                stats,
+                extra_metrics: &extra,
+            };
+            let now = shared.now();
+            shared.lock().kubelet_step(
+                &mut session,
+                now,
+                &head[..len],
+                len == head.len(),
+                &platform,
+                &mut out,
+            )
+        };
+        match step {
+            KubeletStep::ReadMore => {
+                match tokio::time::timeout_at(deadline, stream.read_some(&mut head[len..])).await {
+                    Ok(Some(n)) => len += n,
+                    Ok(None) => {
+                        let step = shared.lock().kubelet_eof(&mut session, &mut out);
+                        if let KubeletStep::Respond { len, .. } = step {
+                            let _ =
+                                tokio::time::timeout(REQUEST_DEADLINE, stream.answer(&out[..len]))
+                                    .await;
+                        }
+                        return;
+                    }
+                    // Nothing complete arrived in time: close without an answer.
+                    Err(_) => return shared.count_kubelet(KubeletOutcome::TimedOut),
+                }
+            }
+            KubeletStep::Authorizing { until } => {
+                tracked.advance(Stage::Answering);
+                shared.wake_control();
+                let wait = Duration::from_millis(until.saturating_sub(shared.now()));
+                let _ = tokio::time::timeout(wait, woken).await;
+            }
+            KubeletStep::Respond { len, refused } => {
+                tracked.advance(Stage::Answering);
+                if let Some((route, refusal)) = refused {
+                    log_refusal(&access, route, refusal);
+                }
+                let _ = tokio::time::timeout(REQUEST_DEADLINE, stream.answer(&out[..len])).await;
+                return;
+            }
         }
+    }
+}
+
+/// Logs why an authenticated caller was refused (malformed requests are only counted).
+fn log_refusal(access: &Access, route: Option<Route>, refusal: Refusal) {
+    let Access::Authenticated(caller) = access else {
+        return;
     };
-    let _ = tokio::time::timeout(REQUEST_DEADLINE, stream.answer(&out[..n])).await;
+    let why = match refusal {
+        Refusal::Unauthorized => "401, a client certificate is required",
+        Refusal::Forbidden => "403, the API server's SubjectAccessReview denied it",
+        Refusal::AuthorizationUnavailable => "503, the API server could not be asked",
+        _ => return,
+    };
+    let who = caller
+        .as_ref()
+        .map_or("anonymous (no client certificate)".to_string(), |c| {
+            format!("user={} groups={:?}", c.user, c.groups)
+        });
+    tracing::warn!(
+        "kubelet port: {route:?} refused for {who}: {why} (get nodes/{})",
+        route.and_then(Route::subresource).unwrap_or("-"),
+    );
 }
 
 fn render_extra(
@@ -586,7 +548,6 @@ fn render_extra(
     s: &picolet_core::metrics::PlatformStats,
 ) -> std::fmt::Result {
     use picolet_core::metrics::family;
-    let c = &shared.server;
     family(
         w,
         "picolet_api_bytes_total",
@@ -628,52 +589,6 @@ fn render_extra(
         w,
         "process_resident_memory_bytes {}",
         s.memory_working_set_bytes
-    )?;
-    family(
-        w,
-        "picolet_kubelet_requests_total",
-        "counter",
-        "Kubelet-port requests by outcome.",
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"served\"}} {}",
-        c.requests.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"refused\"}} {}",
-        c.refused.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"over_limit\"}} {}",
-        c.over_limit.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"evicted\"}} {}",
-        c.evicted.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"timed_out\"}} {}",
-        c.timed_out.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"tls_failure\"}} {}",
-        c.tls_failures.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"unauthenticated\"}} {}",
-        c.unauthenticated.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        w,
-        "picolet_kubelet_requests_total{{outcome=\"forbidden\"}} {}",
-        c.forbidden.load(Ordering::Relaxed)
     )
 }
 

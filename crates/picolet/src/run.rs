@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{Connection, Endpoint};
 use crate::credentials::Credentials;
-use crate::kubelet_server::{self, ServerCounters};
+use crate::kubelet_server;
 use crate::node_certs::{self, PendingKeys, ServingCertificate};
 use crate::tls;
 
@@ -61,7 +61,9 @@ pub struct Shared {
     /// Wakes both watch connections (the ConfigMap's and the pods').
     wake_watch: Notify,
     start: Instant,
-    pub server: ServerCounters,
+    /// Wakes kubelet-port sessions waiting for an authorization answer: the control
+    /// connection had a response.
+    pub kubelet_wake: Notify,
     /// HTTP bytes to and from the API server on both connections (before TLS).
     pub api_bytes_sent: AtomicU64,
     pub api_bytes_received: AtomicU64,
@@ -96,7 +98,12 @@ impl Shared {
         self.start.elapsed().as_millis() as Millis
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Agent<'static>> {
+    /// Counts a kubelet-port connection that ended in the transport.
+    pub fn count_kubelet(&self, outcome: picolet_core::metrics::KubeletOutcome) {
+        self.lock().count_kubelet(outcome);
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Agent<'static>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -241,7 +248,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         wake_control: Notify::new(),
         wake_watch: Notify::new(),
         start,
-        server: ServerCounters::default(),
+        kubelet_wake: Notify::new(),
         api_bytes_sent: AtomicU64::new(0),
         api_bytes_received: AtomicU64::new(0),
         api_tls_failures: AtomicU64::new(0),
@@ -575,6 +582,7 @@ async fn control_loop(shared: Arc<Shared>) {
         observer.observe(&agent);
         drop(agent);
         shared.wake_watch.notify_waiters();
+        shared.kubelet_wake.notify_waiters();
     }
 }
 

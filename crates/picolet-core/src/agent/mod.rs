@@ -19,6 +19,7 @@ mod authorization;
 mod certificates;
 mod config_map;
 mod encode;
+mod kubelet_session;
 mod pods;
 mod watch_stream;
 
@@ -29,6 +30,7 @@ pub use authorization::{
 pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
+pub use kubelet_session::{Caller, KubeletSession, KubeletStep, Platform};
 pub use pods::POD_LIST_MS;
 
 pub use crate::paths::LEASE_NAMESPACE;

@@ -1,0 +1,199 @@
+//! One kubelet-port request on one connection, driven the same way by every driver: the core
+//! owns the sequence parse → authenticate → authorize → respond, and every kubelet-port
+//! counter; the driver only moves bytes, waits, and writes the answer.
+//!
+//! Driving a session: after the transport's handshake (if any), make a [`KubeletSession`] and
+//! call [`Agent::kubelet_step`] with the request head read so far:
+//! - [`KubeletStep::ReadMore`]: read more bytes after the ones given, then step again (a peer
+//!   that closes first: [`Agent::kubelet_eof`]);
+//! - [`KubeletStep::Authorizing`]: the API server is being asked (the review goes out on the
+//!   control connection ahead of routine work); step again when the control connection has
+//!   had a response, or at `until`;
+//! - [`KubeletStep::Respond`]: write `out[..len]` and close the connection. The session is over.
+//!
+//! Transport events that never reach a session (a refused handshake, a deadline, an eviction,
+//! no room) are counted with [`Agent::count_kubelet`].
+
+use core::fmt;
+
+use super::*;
+use crate::kubelet::{self, KubeletView, Refusal, Request, Route};
+use crate::metrics::{KubeletOutcome, PlatformStats};
+
+/// Who is calling, as far as the transport could tell.
+#[derive(Clone, Copy, Debug)]
+pub enum Caller<'a> {
+    /// Plain HTTP, like the kubelet's read-only port: no authentication, no authorization.
+    Open,
+    /// TLS without a client certificate.
+    Anonymous,
+    /// TLS with a client certificate verified against the client CA.
+    Verified(Identity<'a>),
+}
+
+/// What the driver does next for a kubelet-port connection.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeletStep {
+    /// Read more of the request head, then step again.
+    ReadMore,
+    /// Wait until the control connection has had a response, or `until`, then step again.
+    Authorizing {
+        /// When to step again at the latest (the answer is 503 then).
+        until: Millis,
+    },
+    /// Write `out[..len]` and close. `refused` says why the request was refused, for the log.
+    Respond {
+        /// Bytes of the answer.
+        len: usize,
+        /// The refusal, when it was one, with the route asked for (if it was readable).
+        refused: Option<(Option<Route>, Refusal)>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Reading,
+    Authorizing { req: Request, until: Millis },
+    Answered,
+}
+
+/// One request's progress on a kubelet-port connection. See the module documentation.
+#[derive(Clone, Copy, Debug)]
+pub struct KubeletSession<'c> {
+    caller: Caller<'c>,
+    state: State,
+}
+
+impl<'c> KubeletSession<'c> {
+    /// A session for `caller`, waiting for its request head.
+    pub const fn new(caller: Caller<'c>) -> Self {
+        Self {
+            caller,
+            state: State::Reading,
+        }
+    }
+
+    /// True once the request head was complete (the connection is answering, not idle).
+    pub fn has_request(&self) -> bool {
+        self.state != State::Reading
+    }
+}
+
+/// What the platform adds to the kubelet pages: its own figures and `/metrics` families.
+pub struct Platform<'a> {
+    /// CPU and memory for `/metrics/resource` and `process_*`.
+    pub stats: PlatformStats,
+    /// The platform's own `/metrics` families, after the agent's.
+    pub extra_metrics: &'a dyn Fn(&mut dyn fmt::Write) -> fmt::Result,
+}
+
+impl Agent<'_> {
+    /// Advances `session` with the request head read so far (`head`; `full`: the driver's
+    /// buffer has no room for more). Answers go into `out`.
+    pub fn kubelet_step(
+        &mut self,
+        session: &mut KubeletSession<'_>,
+        now: Millis,
+        head: &[u8],
+        full: bool,
+        platform: &Platform<'_>,
+        out: &mut [u8],
+    ) -> KubeletStep {
+        let req = match session.state {
+            State::Answered => return self.kubelet_refuse(session, None, Refusal::BadRequest, out),
+            State::Authorizing { req, until } if now >= until => {
+                return self.kubelet_refuse(
+                    session,
+                    Some(req.route),
+                    Refusal::AuthorizationUnavailable,
+                    out,
+                );
+            }
+            State::Authorizing { req, .. } => req,
+            State::Reading => match kubelet::parse_request(head) {
+                Ok(Some(req)) => req,
+                Ok(None) if !full => return KubeletStep::ReadMore,
+                Ok(None) => return self.kubelet_refuse(session, None, Refusal::HeadTooLarge, out),
+                Err(refusal) => return self.kubelet_refuse(session, None, refusal, out),
+            },
+        };
+        let caller = session.caller;
+        let id = match &caller {
+            Caller::Open => None,
+            Caller::Anonymous => None,
+            Caller::Verified(id) => Some(id),
+        };
+        let decision = match caller {
+            Caller::Open => Decision::Allow,
+            _ => self.authorize(now, id, req.route),
+        };
+        let refusal = match decision {
+            Decision::Allow => {
+                session.state = State::Answered;
+                self.metrics.count_kubelet(KubeletOutcome::Served);
+                let view = self.kubelet_view(now);
+                let len =
+                    kubelet::respond(&view, &platform.stats, platform.extra_metrics, req, out);
+                return KubeletStep::Respond { len, refused: None };
+            }
+            Decision::Pending => {
+                let until = match session.state {
+                    State::Authorizing { until, .. } => until,
+                    _ => now + REVIEW_TIMEOUT_MS + 1_000,
+                };
+                session.state = State::Authorizing { req, until };
+                return KubeletStep::Authorizing { until };
+            }
+            Decision::Deny if id.is_none() => Refusal::Unauthorized,
+            Decision::Deny => Refusal::Forbidden,
+            Decision::Unavailable => Refusal::AuthorizationUnavailable,
+        };
+        self.kubelet_refuse(session, Some(req.route), refusal, out)
+    }
+
+    /// The peer closed (or the driver's read failed) before a complete request head.
+    pub fn kubelet_eof(&mut self, session: &mut KubeletSession<'_>, out: &mut [u8]) -> KubeletStep {
+        self.kubelet_refuse(session, None, Refusal::BadRequest, out)
+    }
+
+    /// Counts a kubelet-port connection that ended in the transport (see [`KubeletOutcome`]).
+    pub fn count_kubelet(&mut self, outcome: KubeletOutcome) {
+        self.metrics.count_kubelet(outcome);
+    }
+
+    fn kubelet_refuse(
+        &mut self,
+        session: &mut KubeletSession<'_>,
+        route: Option<Route>,
+        refusal: Refusal,
+        out: &mut [u8],
+    ) -> KubeletStep {
+        session.state = State::Answered;
+        self.metrics.count_kubelet(match refusal {
+            Refusal::Unauthorized => KubeletOutcome::Unauthenticated,
+            Refusal::Forbidden => KubeletOutcome::Forbidden,
+            Refusal::AuthorizationUnavailable => KubeletOutcome::Unavailable,
+            Refusal::BadRequest
+            | Refusal::NotFound
+            | Refusal::MethodNotAllowed
+            | Refusal::HeadTooLarge => KubeletOutcome::Refused,
+        });
+        KubeletStep::Respond {
+            len: kubelet::refuse(refusal, out),
+            refused: Some((route, refusal)),
+        }
+    }
+
+    /// What the kubelet pages show, at `now`.
+    pub fn kubelet_view(&self, now: Millis) -> KubeletView<'_> {
+        KubeletView {
+            metrics: &self.metrics,
+            gauges: self.gauges(now),
+            region: self.region.bytes(),
+            config_state: self.report.state.as_str(),
+            applied_resource_version: &self.report.applied_rv,
+            unix_ms: self.clock.unix_ms(now),
+        }
+    }
+}
