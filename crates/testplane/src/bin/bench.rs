@@ -23,8 +23,8 @@ struct Args {
     /// Virtual Picos running at once.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Length of the steady-state window.
-    #[arg(long, default_value_t = 120)]
+    /// Length of the steady-state window: 10 minutes holds one end of each 10-minute watch.
+    #[arg(long, default_value_t = 600)]
     steady_seconds: u64,
     /// ConfigMap updates timed with the watch.
     #[arg(long, default_value_t = 50)]
