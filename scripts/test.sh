@@ -5,7 +5,14 @@
 # real kube-apiserver + kube-controller-manager.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's wall time is printed when the next begins (and at the end), for CI's budget.
+started=$SECONDS; last=$SECONDS; current=
+step() {
+  [[ -n $current ]] && printf '==> %s took %d s\n' "$current" $((SECONDS - last))
+  current=$*; last=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+finish() { [[ -n $current ]] && printf '==> %s took %d s (total %d s)\n' "$current" $((SECONDS - last)) $((SECONDS - started)); }
 
 step "dependencies"
 scripts/install-deps.sh
@@ -47,6 +54,7 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+finish
 echo
 echo "picolet: $passed passed, $failed failed"
 exit "$status"
