@@ -343,6 +343,12 @@ pub struct Agent<'a> {
     lease_sched: Schedule,
     /// When a Lease was last created or renewed.
     last_heartbeat_ok: Option<Millis>,
+    /// The server's `Date` of that renewal (Unix seconds): the gap is also measured by the
+    /// server's clock, which a slow or stalled device clock cannot shorten.
+    last_heartbeat_server_s: Option<u64>,
+    /// The status was re-posted after a gap; post it once more after the next renewal, in case
+    /// the node lifecycle controller marked the node Unknown just after the first post.
+    repost_status_after_gap: bool,
 
     ready_since_unix_ms: Option<u64>,
     status_sent: Option<(StatusFingerprint, Millis)>,
@@ -443,6 +449,8 @@ impl<'a> Agent<'a> {
             ready_since_unix_ms: None,
             status_sent: None,
             last_heartbeat_ok: None,
+            last_heartbeat_server_s: None,
+            repost_status_after_gap: false,
             status_sched: start,
             report: ConfigReport {
                 state: ConfigState::Pending,
@@ -733,14 +741,20 @@ impl<'a> Agent<'a> {
                     };
                     self.metrics.heartbeats_ok += 1;
                     self.lease_sched.ok_then(now + LEASE_RENEW_MS);
-                    if self
+                    let gap = self
                         .last_heartbeat_ok
                         .is_some_and(|t| now.saturating_sub(t) > HEARTBEAT_GAP_MS)
-                    {
+                        || matches!(
+                            (self.last_heartbeat_server_s, head.date),
+                            (Some(a), Some(b)) if b.saturating_sub(a) * 1000 > HEARTBEAT_GAP_MS
+                        );
+                    if gap || core::mem::take(&mut self.repost_status_after_gap) {
+                        self.repost_status_after_gap = gap;
                         self.status_sent = None;
                         self.status_sched.ok_then(now);
                     }
                     self.last_heartbeat_ok = Some(now);
+                    self.last_heartbeat_server_s = head.date;
                 }
                 // Changed by someone else, or created meanwhile: re-read, then renew.
                 409 => {
