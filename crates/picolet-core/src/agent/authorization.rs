@@ -50,7 +50,7 @@ pub enum Decision {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+enum ReviewState {
     Queued { since: Millis },
     InFlight { since: Millis },
     Allowed { until: Millis },
@@ -62,7 +62,7 @@ struct Slot {
     user: String<IDENTITY_NAME_MAX>,
     groups: Vec<String<IDENTITY_NAME_MAX>, IDENTITY_GROUPS_MAX>,
     subresource: &'static str,
-    state: State,
+    state: ReviewState,
     /// Changes whenever the slot is reused, so a late answer cannot land on another identity.
     id: u16,
 }
@@ -142,23 +142,23 @@ impl Agent<'_> {
         let a = &mut self.authz;
         if let Some(slot) = a.slots.iter_mut().find(|s| same(s, id, subresource)) {
             match slot.state {
-                State::Allowed { until } if now < until => return Decision::Allow,
-                State::Denied { until } if now < until => return Decision::Deny,
-                State::Failed { until } if now < until => return Decision::Unavailable,
-                State::Queued { since } | State::InFlight { since }
+                ReviewState::Allowed { until } if now < until => return Decision::Allow,
+                ReviewState::Denied { until } if now < until => return Decision::Deny,
+                ReviewState::Failed { until } if now < until => return Decision::Unavailable,
+                ReviewState::Queued { since } | ReviewState::InFlight { since }
                     if now.saturating_sub(since) < REVIEW_TIMEOUT_MS =>
                 {
                     return Decision::Pending;
                 }
-                State::InFlight { .. } => {
+                ReviewState::InFlight { .. } => {
                     // Given up; the answer, if it comes, is ignored.
                     a.next_id = a.next_id.wrapping_add(1);
                     slot.id = a.next_id;
-                    slot.state = State::Failed { until: now + 1_000 };
+                    slot.state = ReviewState::Failed { until: now + 1_000 };
                     return Decision::Unavailable;
                 }
                 _ => {
-                    slot.state = State::Queued { since: now };
+                    slot.state = ReviewState::Queued { since: now };
                     return Decision::Pending;
                 }
             }
@@ -173,7 +173,7 @@ impl Agent<'_> {
             user,
             groups,
             subresource,
-            state: State::Queued { since: now },
+            state: ReviewState::Queued { since: now },
             id: a.next_id,
         };
         if a.slots.is_full() {
@@ -182,12 +182,12 @@ impl Agent<'_> {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| !matches!(s.state, State::InFlight { .. }))
+                .filter(|(_, s)| !matches!(s.state, ReviewState::InFlight { .. }))
                 .min_by_key(|(_, s)| match s.state {
-                    State::Allowed { until }
-                    | State::Denied { until }
-                    | State::Failed { until } => until,
-                    State::Queued { since } | State::InFlight { since } => since,
+                    ReviewState::Allowed { until }
+                    | ReviewState::Denied { until }
+                    | ReviewState::Failed { until } => until,
+                    ReviewState::Queued { since } | ReviewState::InFlight { since } => since,
                 })
                 .map(|(i, _)| i);
             match victim {
@@ -201,14 +201,14 @@ impl Agent<'_> {
     }
 
     /// The next SubjectAccessReview to send, if one is queued.
-    pub(super) fn next_access_review(&mut self, now: Millis) -> Option<ApiRequest> {
+    pub(super) fn next_access_review(&mut self, now: Millis) -> Option<u16> {
         let slot = self
             .authz
             .slots
             .iter_mut()
-            .find(|s| matches!(s.state, State::Queued { .. }))?;
-        slot.state = State::InFlight { since: now };
-        Some(ApiRequest::AccessReview(slot.id))
+            .find(|s| matches!(s.state, ReviewState::Queued { .. }))?;
+        slot.state = ReviewState::InFlight { since: now };
+        Some(slot.id)
     }
 
     /// True while a caller waits for a review to be sent.
@@ -216,7 +216,7 @@ impl Agent<'_> {
         self.authz
             .slots
             .iter()
-            .any(|s| matches!(s.state, State::Queued { .. }))
+            .any(|s| matches!(s.state, ReviewState::Queued { .. }))
     }
 
     pub(super) fn encode_access_review(&self, id: u16, out: &mut [u8]) -> Result<usize, HttpError> {
@@ -240,19 +240,19 @@ impl Agent<'_> {
                 },
             },
         };
-        let mut body = |buf: &mut [u8]| obj::to_json(&review, buf).ok();
         http::encode_request(
             out,
             Method::Post,
             self.cfg.api_host,
             format_args!("{}", ApiPath::SubjectAccessReviews),
-            Some((BodyType::Json, &mut body)),
+            Some((BodyType::Json, &mut json(&review))),
         )
     }
 
-    pub(super) fn on_access_review(&mut self, now: Millis, id: u16, status: u16, body: &[u8]) {
-        let allowed = ((200..300).contains(&status))
-            .then(|| obj::from_json::<ReviewResult>(body))
+    pub(super) fn on_access_review(&mut self, now: Millis, id: u16, reply: &Reply) {
+        let allowed = reply
+            .ok()
+            .then(|| obj::from_json::<ReviewResult>(reply.body))
             .flatten()
             .map(|r| r.status.allowed);
         let Some(slot) = self.authz.slots.iter_mut().find(|s| s.id == id) else {
@@ -261,19 +261,19 @@ impl Agent<'_> {
         slot.state = match allowed {
             Some(true) => {
                 self.metrics.kubelet_authz[0] += 1;
-                State::Allowed {
+                ReviewState::Allowed {
                     until: now + ALLOW_TTL_MS,
                 }
             }
             Some(false) => {
                 self.metrics.kubelet_authz[1] += 1;
-                State::Denied {
+                ReviewState::Denied {
                     until: now + DENY_TTL_MS,
                 }
             }
             None => {
                 self.metrics.kubelet_authz[2] += 1;
-                State::Failed { until: now + 1_000 }
+                ReviewState::Failed { until: now + 1_000 }
             }
         };
     }
@@ -281,7 +281,7 @@ impl Agent<'_> {
     pub(super) fn on_access_review_lost(&mut self, now: Millis, id: u16) {
         if let Some(slot) = self.authz.slots.iter_mut().find(|s| s.id == id) {
             self.metrics.kubelet_authz[2] += 1;
-            slot.state = State::Failed { until: now + 1_000 };
+            slot.state = ReviewState::Failed { until: now + 1_000 };
         }
     }
 }

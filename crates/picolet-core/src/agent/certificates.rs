@@ -46,8 +46,34 @@ pub struct InstalledCertificate {
     pub renew_at: u64,
 }
 
+/// The requests of the CSR API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum CsrRequest {
+    /// POST the CSR for this certificate.
+    Create(CertKind),
+    /// Read it back.
+    Get(CertKind),
+}
+
+impl CsrRequest {
+    pub(super) fn method(self) -> Method {
+        match self {
+            Self::Create(_) => Method::Post,
+            Self::Get(_) => Method::Get,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Create(_) => "certificate signing request",
+            Self::Get(_) => "certificate signing request read",
+        }
+    }
+}
+
+/// Where one certificate's request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CsrStage {
     /// The driver is to make a key and call [`Agent::submit_csr`].
     NeedCsr,
     /// POST the CSR held in `pem`.
@@ -59,16 +85,16 @@ enum Step {
     Issued,
 }
 
-impl Step {
-    /// Steps that use the shared `pem` / `der` buffers: one certificate at a time.
+impl CsrStage {
+    /// Stages that use the shared `pem` / `der` buffers: one certificate at a time.
     fn exclusive(self) -> bool {
-        !matches!(self, Step::Wait { .. })
+        !matches!(self, CsrStage::Wait { .. })
     }
 }
 
 /// One certificate's request in progress.
 struct Slot {
-    step: Option<Step>,
+    stage: Option<CsrStage>,
     name: String<96>,
     public_key: PublicKey,
     sched: Schedule,
@@ -92,13 +118,10 @@ const KINDS: [CertKind; 2] = [CertKind::Client, CertKind::Serving];
 impl Certificates {
     pub(super) fn new(policy: CertificatePolicy, seed: u32, now: Millis) -> Self {
         let slot = || Slot {
-            step: None,
+            stage: None,
             name: String::new(),
             public_key: [0; 65],
-            sched: Schedule {
-                at: now,
-                backoff: Backoff::default(),
-            },
+            sched: Schedule::starting(now),
             installed: None,
         };
         Self {
@@ -133,7 +156,7 @@ impl Certificates {
     fn busy(&self) -> bool {
         self.slots
             .iter()
-            .any(|s| s.step.is_some_and(Step::exclusive))
+            .any(|s| s.stage.is_some_and(CsrStage::exclusive))
     }
 
     /// Whether `kind` should be obtained now (nothing in progress for it).
@@ -143,7 +166,7 @@ impl Certificates {
             return false;
         };
         self.wanted(kind)
-            && slot.step.is_none()
+            && slot.stage.is_none()
             && match slot.installed {
                 Some(c) => unix_s >= c.renew_at,
                 // No client certificate means the driver cannot talk to us at all; a missing
@@ -152,8 +175,8 @@ impl Certificates {
             }
     }
 
-    fn step(&self, kind: CertKind) -> Option<Step> {
-        self.slots[kind.index()].step
+    fn stage(&self, kind: CertKind) -> Option<CsrStage> {
+        self.slots[kind.index()].stage
     }
 }
 
@@ -170,11 +193,11 @@ impl Agent<'_> {
             not_after: info.not_after,
             renew_at: info.renew_at(self.certs.fraction_permille),
         };
-        let issued = self.certs.step(kind) == Some(Step::Issued);
+        let issued = self.certs.stage(kind) == Some(CsrStage::Issued);
         let slot = self.certs.slot(kind);
         slot.installed = Some(c);
         if issued {
-            slot.step = None;
+            slot.stage = None;
             self.certs.der.clear();
             self.metrics.certificates_installed[kind.index()] += 1;
         }
@@ -191,7 +214,7 @@ impl Agent<'_> {
     pub fn csr_wanted(&self) -> Option<CertKind> {
         KINDS
             .into_iter()
-            .find(|&k| self.certs.step(k) == Some(Step::NeedCsr))
+            .find(|&k| self.certs.stage(k) == Some(CsrStage::NeedCsr))
     }
 
     /// Builds the CSR for `kind` with `build` (which signs it with the new key whose public
@@ -204,7 +227,7 @@ impl Agent<'_> {
         public_key: &PublicKey,
         build: impl FnOnce(&CsrSubject<'_>, &mut [u8]) -> Result<usize, PkiError>,
     ) -> Result<(), PkiError> {
-        if self.certs.step(kind) != Some(Step::NeedCsr) {
+        if self.certs.stage(kind) != Some(CsrStage::NeedCsr) {
             return Err(PkiError::NotWanted);
         }
         let ip: Option<[u8; 4]> = parse_ipv4(&self.internal_ip);
@@ -235,7 +258,7 @@ impl Agent<'_> {
         let slot = self.certs.slot(kind);
         slot.name = name;
         slot.public_key = *public_key;
-        slot.step = Some(Step::Submit);
+        slot.stage = Some(CsrStage::Submit);
         slot.sched.ok_then(now);
         Ok(())
     }
@@ -245,19 +268,19 @@ impl Agent<'_> {
     pub fn issued_certificate(&self) -> Option<(CertKind, &[u8])> {
         KINDS
             .into_iter()
-            .find(|&k| self.certs.step(k) == Some(Step::Issued))
+            .find(|&k| self.certs.stage(k) == Some(CsrStage::Issued))
             .map(|k| (k, &self.certs.der[..]))
     }
 
     /// The next CSR request, if one is due (called by the scheduler).
-    pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<ApiRequest> {
+    pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<CsrRequest> {
         let unix_s = self.clock.unix_ms(now).map(|ms| ms / 1000);
         for kind in KINDS {
             if !self.certs.busy()
                 && self.certs.slots[kind.index()].sched.due(now)
                 && self.certs.due(kind, unix_s)
             {
-                self.certs.slot(kind).step = Some(Step::NeedCsr);
+                self.certs.slot(kind).stage = Some(CsrStage::NeedCsr);
             }
         }
         for kind in KINDS {
@@ -265,9 +288,9 @@ impl Agent<'_> {
             if !slot.sched.due(now) {
                 continue;
             }
-            match slot.step {
-                Some(Step::Submit) => return Some(ApiRequest::CsrCreate(kind)),
-                Some(Step::Wait { .. }) => return Some(ApiRequest::CsrGet(kind)),
+            match slot.stage {
+                Some(CsrStage::Submit) => return Some(CsrRequest::Create(kind)),
+                Some(CsrStage::Wait { .. }) => return Some(CsrRequest::Get(kind)),
                 _ => {}
             }
         }
@@ -280,9 +303,9 @@ impl Agent<'_> {
         let mut t = Millis::MAX;
         for kind in KINDS {
             let slot = &self.certs.slots[kind.index()];
-            let at = match slot.step {
-                Some(Step::NeedCsr) => now,
-                Some(Step::Issued) => Millis::MAX,
+            let at = match slot.stage {
+                Some(CsrStage::NeedCsr) => now,
+                Some(CsrStage::Issued) => Millis::MAX,
                 Some(_) => slot.sched.at,
                 None if !self.certs.wanted(kind) => Millis::MAX,
                 None => match (unix, slot.installed) {
@@ -303,14 +326,14 @@ impl Agent<'_> {
         t
     }
 
-    pub(super) fn encode_certificate_request(
-        &mut self,
-        pending: ApiRequest,
+    pub(super) fn encode_csr_request(
+        &self,
+        request: CsrRequest,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
         let host = self.cfg.api_host;
-        match pending {
-            ApiRequest::CsrCreate(kind) => encode_csr_post(
+        match request {
+            CsrRequest::Create(kind) => encode_csr_post(
                 out,
                 host,
                 None,
@@ -318,43 +341,34 @@ impl Agent<'_> {
                 &self.certs.pem,
                 kind,
             ),
-            ApiRequest::CsrGet(kind) => {
+            CsrRequest::Get(kind) => {
                 encode_csr_get(out, host, None, &self.certs.slots[kind.index()].name)
             }
-            _ => Err(HttpError::BufferTooSmall),
         }
     }
 
-    pub(super) fn on_certificate_response(
-        &mut self,
-        now: Millis,
-        pending: ApiRequest,
-        status: u16,
-        body: &[u8],
-    ) {
-        let ok = (200..300).contains(&status);
-        match pending {
+    pub(super) fn on_csr_response(&mut self, now: Millis, request: CsrRequest, reply: &Reply) {
+        let ok = reply.ok();
+        match request {
             // 409: a CSR of this name exists (an earlier POST whose answer was lost).
-            ApiRequest::CsrCreate(kind) if ok || status == 409 => {
+            CsrRequest::Create(kind) if ok || reply.status == 409 => {
                 self.metrics.csr_submitted[kind.index()] += 1;
                 self.certs.pem.clear();
                 let slot = self.certs.slot(kind);
-                slot.step = Some(Step::Wait { since: now });
+                slot.stage = Some(CsrStage::Wait { since: now });
                 slot.sched.ok_then(now + CSR_POLL_FAST_MS);
             }
-            ApiRequest::CsrCreate(kind) => self.csr_failed(now, kind, false),
-            ApiRequest::CsrGet(kind) if ok => self.read_csr(now, kind, body),
+            CsrRequest::Create(kind) => self.csr_failed(now, kind, false),
+            CsrRequest::Get(kind) if ok => self.read_csr(now, kind, reply.body),
             // Deleted (for example by the CSR cleaner): start again with a new key.
-            ApiRequest::CsrGet(kind) if status == 404 => self.csr_failed(now, kind, false),
-            ApiRequest::CsrGet(kind) => self.certs.slot(kind).sched.retry(now),
-            _ => {}
+            CsrRequest::Get(kind) if reply.status == 404 => self.csr_failed(now, kind, false),
+            CsrRequest::Get(kind) => self.certs.slot(kind).sched.retry(now),
         }
     }
 
-    pub(super) fn on_certificate_transport_error(&mut self, now: Millis, pending: ApiRequest) {
-        if let ApiRequest::CsrCreate(kind) | ApiRequest::CsrGet(kind) = pending {
-            self.certs.slot(kind).sched.retry(now);
-        }
+    pub(super) fn on_csr_transport_error(&mut self, now: Millis, request: CsrRequest) {
+        let (CsrRequest::Create(kind) | CsrRequest::Get(kind)) = request;
+        self.certs.slot(kind).sched.retry(now);
     }
 
     fn read_csr(&mut self, now: Millis, kind: CertKind, body: &[u8]) {
@@ -366,15 +380,15 @@ impl Agent<'_> {
                 let c = &mut self.certs;
                 let key = c.slots[kind.index()].public_key;
                 match decode_issued_certificate(b64, &key, &mut c.pem, &mut c.der) {
-                    Ok(()) => c.slot(kind).step = Some(Step::Issued),
+                    Ok(()) => c.slot(kind).stage = Some(CsrStage::Issued),
                     Err(_) => self.csr_failed(now, kind, true),
                 }
             }
             CsrOutcome::Refused => self.csr_failed(now, kind, true),
             CsrOutcome::Pending => {
                 let slot = self.certs.slot(kind);
-                let since = match slot.step {
-                    Some(Step::Wait { since }) => since,
+                let since = match slot.stage {
+                    Some(CsrStage::Wait { since }) => since,
                     _ => now,
                 };
                 let wait = if now.saturating_sub(since) < 60_000 {
@@ -389,13 +403,13 @@ impl Agent<'_> {
 
     fn csr_failed(&mut self, now: Millis, kind: CertKind, refused: bool) {
         self.metrics.csr_failures[kind.index()] += 1;
-        let exclusive = self.certs.step(kind).is_some_and(Step::exclusive);
+        let exclusive = self.certs.stage(kind).is_some_and(CsrStage::exclusive);
         if exclusive {
             self.certs.pem.clear();
             self.certs.der.clear();
         }
         let slot = self.certs.slot(kind);
-        slot.step = None;
+        slot.stage = None;
         if refused {
             slot.sched.ok_then(now + CSR_RETRY_AFTER_DENIAL_MS);
         } else {

@@ -1,75 +1,11 @@
 //! Following the ConfigMap: the list, the watch stream and polling; validating and applying
 //! `memory_values`; and the reports (Node annotations, Events) that say what happened.
 
-use core::fmt;
-
-use heapless::String;
-
 use super::*;
 use crate::json_string::Unescaped;
 use crate::objects::Envelope;
 
 use super::watch_stream::{self, Close, WatchItem};
-
-/// Formats a message for a report or an Event within `N` bytes. One that does not fit is cut
-/// after its last whole word and ends with "…": a reader should see that something is missing,
-/// not half a word. (A word longer than half the room is cut inside, so that most of the text
-/// stays.)
-fn sentence<const N: usize>(args: fmt::Arguments<'_>) -> String<N> {
-    struct Fill<'s, const N: usize> {
-        out: &'s mut String<N>,
-        full: bool,
-    }
-    impl<const N: usize> fmt::Write for Fill<'_, N> {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            if self.out.push_str(s).is_ok() {
-                return Ok(());
-            }
-            for c in s.chars() {
-                if self.out.push(c).is_err() {
-                    self.full = true;
-                    return Err(fmt::Error);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut out = String::new();
-    let mut fill = Fill {
-        out: &mut out,
-        full: false,
-    };
-    let _ = fmt::write(&mut fill, args);
-    if fill.full {
-        shorten(&mut out);
-    }
-    out
-}
-
-/// Cuts `out` (text that overflowed) at a word boundary and appends an ellipsis.
-fn shorten<const N: usize>(out: &mut String<N>) {
-    const ELLIPSIS: &str = "…";
-    let room = N.saturating_sub(ELLIPSIS.len());
-    let mut end = room.min(out.len());
-    while !out.is_char_boundary(end) {
-        end -= 1;
-    }
-    let at_word_end = out[end..].starts_with(char::is_whitespace);
-    let cut = if at_word_end {
-        end
-    } else {
-        out[..end]
-            .rfind(char::is_whitespace)
-            .filter(|&i| i >= room / 2)
-            .unwrap_or(end)
-    };
-    // Punctuation left dangling before the ellipsis reads as a typo.
-    let kept = out[..cut]
-        .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | '\''))
-        .len();
-    out.truncate(kept);
-    let _ = out.push_str(ELLIPSIS);
-}
 
 /// The first ConfigMap in a response too large to parse: its resourceVersion and uid (from
 /// its metadata in the prefix), and its size, which is the whole length less the envelope
@@ -83,61 +19,108 @@ fn oversized_object(prefix: &[u8], len: usize, envelope: Envelope) -> Option<(&s
     Some((rv, uid, len.saturating_sub(start + envelope.tail_len())))
 }
 
+/// Following the ConfigMap.
+pub(super) struct ConfigMapFollow {
+    /// resourceVersion to watch from; `None` means a list is needed first.
+    rv: Option<Rv>,
+    /// resourceVersion of the last ConfigMap content handled (applied or rejected).
+    handled_rv: Option<Rv>,
+    /// uid of the ConfigMap that version belongs to, for its Events.
+    uid: Uid,
+    list_sched: Schedule,
+    polling_until: Option<Millis>,
+    watch: WatchState,
+    watch_sched: Schedule,
+    decoder: http::ResponseDecoder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchState {
+    Idle,
+    Requested,
+    Streaming,
+}
+
+impl ConfigMapFollow {
+    pub(super) fn new(now: Millis) -> Self {
+        Self {
+            rv: None,
+            handled_rv: None,
+            uid: String::new(),
+            list_sched: Schedule::starting(now),
+            polling_until: None,
+            watch: WatchState::Idle,
+            watch_sched: Schedule::starting(now),
+            decoder: http::ResponseDecoder::new(),
+        }
+    }
+
+    /// The version last handled and its uid, for an Event about it.
+    pub(super) fn handled(&self) -> (Rv, Uid) {
+        (
+            self.handled_rv.clone().unwrap_or_default(),
+            self.uid.clone(),
+        )
+    }
+
+    pub(super) fn streaming(&self) -> bool {
+        self.watch == WatchState::Streaming
+    }
+
+    /// The list got no response.
+    pub(super) fn list_lost(&mut self, now: Millis) {
+        self.list_sched.retry(now);
+    }
+}
+
 fn uid_from(uid: Option<&str>) -> Uid {
     uid.and_then(|u| String::try_from(u).ok())
         .unwrap_or_default()
 }
 
 impl Agent<'_> {
-    pub(super) fn queue_event(
-        &mut self,
-        now: Millis,
-        reason: &'static str,
-        warning: bool,
-        about_node: bool,
-        message: fmt::Arguments<'_>,
-    ) {
-        let (object_rv, object_uid) = if about_node {
-            (String::new(), String::new())
-        } else {
-            (
-                self.handled_rv.clone().unwrap_or_default(),
-                self.config_uid.clone(),
-            )
-        };
-        let ev = QueuedEvent {
-            reason,
-            warning,
-            message: sentence(message),
-            about_node,
-            object_rv,
-            object_uid,
-            unix_ms: self.clock.unix_ms(now).unwrap_or(0),
-        };
-        if self.events.is_full() {
-            // Keep the newest: drop the oldest.
-            self.events.pop_front();
-            self.metrics.events_dropped += 1;
-        }
-        let _ = self.events.push_back(ev);
-    }
-
-    fn set_report(&mut self, state: ConfigState, message: fmt::Arguments<'_>) {
-        self.report.state = state;
-        self.report.message = sentence(message);
-        self.report.generation = self.report.generation.wrapping_add(1);
-    }
-
     // ------------------------------------------------------------------ ConfigMap
 
-    pub(super) fn on_config_list(
-        &mut self,
-        now: Millis,
-        status: u16,
-        body: &[u8],
-        complete: bool,
-        body_len: usize,
-    ) {
+    /// Whether a list is due at `now`.
+    pub(super) fn config_list_due(&self, now: Millis) -> bool {
+        self.list_wanted(now) && self.config_map.list_sched.due(now)
+    }
+
+    /// When the next list is due.
+    pub(super) fn config_list_wakeup(&self, now: Millis) -> Millis {
+        if self.list_wanted(now) {
+            self.config_map.list_sched.at
+        } else {
+            Millis::MAX
+        }
+    }
+
+    /// Whether the ConfigMap should be listed: before the first watch, after a 410, and
+    /// periodically while polling.
+    fn list_wanted(&self, now: Millis) -> bool {
+        self.config_map.rv.is_none() || self.polling(now)
+    }
+
+    fn polling(&self, now: Millis) -> bool {
+        self.cfg.config_mode == ConfigMode::Poll
+            || self.config_map.polling_until.is_some_and(|t| now < t)
+    }
+
+    pub(super) fn encode_config_list(&self, out: &mut [u8]) -> Result<usize, HttpError> {
+        encode_get(
+            out,
+            self.cfg.api_host,
+            ApiPath::ConfigMap {
+                namespace: self.cfg.config_namespace,
+                name: self.cfg.config_map,
+                watch: None,
+            },
+        )
+    }
+
+    pub(super) fn on_config_list(&mut self, now: Millis, reply: &Reply) {
+        let (status, body, body_len) = (reply.status, reply.body, reply.body_len);
+        let complete = reply.complete();
         let ns = self.cfg.config_namespace;
         let cm = self.cfg.config_map;
         if !(200..300).contains(&status) {
@@ -148,7 +131,7 @@ impl Agent<'_> {
                         .and_then(|s| s.message)
                         .unwrap_or(""),
                 );
-                self.set_report(
+                self.report.set(
                     ConfigState::Error,
                     format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
                 );
@@ -160,7 +143,7 @@ impl Agent<'_> {
                     format_args!("cannot read ConfigMap {ns}/{cm}: HTTP {status} {reason}"),
                 );
             }
-            self.list_sched.retry(now);
+            self.config_map.list_sched.retry(now);
             return;
         }
         let next = if self.polling(now) {
@@ -177,15 +160,15 @@ impl Agent<'_> {
                     oversized_object(body, body_len, Envelope::List).unwrap_or(("", "", body_len));
                 self.reject_oversized(now, object_rv, uid, size);
             }
-            self.config_rv = rv;
-            self.list_sched.ok_then(next);
-            if self.config_rv.is_none() {
-                self.list_sched.retry(now);
+            self.config_map.rv = rv;
+            self.config_map.list_sched.ok_then(next);
+            if self.config_map.rv.is_none() {
+                self.config_map.list_sched.retry(now);
             }
             return;
         }
         let Some(list) = obj::from_json::<obj::ConfigMapListLite>(body) else {
-            self.list_sched.retry(now);
+            self.config_map.list_sched.retry(now);
             return;
         };
         match list.items.first() {
@@ -199,17 +182,17 @@ impl Agent<'_> {
                     self.report.state,
                     ConfigState::Missing | ConfigState::Deleted
                 ) {
-                    self.set_report(
+                    self.report.set(
                         ConfigState::Missing,
                         format_args!("ConfigMap {ns}/{cm} not found; memory keeps its contents"),
                     );
                 }
             }
         }
-        self.config_rv = list.metadata.resource_version.and_then(rv_from);
-        self.list_sched.ok_then(next);
-        if self.config_rv.is_none() {
-            self.list_sched.retry(now);
+        self.config_map.rv = list.metadata.resource_version.and_then(rv_from);
+        self.config_map.list_sched.ok_then(next);
+        if self.config_map.rv.is_none() {
+            self.config_map.list_sched.retry(now);
         }
     }
 
@@ -218,7 +201,7 @@ impl Agent<'_> {
     /// reported again, without applying it, counting it or a second Event: each
     /// resourceVersion is handled once), `None` when there is nothing to do.
     fn handling(&self, rv: &str) -> Option<bool> {
-        match self.handled_rv.as_deref() == Some(rv) {
+        match self.config_map.handled_rv.as_deref() == Some(rv) {
             false => Some(false),
             true => (self.report.state == ConfigState::Error).then_some(true),
         }
@@ -229,8 +212,8 @@ impl Agent<'_> {
         let Some(again) = self.handling(rv) else {
             return;
         };
-        self.handled_rv = rv_from(rv);
-        self.config_uid = uid_from(uid);
+        self.config_map.handled_rv = rv_from(rv);
+        self.config_map.uid = uid_from(uid);
         let ns = self.cfg.config_namespace;
         let cm = self.cfg.config_map;
         let Some(values) = values else {
@@ -272,7 +255,7 @@ impl Agent<'_> {
         let crc = self.region.checksum();
         let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
         let values = if n == 1 { "value" } else { "values" };
-        self.set_report(
+        self.report.set(
             ConfigState::Applied,
             format_args!(
                 "applied {n} {values} from {ns}/{cm} (resourceVersion {rv}); memory crc32 0x{crc:08x}"
@@ -282,7 +265,7 @@ impl Agent<'_> {
 
     /// Reports a rejection; `again`: of a version rejected before, so no count and no Event.
     fn reject(&mut self, now: Millis, again: bool, why: fmt::Arguments<'_>) {
-        self.set_report(ConfigState::Rejected, why);
+        self.report.set(ConfigState::Rejected, why);
         if again {
             return;
         }
@@ -303,8 +286,8 @@ impl Agent<'_> {
         let Some(again) = self.handling(rv) else {
             return;
         };
-        self.handled_rv = rv_from(rv);
-        self.config_uid = uid_from(Some(uid));
+        self.config_map.handled_rv = rv_from(rv);
+        self.config_map.uid = uid_from(Some(uid));
         let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
         let rv = if rv.is_empty() { "unknown" } else { rv };
         self.reject(
@@ -317,10 +300,10 @@ impl Agent<'_> {
     }
 
     fn config_deleted(&mut self, now: Millis, rv: &str, uid: Option<&str>) {
-        self.handled_rv = rv_from(rv);
-        self.config_uid = uid_from(uid);
+        self.config_map.handled_rv = rv_from(rv);
+        self.config_map.uid = uid_from(uid);
         let (ns, cm) = (self.cfg.config_namespace, self.cfg.config_map);
-        self.set_report(
+        self.report.set(
             ConfigState::Deleted,
             format_args!("ConfigMap {ns}/{cm} was deleted; memory keeps the last applied values"),
         );
@@ -343,51 +326,48 @@ impl Agent<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Result<Option<usize>, AgentError> {
-        if self.watch != WatchState::Idle
+        if self.config_map.watch != WatchState::Idle
             || self.polling(now)
-            || !self.watch_sched.due(now)
+            || !self.config_map.watch_sched.due(now)
             || !self.registered()
         {
             return Ok(None);
         }
-        if self.polling_until.is_some() {
-            self.polling_until = None;
+        if self.config_map.polling_until.is_some() {
+            self.config_map.polling_until = None;
         }
-        let Some(rv) = self.config_rv.as_ref() else {
+        let Some(rv) = self.config_map.rv.as_ref() else {
             return Ok(None);
         };
-        let n = http::encode_request(
+        let (namespace, name) = (self.cfg.config_namespace, self.cfg.config_map);
+        let n = watch_stream::open(
             out,
-            Method::Get,
-            self.cfg.api_host,
-            format_args!(
-                "{}",
-                ApiPath::ConfigMap {
-                    namespace: self.cfg.config_namespace,
-                    name: self.cfg.config_map,
-                    watch: Some(Watch {
-                        resource_version: rv,
-                        timeout_s: self.cfg.watch_timeout_s,
-                    }),
-                }
-            ),
-            None,
-        )
-        .map_err(|_| AgentError::RequestTooLarge { what: "watch" })?;
-        self.watch = WatchState::Requested;
-        self.watch_decoder = http::ResponseDecoder::new();
+            &self.cfg,
+            rv,
+            |watch| ApiPath::ConfigMap {
+                namespace,
+                name,
+                watch: Some(watch),
+            },
+            &mut self.config_map.decoder,
+            "watch",
+        )?;
+        self.config_map.watch = WatchState::Requested;
         Ok(Some(n))
     }
 
     /// The earliest time [`Agent::poll_watch_request`] may return a request.
     pub fn next_watch_wakeup(&self, now: Millis) -> Millis {
-        if self.watch != WatchState::Idle || self.config_rv.is_none() || !self.registered() {
+        if self.config_map.watch != WatchState::Idle
+            || self.config_map.rv.is_none()
+            || !self.registered()
+        {
             return Millis::MAX;
         }
-        match self.polling_until {
+        match self.config_map.polling_until {
             _ if self.cfg.config_mode == ConfigMode::Poll => Millis::MAX,
             Some(t) if now < t => t,
-            _ => self.watch_sched.at.max(now),
+            _ => self.config_map.watch_sched.at.max(now),
         }
     }
 
@@ -400,12 +380,12 @@ impl Agent<'_> {
         input: &[u8],
     ) -> (usize, bool) {
         // Out of `self` while it is fed, so that each item can be handled with all of `self`.
-        let mut decoder = core::mem::take(&mut self.watch_decoder);
+        let mut decoder = core::mem::take(&mut self.config_map.decoder);
         let (used, close) = watch_stream::feed(&mut decoder, lines, input, &mut |item| {
             match item {
                 WatchItem::Head(head) => {
                     self.on_watch_head(now, head);
-                    return self.watch == WatchState::Streaming;
+                    return self.config_map.watch == WatchState::Streaming;
                 }
                 WatchItem::Line(line) => {
                     self.metrics.watch_events += 1;
@@ -417,14 +397,14 @@ impl Agent<'_> {
                         let (_, uid, size) = oversized_object(prefix, len, Envelope::WatchEvent)
                             .unwrap_or((rv, "", len));
                         self.reject_oversized(now, rv, uid, size);
-                        self.config_rv = rv_from(rv);
+                        self.config_map.rv = rv_from(rv);
                     }
                 }
             }
             // `None`: the stream said to start over: close it and re-list.
-            self.config_rv.is_some()
+            self.config_map.rv.is_some()
         });
-        self.watch_decoder = decoder;
+        self.config_map.decoder = decoder;
         if let Some(Close { broken }) = close {
             self.on_watch_closed(now, broken);
         }
@@ -434,20 +414,20 @@ impl Agent<'_> {
     fn on_watch_head(&mut self, now: Millis, head: &ResponseHead) {
         self.note_watch_head(now, head);
         match head.status {
-            200 => self.watch = WatchState::Streaming,
+            200 => self.config_map.watch = WatchState::Streaming,
             410 => {
-                self.watch = WatchState::Idle;
-                self.config_rv = None;
+                self.config_map.watch = WatchState::Idle;
+                self.config_map.rv = None;
             }
             // The server (or a proxy) will not watch: poll for a while, then try again.
             400 | 403 | 404 | 405 | 501 => {
-                self.watch = WatchState::Idle;
-                self.polling_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
-                self.list_sched.ok_then(now);
+                self.config_map.watch = WatchState::Idle;
+                self.config_map.polling_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                self.config_map.list_sched.ok_then(now);
             }
             _ => {
-                self.watch = WatchState::Idle;
-                self.watch_sched.retry(now);
+                self.config_map.watch = WatchState::Idle;
+                self.config_map.watch_sched.retry(now);
             }
         }
     }
@@ -455,7 +435,7 @@ impl Agent<'_> {
     fn on_watch_event(&mut self, now: Millis, line: &[u8]) {
         let Some(ev) = obj::from_json::<obj::WatchEventLite>(line) else {
             // Not a watch event we understand: start over from a fresh list.
-            self.config_rv = None;
+            self.config_map.rv = None;
             return;
         };
         let rv = ev.object.metadata.resource_version;
@@ -468,28 +448,28 @@ impl Agent<'_> {
             "BOOKMARK" => {}
             // ERROR: 410 Gone (resourceVersion too old) or anything else: re-list, then re-watch.
             _ => {
-                self.config_rv = None;
+                self.config_map.rv = None;
                 return;
             }
         }
         if let Some(rv) = rv.and_then(rv_from) {
-            self.config_rv = Some(rv);
+            self.config_map.rv = Some(rv);
         }
-        self.watch_sched.backoff.reset();
+        self.config_map.watch_sched.backoff.reset();
     }
 
     /// Tells the agent the watch connection closed (`error`: it broke rather than ended).
     pub fn on_watch_closed(&mut self, now: Millis, error: bool) {
-        if self.watch == WatchState::Streaming {
+        if self.config_map.watch == WatchState::Streaming {
             self.metrics.watch_restarts += 1;
         }
-        if self.watch != WatchState::Idle {
+        if self.config_map.watch != WatchState::Idle {
             if error {
-                self.watch_sched.retry(now);
+                self.config_map.watch_sched.retry(now);
             } else {
-                self.watch_sched.ok_then(now);
+                self.config_map.watch_sched.ok_then(now);
             }
         }
-        self.watch = WatchState::Idle;
+        self.config_map.watch = WatchState::Idle;
     }
 }

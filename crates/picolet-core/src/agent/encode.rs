@@ -1,33 +1,11 @@
-//! Turning each kind of pending request into HTTP bytes: the Node, its status, the Lease,
-//! Events, the ConfigMap list and pod status, as the API server expects them.
-
-use heapless::String;
+//! What several concerns send: the Node object (its metadata, facts and status), a JSON body
+//! writer and a plain GET. Each concern encodes its own requests with these.
 
 use super::*;
 
 /// A body writer for [`http::encode_request`] that serializes `value` as JSON.
-fn json<T: serde::Serialize>(value: &T) -> impl FnMut(&mut [u8]) -> Option<usize> + '_ {
+pub(super) fn json<T: serde::Serialize>(value: &T) -> impl FnMut(&mut [u8]) -> Option<usize> + '_ {
     move |buf| obj::to_json(value, buf).ok()
-}
-
-pub(super) fn pending_name(p: ApiRequest) -> &'static str {
-    match p {
-        ApiRequest::NodeCreate => "node create",
-        ApiRequest::NodeGet => "node get",
-        ApiRequest::NodeAdopt => "node adopt",
-        ApiRequest::LeaseGet => "lease get",
-        ApiRequest::LeaseCreate => "lease create",
-        ApiRequest::LeaseRenew => "lease renew",
-        ApiRequest::StatusPatch(_) => "node status",
-        ApiRequest::ConfigReport(_) => "config report",
-        ApiRequest::EventCreate => "event",
-        ApiRequest::ConfigList => "configmap list",
-        ApiRequest::PodList => "pod list",
-        ApiRequest::PodFail => "pod status",
-        ApiRequest::CsrCreate(_) => "certificate signing request",
-        ApiRequest::CsrGet(_) => "certificate signing request read",
-        ApiRequest::AccessReview(_) => "subject access review",
-    }
 }
 
 const CONDITION_TEXT: [(&str, &str, &str, &str); 4] = [
@@ -92,27 +70,22 @@ impl<'a> Agent<'a> {
         }
     }
 
-    pub(super) fn encode(
-        &mut self,
-        pending: ApiRequest,
+    /// The Node's metadata: labels and the report's annotations.
+    pub(super) fn node_meta(&self) -> obj::NodeMeta<'_> {
+        obj::NodeMeta {
+            name: None,
+            labels: self.labels(),
+            annotations: self.annotations(),
+        }
+    }
+
+    /// Builds the Node's status as of `now` and gives it to `with` (it borrows locals).
+    pub(super) fn with_node_status<R>(
+        &self,
         now: Millis,
-        out: &mut [u8],
-    ) -> Result<usize, HttpError> {
-        if let ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) = pending {
-            return self.encode_certificate_request(pending, out);
-        }
-        if let ApiRequest::AccessReview(id) = pending {
-            return self.encode_access_review(id, out);
-        }
-        if let ApiRequest::PodList | ApiRequest::PodFail = pending {
-            return self.encode_pod_request(pending, out);
-        }
+        with: impl FnOnce(obj::NodeStatus<'_>) -> R,
+    ) -> R {
         let unix = self.clock.unix_ms(now);
-        if unix.is_some() && self.ready_since_unix_ms.is_none() {
-            self.ready_since_unix_ms = unix;
-        }
-        let name = self.cfg.node_name;
-        let host = self.cfg.api_host;
         let addresses = [
             obj::NodeAddress {
                 kind: "InternalIP",
@@ -120,7 +93,7 @@ impl<'a> Agent<'a> {
             },
             obj::NodeAddress {
                 kind: "Hostname",
-                address: name,
+                address: self.cfg.node_name,
             },
         ];
         let addresses: &[obj::NodeAddress<'_>] = if self.internal_ip.is_empty() {
@@ -133,11 +106,11 @@ impl<'a> Agent<'a> {
                 kind,
                 status,
                 last_heartbeat_time: unix.map(Rfc3339),
-                last_transition_time: self.ready_since_unix_ms.map(Rfc3339),
+                last_transition_time: self.status.ready_since_unix_ms.map(Rfc3339),
                 reason,
                 message,
             });
-        let status = obj::NodeStatus {
+        with(obj::NodeStatus {
             capacity: self.cfg.facts.capacity,
             allocatable: self.cfg.facts.allocatable,
             conditions: unix.map(|_| &conditions[..]),
@@ -148,188 +121,29 @@ impl<'a> Agent<'a> {
                 },
             },
             node_info: self.node_info(),
-        };
-        let meta = obj::NodeMeta {
-            name: None,
-            labels: self.labels(),
-            annotations: self.annotations(),
-        };
-        match pending {
-            ApiRequest::NodeCreate => {
-                let node = obj::Node {
-                    api_version: "v1",
-                    kind: "Node",
-                    metadata: obj::NodeMeta {
-                        name: Some(name),
-                        ..meta
-                    },
-                    spec: obj::NodeSpec {
-                        taints: [obj::Taint {
-                            key: NO_CONTAINERS_TAINT,
-                            value: "true",
-                            effect: "NoSchedule",
-                        }],
-                    },
-                    status,
-                };
-                http::encode_request(
-                    out,
-                    Method::Post,
-                    host,
-                    format_args!("{}", ApiPath::Nodes),
-                    Some((BodyType::Json, &mut json(&node))),
-                )
-            }
-            ApiRequest::NodeGet => http::encode_request(
-                out,
-                Method::Get,
-                host,
-                format_args!("{}", ApiPath::Node(name)),
-                None,
-            ),
-            ApiRequest::NodeAdopt | ApiRequest::ConfigReport(_) => {
-                let patch = obj::NodeMetaPatch { metadata: meta };
-                http::encode_request(
-                    out,
-                    Method::Patch,
-                    host,
-                    format_args!("{}", ApiPath::Node(name)),
-                    Some((BodyType::MergePatch, &mut json(&patch))),
-                )
-            }
-            ApiRequest::StatusPatch(_) => {
-                let patch = obj::NodeStatusPatch { status };
-                http::encode_request(
-                    out,
-                    Method::Patch,
-                    host,
-                    format_args!("{}", ApiPath::NodeStatus(name)),
-                    Some((BodyType::MergePatch, &mut json(&patch))),
-                )
-            }
-            ApiRequest::LeaseGet => http::encode_request(
-                out,
-                Method::Get,
-                host,
-                format_args!("{}", ApiPath::Lease(name)),
-                None,
-            ),
-            ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => {
-                let rv = match &self.lease {
-                    LeaseStep::Renew(rv) => Some(rv.as_str()),
-                    _ => None,
-                };
-                let lease = obj::Lease {
-                    api_version: "coordination.k8s.io/v1",
-                    kind: "Lease",
-                    metadata: obj::LeaseMeta {
-                        name,
-                        namespace: LEASE_NAMESPACE,
-                        resource_version: rv,
-                        owner_references: [obj::OwnerReference {
-                            api_version: "v1",
-                            kind: "Node",
-                            name,
-                            uid: &self.node_uid,
-                        }],
-                    },
-                    spec: obj::LeaseSpec {
-                        holder_identity: name,
-                        lease_duration_seconds: LEASE_DURATION_S,
-                        renew_time: MicroTime(unix.unwrap_or(0)),
-                    },
-                };
-                if pending == ApiRequest::LeaseCreate {
-                    http::encode_request(
-                        out,
-                        Method::Post,
-                        host,
-                        format_args!("{}", ApiPath::Leases),
-                        Some((BodyType::Json, &mut json(&lease))),
-                    )
-                } else {
-                    http::encode_request(
-                        out,
-                        Method::Put,
-                        host,
-                        format_args!("{}", ApiPath::Lease(name)),
-                        Some((BodyType::Json, &mut json(&lease))),
-                    )
-                }
-            }
-            ApiRequest::EventCreate => {
-                let ev = self.events.front().ok_or(HttpError::BufferTooSmall)?;
-                let seq = self.event_seq;
-                let (object_name, namespace) = if ev.about_node {
-                    (name, "default")
-                } else {
-                    (self.cfg.config_map, self.cfg.config_namespace)
-                };
-                let event_name: String<96> =
-                    bounded(format_args!("{object_name}.{:x}{seq:04x}", ev.unix_ms));
-                let event = obj::Event {
-                    api_version: "v1",
-                    kind: "Event",
-                    metadata: obj::EventMeta {
-                        name: &event_name,
-                        namespace,
-                    },
-                    involved_object: obj::ObjectReference {
-                        api_version: "v1",
-                        kind: if ev.about_node { "Node" } else { "ConfigMap" },
-                        name: object_name,
-                        namespace: (!ev.about_node).then_some(namespace),
-                        // A Node's Events carry its name as uid (the kubelet's convention,
-                        // which `kubectl describe node` searches by); a ConfigMap's its uid.
-                        uid: if ev.about_node {
-                            Some(name)
-                        } else {
-                            Some(ev.object_uid.as_str()).filter(|u| !u.is_empty())
-                        },
-                        resource_version: (!ev.object_rv.is_empty())
-                            .then_some(ev.object_rv.as_str()),
-                    },
-                    reason: ev.reason,
-                    message: &ev.message,
-                    kind_of_event: if ev.warning { "Warning" } else { "Normal" },
-                    source: obj::EventSource {
-                        component: "picolet",
-                        host: name,
-                    },
-                    first_timestamp: Rfc3339(ev.unix_ms),
-                    last_timestamp: Rfc3339(ev.unix_ms),
-                    count: 1,
-                    reporting_component: "picolet",
-                    reporting_instance: name,
-                };
-                self.event_seq = self.event_seq.wrapping_add(1);
-                http::encode_request(
-                    out,
-                    Method::Post,
-                    host,
-                    format_args!("{}", ApiPath::Events(namespace)),
-                    Some((BodyType::Json, &mut json(&event))),
-                )
-            }
-            ApiRequest::ConfigList => http::encode_request(
-                out,
-                Method::Get,
-                host,
-                format_args!(
-                    "{}",
-                    ApiPath::ConfigMap {
-                        namespace: self.cfg.config_namespace,
-                        name: self.cfg.config_map,
-                        watch: None,
-                    }
-                ),
-                None,
-            ),
-            ApiRequest::CsrCreate(_)
-            | ApiRequest::CsrGet(_)
-            | ApiRequest::AccessReview(_)
-            | ApiRequest::PodList
-            | ApiRequest::PodFail => Err(HttpError::BufferTooSmall),
-        }
+        })
     }
+
+    /// A merge PATCH of the Node's metadata (adopting it, and publishing the report).
+    pub(super) fn encode_node_meta_patch(&self, out: &mut [u8]) -> Result<usize, HttpError> {
+        let patch = obj::NodeMetaPatch {
+            metadata: self.node_meta(),
+        };
+        http::encode_request(
+            out,
+            Method::Patch,
+            self.cfg.api_host,
+            format_args!("{}", ApiPath::Node(self.cfg.node_name)),
+            Some((BodyType::MergePatch, &mut json(&patch))),
+        )
+    }
+}
+
+/// A GET of `path`, with no body.
+pub(super) fn encode_get(
+    out: &mut [u8],
+    host: &str,
+    path: ApiPath<'_>,
+) -> Result<usize, HttpError> {
+    http::encode_request(out, Method::Get, host, format_args!("{path}"), None)
 }

@@ -8,9 +8,16 @@
 //! - the **watch connection** for the ConfigMap: [`Agent::poll_watch_request`], then
 //!   [`Agent::on_watch_bytes`] as bytes arrive and [`Agent::on_watch_closed`].
 //!
-//! Files: this one holds the state and the control connection's scheduling and responses;
-//! [`encode`] turns each kind of request into HTTP bytes; [`config_map`] follows the ConfigMap
-//! (list, watch, poll), validates and applies it, and queues the reports and Events.
+//! Files: this one holds the [`Agent`], composed of one part per concern, and only schedules
+//! the control connection: it asks each concern in priority order whether a request is due, and
+//! routes each response (or transport error) to the concern that sent the request. Each concern
+//! owns its state, its due time, how its request is encoded and how its answer is handled:
+//! [`registration`] (the Node), [`lease`] (the heartbeat), [`status`] (node status),
+//! [`report`] (the ConfigMap annotations on the Node), [`events`] (the Events queue),
+//! [`config_map`] (following, validating and applying the ConfigMap), [`pods`] (failing pods
+//! bound here), [`certificates`] (the CSR API) and [`authorization`] (SubjectAccessReviews for
+//! the kubelet port). [`encode`] builds the Node object that several of them send;
+//! [`watch_stream`] frames a watch connection; [`text`] bounds messages.
 //!
 //! Time is always an argument (monotonic milliseconds); wall-clock time comes from
 //! [`Agent::sync_clock`] or the responses' `Date` headers.
@@ -19,8 +26,14 @@ mod authorization;
 mod certificates;
 mod config_map;
 mod encode;
+mod events;
 mod kubelet_session;
+mod lease;
 mod pods;
+mod registration;
+mod report;
+mod status;
+mod text;
 mod watch_stream;
 
 pub use authorization::{
@@ -31,10 +44,13 @@ pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
 pub use kubelet_session::{Caller, KubeletSession, KubeletStep, Platform};
+pub use lease::{HEARTBEAT_GAP_MS, LEASE_DURATION_S, LEASE_RENEW_MS};
 pub use pods::POD_LIST_MS;
+pub use report::ConfigState;
+pub use status::{STATUS_EVAL_MS, STATUS_REPORT_DEFAULT_MS};
 
+use crate::paths::ApiPath;
 pub use crate::paths::LEASE_NAMESPACE;
-use crate::paths::{ApiPath, Watch};
 
 use core::fmt;
 
@@ -47,19 +63,9 @@ use crate::memory::{self, MemoryImage, MemoryRegion};
 use crate::metrics::{Gauges, Metrics};
 use crate::objects::{self as obj, Crc32Hex};
 use crate::time::{ClockSource, MicroTime, Millis, Rfc3339, WallClock};
+use encode::{encode_get, json};
+use text::{MESSAGE_MAX, bounded};
 
-/// Lease duration the node announces, as the kubelet does.
-pub const LEASE_DURATION_S: u32 = 40;
-/// How often the Lease is renewed (a quarter of its duration).
-pub const LEASE_RENEW_MS: Millis = 10_000;
-/// A gap between successful Lease renewals longer than this (one and a half periods) may have
-/// let the node lifecycle controller mark the node Unknown; the status is then posted again at
-/// once, as a kubelet that finds its Node's conditions changed would.
-pub const HEARTBEAT_GAP_MS: Millis = 15_000;
-/// How often node status is evaluated.
-pub const STATUS_EVAL_MS: Millis = 10_000;
-/// Default longest time between two status PATCHes, as the kubelet's.
-pub const STATUS_REPORT_DEFAULT_MS: Millis = 300_000;
 /// How often the ConfigMap is listed when it cannot be watched.
 pub const CONFIG_POLL_MS: Millis = 30_000;
 /// How long polling lasts before a watch is tried again, after a watch was refused.
@@ -71,8 +77,7 @@ pub const NO_CONTAINERS_TAINT: &str = "picolet.dev/no-containers";
 /// The version the node reports as `kubeletVersion`: semver, with build metadata naming picolet.
 pub const KUBELET_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "+picolet");
 
-const EVENT_QUEUE: usize = 4;
-const MESSAGE_MAX: usize = 256;
+/// A resourceVersion.
 type Rv = String<32>;
 /// An object's `metadata.uid` (a UUID: 36 characters).
 type Uid = String<48>;
@@ -183,55 +188,21 @@ impl fmt::Display for AgentError {
     }
 }
 
-/// What the Node says about the followed ConfigMap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConfigState {
-    /// Nothing read yet.
-    Pending,
-    /// The region holds the ConfigMap's values.
-    Applied,
-    /// The last update was invalid; the region is unchanged.
-    Rejected,
-    /// The ConfigMap was deleted; the region keeps the last applied values.
-    Deleted,
-    /// The ConfigMap does not exist (yet); the region keeps its contents.
-    Missing,
-    /// The ConfigMap cannot be read (for example RBAC forbids it).
-    Error,
-}
-
-impl ConfigState {
-    /// The annotation value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::Applied => "Applied",
-            Self::Rejected => "Rejected",
-            Self::Deleted => "Deleted",
-            Self::Missing => "Missing",
-            Self::Error => "Error",
-        }
-    }
-}
-
 /// A kind of request on the control connection: what is due, and what is in flight (so its
-/// response can be routed).
+/// response can be routed). One variant per concern; a concern with several kinds of request
+/// names them in its own type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ApiRequest {
-    NodeCreate,
-    NodeGet,
-    NodeAdopt,
-    LeaseGet,
-    LeaseCreate,
-    LeaseRenew,
-    StatusPatch(StatusFingerprint),
+    Node(registration::NodeRequest),
+    Lease(lease::LeaseRequest),
+    /// A status PATCH with the parts of the status it carries.
+    Status(status::StatusFingerprint),
+    /// The annotations PATCH for this generation of the report.
     ConfigReport(u32),
-    EventCreate,
+    Event,
     ConfigList,
-    PodList,
-    PodFail,
-    CsrCreate(CertKind),
-    CsrGet(CertKind),
+    Pod(pods::PodRequest),
+    Csr(certificates::CsrRequest),
     /// A SubjectAccessReview for the authorization slot with this id.
     AccessReview(u16),
 }
@@ -239,49 +210,58 @@ enum ApiRequest {
 impl ApiRequest {
     fn method(self) -> Method {
         match self {
-            Self::NodeCreate
-            | Self::LeaseCreate
-            | Self::EventCreate
-            | Self::CsrCreate(_)
-            | Self::AccessReview(_) => Method::Post,
-            Self::NodeGet | Self::LeaseGet | Self::ConfigList | Self::PodList | Self::CsrGet(_) => {
-                Method::Get
-            }
-            Self::LeaseRenew => Method::Put,
-            Self::NodeAdopt | Self::StatusPatch(_) | Self::ConfigReport(_) | Self::PodFail => {
-                Method::Patch
-            }
+            Self::Node(r) => r.method(),
+            Self::Lease(r) => r.method(),
+            Self::Status(_) | Self::ConfigReport(_) => Method::Patch,
+            Self::Event | Self::AccessReview(_) => Method::Post,
+            Self::ConfigList => Method::Get,
+            Self::Pod(r) => r.method(),
+            Self::Csr(r) => r.method(),
         }
+    }
+
+    /// What the request is, for [`AgentError::RequestTooLarge`].
+    fn name(self) -> &'static str {
+        match self {
+            Self::Node(r) => r.name(),
+            Self::Lease(r) => r.name(),
+            Self::Status(_) => "node status",
+            Self::ConfigReport(_) => "config report",
+            Self::Event => "event",
+            Self::ConfigList => "configmap list",
+            Self::Pod(r) => r.name(),
+            Self::Csr(r) => r.name(),
+            Self::AccessReview(_) => "subject access review",
+        }
+    }
+
+    /// Whether the request is about the node itself (not a CSR, a review or a pod): the first
+    /// one sent once the clock is known sets when the node became Ready.
+    fn about_node(self) -> bool {
+        !matches!(self, Self::Pod(_) | Self::Csr(_) | Self::AccessReview(_))
     }
 }
 
-/// The parts of node status that, when they change, make a PATCH due before the interval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StatusFingerprint {
-    ip_crc: u32,
+/// A response on the control connection, as the concerns read it.
+#[derive(Clone, Copy, Debug)]
+struct Reply<'b> {
+    status: u16,
+    /// The body, or its first part when [`Reply::complete`] is false.
+    body: &'b [u8],
+    /// The whole body's length.
+    body_len: usize,
+    /// The server's `Date`, Unix seconds.
+    date: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Registration {
-    Create,
-    Get,
-    Adopt,
-    Done,
-}
-
-/// Where the node Lease stands: renewals are PUTs from the last known resourceVersion.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum LeaseStep {
-    Get,
-    Create,
-    Renew(Rv),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WatchState {
-    Idle,
-    Requested,
-    Streaming,
+impl Reply<'_> {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// The whole body fit the driver's buffer.
+    fn complete(&self) -> bool {
+        self.body_len <= self.body.len()
+    }
 }
 
 /// A timer plus backoff for one kind of request.
@@ -292,6 +272,13 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// Due first at `now`.
+    fn starting(now: Millis) -> Self {
+        Self {
+            at: now,
+            backoff: Backoff::default(),
+        }
+    }
     fn due(&self, now: Millis) -> bool {
         now >= self.at
     }
@@ -304,27 +291,6 @@ impl Schedule {
     }
 }
 
-struct QueuedEvent {
-    reason: &'static str,
-    warning: bool,
-    message: String<MESSAGE_MAX>,
-    /// About the node (true) or the ConfigMap (false).
-    about_node: bool,
-    object_rv: Rv,
-    /// The ConfigMap's uid, which `kubectl describe` finds its Events by ("" if unknown).
-    object_uid: Uid,
-    unix_ms: u64,
-}
-
-struct ConfigReport {
-    state: ConfigState,
-    applied_rv: Rv,
-    message: String<MESSAGE_MAX>,
-    /// Bumped on every change; the annotation PATCH is due while `sent != generation`.
-    generation: u32,
-    sent: u32,
-}
-
 /// The node agent. See the module documentation for how a platform drives it.
 pub struct Agent<'a> {
     cfg: AgentConfig<'a>,
@@ -335,45 +301,13 @@ pub struct Agent<'a> {
     internal_ip: String<48>,
 
     in_flight: Option<ApiRequest>,
-    registration: Registration,
-    registration_sched: Schedule,
-    node_uid: String<48>,
-
-    lease: LeaseStep,
-    lease_sched: Schedule,
-    /// When a Lease was last created or renewed.
-    last_heartbeat_ok: Option<Millis>,
-    /// The server's `Date` of that renewal (Unix seconds): the gap is also measured by the
-    /// server's clock, which a slow or stalled device clock cannot shorten.
-    last_heartbeat_server_s: Option<u64>,
-    /// The status was re-posted after a gap; post it once more after the next renewal, in case
-    /// the node lifecycle controller marked the node Unknown just after the first post.
-    repost_status_after_gap: bool,
-
-    ready_since_unix_ms: Option<u64>,
-    status_sent: Option<(StatusFingerprint, Millis)>,
-    status_sched: Schedule,
-
-    report: ConfigReport,
-    report_sched: Schedule,
-    events: heapless::Deque<QueuedEvent, EVENT_QUEUE>,
-    event_seq: u32,
-    event_sched: Schedule,
-
-    /// resourceVersion to watch from; `None` means a list is needed first.
-    config_rv: Option<Rv>,
-    /// resourceVersion of the last ConfigMap content handled (applied or rejected).
-    handled_rv: Option<Rv>,
-    /// uid of the ConfigMap that version belongs to, for its Events.
-    config_uid: Uid,
-    list_sched: Schedule,
-    polling_until: Option<Millis>,
-    watch: WatchState,
-    watch_sched: Schedule,
-    watch_decoder: http::ResponseDecoder,
-
+    registration: registration::Registration,
+    heartbeat: lease::Heartbeat,
+    status: status::StatusUpdates,
+    report: report::ConfigReport,
+    events: events::Events,
+    config_map: config_map::ConfigMapFollow,
     pods: pods::Pods,
-
     certs: certificates::Certificates,
     authz: authorization::Authorizations,
 }
@@ -390,24 +324,6 @@ fn valid_label(s: &str) -> bool {
 
 fn rv_from(s: &str) -> Option<Rv> {
     String::try_from(s).ok()
-}
-
-/// Formats into a bounded string, cutting at the capacity (messages may be long, never fatal).
-fn bounded<const N: usize>(args: fmt::Arguments<'_>) -> String<N> {
-    struct Cut<'s, const N: usize>(&'s mut String<N>);
-    impl<const N: usize> fmt::Write for Cut<'_, N> {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            for c in s.chars() {
-                if self.0.push(c).is_err() {
-                    return Err(fmt::Error);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut out = String::new();
-    let _ = fmt::write(&mut Cut(&mut out), args);
-    out
 }
 
 impl<'a> Agent<'a> {
@@ -429,10 +345,6 @@ impl<'a> Agent<'a> {
         let mut cfg = cfg;
         cfg.status_report_interval_ms = cfg.status_report_interval_ms.max(STATUS_EVAL_MS);
         cfg.watch_timeout_s = cfg.watch_timeout_s.max(1);
-        let start = Schedule {
-            at: now,
-            backoff: Backoff::default(),
-        };
         Ok(Self {
             cfg,
             clock: WallClock::default(),
@@ -441,39 +353,12 @@ impl<'a> Agent<'a> {
             region: MemoryRegion::new(region),
             internal_ip: String::new(),
             in_flight: None,
-            registration: Registration::Create,
-            registration_sched: start,
-            node_uid: String::new(),
-            lease: LeaseStep::Get,
-            lease_sched: start,
-            ready_since_unix_ms: None,
-            status_sent: None,
-            last_heartbeat_ok: None,
-            last_heartbeat_server_s: None,
-            repost_status_after_gap: false,
-            status_sched: start,
-            report: ConfigReport {
-                state: ConfigState::Pending,
-                applied_rv: String::new(),
-                message: bounded(format_args!(
-                    "waiting for ConfigMap {}/{}",
-                    cfg.config_namespace, cfg.config_map
-                )),
-                generation: 0,
-                sent: 0,
-            },
-            report_sched: start,
-            events: heapless::Deque::new(),
-            event_seq: 0,
-            event_sched: start,
-            config_rv: None,
-            handled_rv: None,
-            config_uid: String::new(),
-            list_sched: start,
-            polling_until: None,
-            watch: WatchState::Idle,
-            watch_sched: start,
-            watch_decoder: http::ResponseDecoder::new(),
+            registration: registration::Registration::new(now),
+            heartbeat: lease::Heartbeat::new(now),
+            status: status::StatusUpdates::new(now),
+            report: report::ConfigReport::new(now, &cfg),
+            events: events::Events::new(now),
+            config_map: config_map::ConfigMapFollow::new(now),
             pods: pods::Pods::new(now),
             certs: certificates::Certificates::new(CertificatePolicy::default(), 0, now),
             authz: authorization::Authorizations::new(),
@@ -514,16 +399,12 @@ impl<'a> Agent<'a> {
 
     /// What the agent last concluded about the ConfigMap, with the applied resourceVersion.
     pub fn config_state(&self) -> (ConfigState, &str, &str) {
-        (
-            self.report.state,
-            self.report.applied_rv.as_str(),
-            self.report.message.as_str(),
-        )
+        self.report.view()
     }
 
     /// True once the Node exists and has been adopted.
     pub fn registered(&self) -> bool {
-        self.registration == Registration::Done
+        self.registration.done()
     }
 
     /// The configuration the agent runs with.
@@ -542,7 +423,7 @@ impl<'a> Agent<'a> {
             uptime_seconds: now.saturating_sub(self.started_at) as f64 / 1000.0,
             memory_crc32: self.region.checksum(),
             registered: self.registered(),
-            watching: self.watch == WatchState::Streaming,
+            watching: self.config_map.streaming(),
             watching_pods: self.pod_watch_open(),
             certificate_not_after: [CertKind::Client, CertKind::Serving]
                 .map(|k| self.certificate(k).map(|c| c.not_after)),
@@ -560,25 +441,18 @@ impl<'a> Agent<'a> {
         if self.access_review_queued() {
             return now;
         }
-        if self.registration != Registration::Done {
-            return self.registration_sched.at;
+        if !self.registered() {
+            return self.registration.wakeup();
         }
-        let mut t = self
-            .lease_sched
-            .at
-            .min(self.status_due_at())
-            .min(self.pod_wakeup(now));
-        if self.report.sent != self.report.generation {
-            t = t.min(self.report_sched.at);
-        }
-        if !self.events.is_empty() {
-            t = t.min(self.event_sched.at);
-        }
-        if self.list_wanted(now) {
-            t = t.min(self.list_sched.at);
-        }
-        t = t.min(self.certificate_wakeup(now));
-        t.max(now)
+        self.heartbeat
+            .wakeup()
+            .min(self.status_wakeup())
+            .min(self.pod_wakeup(now))
+            .min(self.report.wakeup())
+            .min(self.events.wakeup())
+            .min(self.config_list_wakeup(now))
+            .min(self.certificate_wakeup(now))
+            .max(now)
     }
 
     /// Writes the next request for the control connection into `out` and returns its length,
@@ -591,245 +465,118 @@ impl<'a> Agent<'a> {
         if self.in_flight.is_some() {
             return Ok(None);
         }
-        let Some(pending) = self.next_due(now) else {
+        let Some(request) = self.next_due(now) else {
             return Ok(None);
         };
+        if request.about_node() {
+            self.status.stamp_ready_since(self.clock.unix_ms(now));
+        }
         let n = self
-            .encode(pending, now, out)
+            .encode(request, now, out)
             .map_err(|_| AgentError::RequestTooLarge {
-                what: encode::pending_name(pending),
+                what: request.name(),
             })?;
-        self.in_flight = Some(pending);
+        self.in_flight = Some(request);
         Ok(Some(n))
     }
 
+    /// The request due first, asking each concern in priority order.
     fn next_due(&mut self, now: Millis) -> Option<ApiRequest> {
         // A kubelet-port caller is waiting for this answer.
-        if let Some(p) = self.next_access_review(now) {
-            return Some(p);
+        if let Some(id) = self.next_access_review(now) {
+            return Some(ApiRequest::AccessReview(id));
         }
-        match self.registration {
-            Registration::Create if self.registration_sched.due(now) => {
-                return Some(ApiRequest::NodeCreate);
-            }
-            Registration::Get if self.registration_sched.due(now) => {
-                return Some(ApiRequest::NodeGet);
-            }
-            Registration::Adopt if self.registration_sched.due(now) => {
-                return Some(ApiRequest::NodeAdopt);
-            }
-            Registration::Done => {}
-            _ => return None,
+        // Nothing else goes out before the Node exists.
+        if !self.registered() {
+            return self.registration.next_request(now).map(ApiRequest::Node);
         }
-        if self.lease_sched.due(now) {
-            return Some(match self.lease {
-                LeaseStep::Get => ApiRequest::LeaseGet,
-                LeaseStep::Create => ApiRequest::LeaseCreate,
-                LeaseStep::Renew(_) => ApiRequest::LeaseRenew,
-            });
+        if let Some(r) = self.heartbeat.next_request(now) {
+            return Some(ApiRequest::Lease(r));
         }
-        if now >= self.status_due_at() {
-            return Some(ApiRequest::StatusPatch(self.fingerprint()));
+        if let Some(fp) = self.next_status_patch(now) {
+            return Some(ApiRequest::Status(fp));
         }
-        if self.report.sent != self.report.generation && self.report_sched.due(now) {
-            return Some(ApiRequest::ConfigReport(self.report.generation));
+        if let Some(generation) = self.report.next_request(now) {
+            return Some(ApiRequest::ConfigReport(generation));
         }
-        if !self.events.is_empty() && self.event_sched.due(now) {
-            return Some(ApiRequest::EventCreate);
+        if self.events.due(now) {
+            return Some(ApiRequest::Event);
         }
-        if self.list_wanted(now) && self.list_sched.due(now) {
+        if self.config_list_due(now) {
             return Some(ApiRequest::ConfigList);
         }
-        if let Some(p) = self.next_certificate_request(now) {
-            return Some(p);
+        if let Some(r) = self.next_certificate_request(now) {
+            return Some(ApiRequest::Csr(r));
         }
-        self.next_pod_request(now)
+        self.next_pod_request(now).map(ApiRequest::Pod)
     }
 
-    /// When the next status PATCH is due: at the next 10 s evaluation when the status changed,
-    /// otherwise once the report interval has passed since the last PATCH.
-    fn status_due_at(&self) -> Millis {
-        match self.status_sent {
-            Some((fp, at)) if fp == self.fingerprint() => self
-                .status_sched
-                .at
-                .max(at + self.cfg.status_report_interval_ms),
-            _ => self.status_sched.at,
+    fn encode(
+        &mut self,
+        request: ApiRequest,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<usize, HttpError> {
+        match request {
+            ApiRequest::Node(r) => self.encode_node_request(r, now, out),
+            ApiRequest::Lease(r) => self.encode_lease_request(r, now, out),
+            ApiRequest::Status(_) => self.encode_status_patch(now, out),
+            ApiRequest::ConfigReport(_) => self.encode_config_report(out),
+            ApiRequest::Event => self.encode_event(out),
+            ApiRequest::ConfigList => self.encode_config_list(out),
+            ApiRequest::Pod(r) => self.encode_pod_request(r, out),
+            ApiRequest::Csr(r) => self.encode_csr_request(r, out),
+            ApiRequest::AccessReview(id) => self.encode_access_review(id, out),
         }
-    }
-
-    fn fingerprint(&self) -> StatusFingerprint {
-        const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-        StatusFingerprint {
-            ip_crc: CRC.checksum(self.internal_ip.as_bytes()),
-        }
-    }
-
-    /// Whether the ConfigMap should be listed: before the first watch, after a 410, and
-    /// periodically while polling.
-    fn list_wanted(&self, now: Millis) -> bool {
-        self.config_rv.is_none() || self.polling(now)
-    }
-
-    fn polling(&self, now: Millis) -> bool {
-        self.cfg.config_mode == ConfigMode::Poll || self.polling_until.is_some_and(|t| now < t)
     }
 
     /// Tells the agent the response to the request in flight. `body` is the body, or its
     /// first part when `body_len` says it was longer than the driver's buffer.
     pub fn on_response(&mut self, now: Millis, head: &ResponseHead, body: &[u8], body_len: usize) {
-        let Some(pending) = self.in_flight.take() else {
+        let Some(request) = self.in_flight.take() else {
             return;
         };
         if let Some(date) = head.date {
             self.clock.sync(now, date * 1000, ClockSource::HttpDate);
         }
-        self.metrics.count_api(pending.method(), head.status);
-        let complete = body_len <= body.len();
-        let body = &body[..body.len().min(body_len)];
-        let ok = (200..300).contains(&head.status);
-        let status = head.status;
-        match pending {
-            ApiRequest::NodeCreate => match status {
-                _ if ok => self.registered_with(now, body),
-                409 => self.registration = Registration::Get,
-                _ => self.registration_sched.retry(now),
-            },
-            ApiRequest::NodeGet => match status {
-                _ if ok => {
-                    let uid = obj::from_json::<obj::ObjectLite>(body)
-                        .and_then(|o| o.metadata.uid)
-                        .or_else(|| obj::scan_field(body, "uid"));
-                    self.node_uid = bounded(format_args!("{}", uid.unwrap_or("")));
-                    self.registration = Registration::Adopt;
-                    self.registration_sched.ok_then(now);
-                }
-                404 => {
-                    self.registration = Registration::Create;
-                    self.registration_sched.ok_then(now);
-                }
-                _ => self.registration_sched.retry(now),
-            },
-            ApiRequest::NodeAdopt => match status {
-                _ if ok => self.registered_with(now, body),
-                404 => {
-                    self.registration = Registration::Create;
-                    self.registration_sched.retry(now);
-                }
-                _ => self.registration_sched.retry(now),
-            },
-            ApiRequest::LeaseGet => match status {
-                _ if ok => match self.read_rv(body) {
-                    // Renew at once from the object just read.
-                    Some(rv) => {
-                        self.lease = LeaseStep::Renew(rv);
-                        self.lease_sched.ok_then(now);
-                    }
-                    None => self.lease_failed(now),
-                },
-                404 => {
-                    self.lease = LeaseStep::Create;
-                    self.lease_sched.ok_then(now);
-                }
-                _ => self.lease_failed(now),
-            },
-            ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => match status {
-                _ if ok => {
-                    self.lease = match self.read_rv(body) {
-                        Some(rv) => LeaseStep::Renew(rv),
-                        None => LeaseStep::Get,
-                    };
-                    self.metrics.heartbeats_ok += 1;
-                    self.lease_sched.ok_then(now + LEASE_RENEW_MS);
-                    let gap = self
-                        .last_heartbeat_ok
-                        .is_some_and(|t| now.saturating_sub(t) > HEARTBEAT_GAP_MS)
-                        || matches!(
-                            (self.last_heartbeat_server_s, head.date),
-                            (Some(a), Some(b)) if b.saturating_sub(a) * 1000 > HEARTBEAT_GAP_MS
-                        );
-                    if gap || core::mem::take(&mut self.repost_status_after_gap) {
-                        self.repost_status_after_gap = gap;
-                        self.status_sent = None;
-                        self.status_sched.ok_then(now);
-                    }
-                    self.last_heartbeat_ok = Some(now);
-                    self.last_heartbeat_server_s = head.date;
-                }
-                // Changed by someone else, or created meanwhile: re-read, then renew.
-                409 => {
-                    self.lease = LeaseStep::Get;
-                    self.lease_failed(now);
-                }
-                404 => {
-                    self.lease = LeaseStep::Create;
-                    self.lease_failed(now);
-                }
-                _ => self.lease_failed(now),
-            },
-            ApiRequest::StatusPatch(fp) => match status {
-                _ if ok => {
-                    self.metrics.status_updates += 1;
-                    self.status_sent = Some((fp, now));
-                    self.status_sched.ok_then(now + STATUS_EVAL_MS);
-                }
-                404 => self.node_vanished(now),
-                _ => self.status_sched.retry(now),
-            },
-            ApiRequest::ConfigReport(generation) => match status {
-                _ if ok => {
-                    self.report.sent = generation;
-                    self.report_sched.ok_then(now);
-                }
-                404 => self.node_vanished(now),
-                _ => self.report_sched.retry(now),
-            },
-            ApiRequest::EventCreate => match status {
-                _ if ok => {
-                    self.events.pop_front();
-                    self.event_sched.ok_then(now);
-                }
-                // The server will never take this event: drop it rather than block the rest.
-                400..=499 if status != 429 => {
-                    self.events.pop_front();
-                    self.metrics.events_dropped += 1;
-                    self.event_sched.ok_then(now);
-                }
-                _ => self.event_sched.retry(now),
-            },
-            ApiRequest::ConfigList => self.on_config_list(now, status, body, complete, body_len),
-            ApiRequest::PodList | ApiRequest::PodFail => {
-                self.on_pod_response(now, pending, status, body)
+        self.metrics.count_api(request.method(), head.status);
+        let reply = Reply {
+            status: head.status,
+            body: &body[..body.len().min(body_len)],
+            body_len,
+            date: head.date,
+        };
+        match request {
+            ApiRequest::Node(r) => self.on_node_response(now, r, &reply),
+            ApiRequest::Lease(r) => self.on_lease_response(now, r, &reply),
+            ApiRequest::Status(fp) => self.on_status_response(now, fp, &reply),
+            ApiRequest::ConfigReport(generation) => {
+                self.on_report_response(now, generation, &reply)
             }
-            ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) => {
-                self.on_certificate_response(now, pending, status, body)
-            }
-            ApiRequest::AccessReview(id) => self.on_access_review(now, id, status, body),
+            ApiRequest::Event => self.on_event_response(now, &reply),
+            ApiRequest::ConfigList => self.on_config_list(now, &reply),
+            ApiRequest::Pod(r) => self.on_pod_response(now, r, &reply),
+            ApiRequest::Csr(r) => self.on_csr_response(now, r, &reply),
+            ApiRequest::AccessReview(id) => self.on_access_review(now, id, &reply),
         }
     }
 
     /// Tells the agent the request in flight got no response (connection refused, reset,
     /// TLS failure, timeout). It will be retried with backoff.
     pub fn on_transport_error(&mut self, now: Millis) {
-        let Some(pending) = self.in_flight.take() else {
+        let Some(request) = self.in_flight.take() else {
             return;
         };
-        self.metrics.count_api(pending.method(), 0);
-        match pending {
-            ApiRequest::NodeCreate | ApiRequest::NodeGet | ApiRequest::NodeAdopt => {
-                self.registration_sched.retry(now)
-            }
-            ApiRequest::LeaseGet | ApiRequest::LeaseCreate | ApiRequest::LeaseRenew => {
-                self.lease_failed(now)
-            }
-            ApiRequest::StatusPatch(_) => self.status_sched.retry(now),
-            ApiRequest::ConfigReport(_) => self.report_sched.retry(now),
-            ApiRequest::EventCreate => self.event_sched.retry(now),
-            ApiRequest::ConfigList => self.list_sched.retry(now),
-            ApiRequest::PodList | ApiRequest::PodFail => self.on_pod_transport_error(now, pending),
-            ApiRequest::CsrCreate(_) | ApiRequest::CsrGet(_) => {
-                self.on_certificate_transport_error(now, pending)
-            }
+        self.metrics.count_api(request.method(), 0);
+        match request {
+            ApiRequest::Node(_) => self.registration.retry(now),
+            ApiRequest::Lease(_) => self.lease_failed(now),
+            ApiRequest::Status(_) => self.status.retry(now),
+            ApiRequest::ConfigReport(_) => self.report.retry(now),
+            ApiRequest::Event => self.events.retry(now),
+            ApiRequest::ConfigList => self.config_map.list_lost(now),
+            ApiRequest::Pod(r) => self.on_pod_transport_error(now, r),
+            ApiRequest::Csr(r) => self.on_csr_transport_error(now, r),
             ApiRequest::AccessReview(id) => self.on_access_review_lost(now, id),
         }
     }
@@ -840,51 +587,6 @@ impl<'a> Agent<'a> {
         if let Some(date) = head.date {
             self.clock.sync(now, date * 1000, ClockSource::HttpDate);
         }
-    }
-
-    fn read_rv(&self, body: &[u8]) -> Option<Rv> {
-        obj::from_json::<obj::ObjectLite>(body)
-            .and_then(|o| o.metadata.resource_version)
-            .or_else(|| obj::scan_resource_version(body))
-            .and_then(rv_from)
-    }
-
-    fn registered_with(&mut self, now: Millis, body: &[u8]) {
-        // The body may be cut short by a small buffer; uid comes early in metadata.
-        let uid = obj::from_json::<obj::ObjectLite>(body)
-            .and_then(|o| o.metadata.uid)
-            .or_else(|| obj::scan_field(body, "uid"));
-        if let Some(uid) = uid {
-            self.node_uid = bounded(format_args!("{uid}"));
-        }
-        self.registration = Registration::Done;
-        self.registration_sched.ok_then(now);
-        // The node body carried the current config annotations.
-        self.report.sent = self.report.generation;
-        // Conditions go out in a status PATCH right away; the Lease follows.
-        self.status_sent = None;
-        self.status_sched.ok_then(now);
-        self.lease_sched.ok_then(now);
-        let boot_id = self.cfg.facts.boot_id;
-        self.queue_event(
-            now,
-            "Starting",
-            false,
-            true,
-            format_args!("Starting picolet {KUBELET_VERSION} (boot ID {boot_id})"),
-        );
-    }
-
-    fn node_vanished(&mut self, now: Millis) {
-        // The Node was deleted under us: register again, like a restarted kubelet would.
-        self.registration = Registration::Create;
-        self.registration_sched.retry(now);
-        self.lease = LeaseStep::Get;
-    }
-
-    fn lease_failed(&mut self, now: Millis) {
-        self.metrics.heartbeats_failed += 1;
-        self.lease_sched.retry(now);
     }
 }
 

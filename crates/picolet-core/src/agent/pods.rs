@@ -51,6 +51,31 @@ struct PodEvent<'a> {
     object: PodLite<'a>,
 }
 
+/// The requests about pods on the control connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PodRequest {
+    /// List the unfinished pods bound here.
+    List,
+    /// Mark the last queued pod `Failed`.
+    Fail,
+}
+
+impl PodRequest {
+    pub(super) fn method(self) -> Method {
+        match self {
+            Self::List => Method::Get,
+            Self::Fail => Method::Patch,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::List => "pod list",
+            Self::Fail => "pod status",
+        }
+    }
+}
+
 /// Where the pod watch connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stream {
@@ -76,10 +101,7 @@ pub(super) struct Pods {
 
 impl Pods {
     pub(super) fn new(now: Millis) -> Self {
-        let start = Schedule {
-            at: now,
-            backoff: Backoff::default(),
-        };
+        let start = Schedule::starting(now);
         Self {
             watch_enabled: false,
             listed_rv: None,
@@ -125,12 +147,12 @@ impl Agent<'_> {
     }
 
     /// The next pod request for the control connection, if one is due.
-    pub(super) fn next_pod_request(&mut self, now: Millis) -> Option<ApiRequest> {
+    pub(super) fn next_pod_request(&self, now: Millis) -> Option<PodRequest> {
         let p = &self.pods;
         if !p.to_fail.is_empty() && p.fail_sched.due(now) {
-            return Some(ApiRequest::PodFail);
+            return Some(PodRequest::Fail);
         }
-        (p.list_wanted(now) && p.list_sched.due(now)).then_some(ApiRequest::PodList)
+        (p.list_wanted(now) && p.list_sched.due(now)).then_some(PodRequest::List)
     }
 
     /// When the pods next need the control connection.
@@ -150,27 +172,22 @@ impl Agent<'_> {
 
     pub(super) fn encode_pod_request(
         &self,
-        pending: ApiRequest,
+        request: PodRequest,
         out: &mut [u8],
     ) -> Result<usize, HttpError> {
         let name = self.cfg.node_name;
         let host = self.cfg.api_host;
-        match pending {
-            ApiRequest::PodList => http::encode_request(
+        match request {
+            PodRequest::List => encode_get(
                 out,
-                Method::Get,
                 host,
-                format_args!(
-                    "{}",
-                    ApiPath::PodsOn {
-                        node: name,
-                        limit: QUEUE,
-                        watch: None,
-                    }
-                ),
-                None,
+                ApiPath::PodsOn {
+                    node: name,
+                    limit: QUEUE,
+                    watch: None,
+                },
             ),
-            ApiRequest::PodFail => {
+            PodRequest::Fail => {
                 let (ns, pod) = self.pods.to_fail.last().ok_or(HttpError::BufferTooSmall)?;
                 let message: String<200> = bounded(format_args!(
                     "node {name} is a picolet node ({}): it cannot run containers",
@@ -183,7 +200,6 @@ impl Agent<'_> {
                         message: &message,
                     },
                 };
-                let mut body = |buf: &mut [u8]| obj::to_json(&patch, buf).ok();
                 http::encode_request(
                     out,
                     Method::Patch,
@@ -195,24 +211,17 @@ impl Agent<'_> {
                             name: pod,
                         }
                     ),
-                    Some((BodyType::MergePatch, &mut body)),
+                    Some((BodyType::MergePatch, &mut json(&patch))),
                 )
             }
-            _ => Err(HttpError::BufferTooSmall),
         }
     }
 
-    pub(super) fn on_pod_response(
-        &mut self,
-        now: Millis,
-        pending: ApiRequest,
-        status: u16,
-        body: &[u8],
-    ) {
-        let ok = (200..300).contains(&status);
-        match pending {
-            ApiRequest::PodList if ok => {
-                let Some(page) = obj::from_json::<PodPage<'_>>(body) else {
+    pub(super) fn on_pod_response(&mut self, now: Millis, request: PodRequest, reply: &Reply) {
+        let ok = reply.ok();
+        match request {
+            PodRequest::List if ok => {
+                let Some(page) = obj::from_json::<PodPage<'_>>(reply.body) else {
                     self.pods.list_sched.retry(now);
                     return;
                 };
@@ -234,24 +243,22 @@ impl Agent<'_> {
                     p.list_sched.retry(now);
                 }
             }
-            ApiRequest::PodList => self.pods.list_sched.retry(now),
-            ApiRequest::PodFail if ok || status == 404 || status == 409 => {
+            PodRequest::List => self.pods.list_sched.retry(now),
+            PodRequest::Fail if ok || reply.status == 404 || reply.status == 409 => {
                 if ok {
                     self.metrics.pods_rejected += 1;
                 }
                 self.pods.to_fail.pop();
                 self.pods.fail_sched.ok_then(now);
             }
-            ApiRequest::PodFail => self.pods.fail_sched.retry(now),
-            _ => {}
+            PodRequest::Fail => self.pods.fail_sched.retry(now),
         }
     }
 
-    pub(super) fn on_pod_transport_error(&mut self, now: Millis, pending: ApiRequest) {
-        match pending {
-            ApiRequest::PodList => self.pods.list_sched.retry(now),
-            ApiRequest::PodFail => self.pods.fail_sched.retry(now),
-            _ => {}
+    pub(super) fn on_pod_transport_error(&mut self, now: Millis, request: PodRequest) {
+        match request {
+            PodRequest::List => self.pods.list_sched.retry(now),
+            PodRequest::Fail => self.pods.fail_sched.retry(now),
         }
     }
 
@@ -269,27 +276,21 @@ impl Agent<'_> {
         let Some(rv) = self.pods.listed_rv.as_ref() else {
             return Ok(None);
         };
-        let n = http::encode_request(
+        let node = self.cfg.node_name;
+        let n = watch_stream::open(
             out,
-            Method::Get,
-            self.cfg.api_host,
-            format_args!(
-                "{}",
-                ApiPath::PodsOn {
-                    node: self.cfg.node_name,
-                    limit: QUEUE,
-                    watch: Some(Watch {
-                        resource_version: rv,
-                        timeout_s: self.cfg.watch_timeout_s,
-                    }),
-                }
-            ),
-            None,
-        )
-        .map_err(|_| AgentError::RequestTooLarge { what: "pod watch" })?;
+            &self.cfg,
+            rv,
+            |watch| ApiPath::PodsOn {
+                node,
+                limit: QUEUE,
+                watch: Some(watch),
+            },
+            &mut self.pods.decoder,
+            "pod watch",
+        )?;
         self.pods.listing_until = None;
         self.pods.stream = Stream::Requested;
-        self.pods.decoder = http::ResponseDecoder::new();
         Ok(Some(n))
     }
 

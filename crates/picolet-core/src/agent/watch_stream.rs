@@ -2,8 +2,31 @@
 //! time out to the concern that follows the stream (its response head, each complete line, an
 //! oversized line's prefix, the end). The concern decides what each item means.
 
+use super::{AgentConfig, AgentError, encode_get};
 use crate::http::{self, ResponseHead};
 use crate::lines::{Line, LineFramer};
+use crate::paths::{ApiPath, Watch};
+
+/// Writes the request that opens a watch from resourceVersion `rv` of what `path` names (given
+/// where to start), and gives the stream a fresh `decoder` for its response. `what` names the
+/// stream in the error when `out` is too small.
+pub(super) fn open<'p>(
+    out: &mut [u8],
+    cfg: &AgentConfig<'p>,
+    rv: &'p str,
+    path: impl FnOnce(Watch<'p>) -> ApiPath<'p>,
+    decoder: &mut http::ResponseDecoder,
+    what: &'static str,
+) -> Result<usize, AgentError> {
+    let watch = Watch {
+        resource_version: rv,
+        timeout_s: cfg.watch_timeout_s,
+    };
+    let n = encode_get(out, cfg.api_host, path(watch))
+        .map_err(|_| AgentError::RequestTooLarge { what })?;
+    *decoder = http::ResponseDecoder::new();
+    Ok(n)
+}
 
 /// What a watch stream delivered.
 pub(super) enum WatchItem<'b> {
