@@ -19,37 +19,160 @@ fn oversized_object(prefix: &[u8], len: usize, envelope: Envelope) -> Option<(&s
     Some((rv, uid, len.saturating_sub(start + envelope.tail_len())))
 }
 
-/// Following the ConfigMap.
-pub(super) struct ConfigMapFollow {
-    /// resourceVersion to watch from; `None` means a list is needed first.
-    rv: Option<Rv>,
-    /// resourceVersion of the last ConfigMap content handled (applied or rejected).
-    handled_rv: Option<Rv>,
-    /// uid of the ConfigMap that version belongs to, for its Events.
-    uid: Uid,
-    list_sched: Schedule,
-    polling_until: Option<Millis>,
-    watch: WatchState,
-    watch_sched: Schedule,
-    decoder: http::ResponseDecoder,
+/// Where following the ConfigMap stands, as kube-runtime's watcher keeps it: how far it has
+/// been read (the resourceVersion a watch resumes from) and what the watch connection does.
+///
+/// List → Listed → Requested → Watching, and back to Listed when the stream ends; to List
+/// after 410 Gone, and through Lost after an ERROR event or an unreadable one; to Polling
+/// while the server refuses watches. ([`ConfigMode::Poll`] lists from List and Listed, and
+/// never watches.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Follow {
+    /// Nothing to watch from: list first (at start, after 410 Gone or a list without a
+    /// resourceVersion).
+    #[default]
+    List,
+    /// Read up to `rv`: a watch from there is to be opened.
+    Listed { rv: Rv },
+    /// A watch from `rv` was requested; its response has not begun.
+    Requested { rv: Rv },
+    /// The watch is streaming; `rv` is the last event's.
+    Watching { rv: Rv },
+    /// The connection is requested (`open`: streaming) but there is nothing to resume from:
+    /// the stream said to start over (an ERROR event, an event not understood). An event
+    /// carrying a resourceVersion places it again; anything else closes it, and a list follows.
+    Lost { open: bool },
+    /// The server refused to watch: list every [`CONFIG_POLL_MS`] until `until`, then watch
+    /// from `rv`, where the last list read up to.
+    Polling { until: Millis, rv: Rv },
+    /// Polling as above, with no list read yet to watch from: when polling ends, list first.
+    PollingUnlisted { until: Millis },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WatchState {
-    Idle,
-    Requested,
-    Streaming,
+impl Follow {
+    /// The resourceVersion a watch resumes from, if there is one.
+    fn rv(&self) -> Option<&Rv> {
+        match self {
+            Self::Listed { rv }
+            | Self::Requested { rv }
+            | Self::Watching { rv }
+            | Self::Polling { rv, .. } => Some(rv),
+            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => None,
+        }
+    }
+
+    /// Until when watches are not tried (they were refused).
+    fn polling_until(&self) -> Option<Millis> {
+        match self {
+            Self::Polling { until, .. } | Self::PollingUnlisted { until } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// The watch connection is requested or open.
+    fn connected(&self) -> bool {
+        matches!(
+            self,
+            Self::Requested { .. } | Self::Watching { .. } | Self::Lost { .. }
+        )
+    }
+
+    fn streaming(&self) -> bool {
+        matches!(self, Self::Watching { .. } | Self::Lost { open: true })
+    }
+
+    /// Read (by a list or an event) up to `rv`; `None`: the response said to start over.
+    fn read_to(&mut self, rv: Option<Rv>) {
+        *self = match (core::mem::take(self), rv) {
+            (Self::List | Self::Listed { .. }, Some(rv)) => Self::Listed { rv },
+            (Self::List | Self::Listed { .. }, None) => Self::List,
+            (Self::Requested { .. } | Self::Lost { open: false }, Some(rv)) => {
+                Self::Requested { rv }
+            }
+            (Self::Watching { .. } | Self::Lost { open: true }, Some(rv)) => Self::Watching { rv },
+            (Self::Requested { .. }, None) => Self::Lost { open: false },
+            (Self::Watching { .. }, None) => Self::Lost { open: true },
+            (lost @ Self::Lost { .. }, None) => lost,
+            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, Some(rv)) => {
+                Self::Polling { until, rv }
+            }
+            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, None) => {
+                Self::PollingUnlisted { until }
+            }
+        };
+    }
+
+    /// The watch's response began.
+    fn streaming_started(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Listed { rv } | Self::Requested { rv } | Self::Watching { rv } => {
+                Self::Watching { rv }
+            }
+            Self::Polling { rv, .. } => Self::Watching { rv },
+            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => {
+                Self::Lost { open: true }
+            }
+        };
+    }
+
+    /// No watch connection any more; what was read is kept.
+    fn disconnected(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Requested { rv } | Self::Watching { rv } => Self::Listed { rv },
+            Self::Lost { .. } => Self::List,
+            other => other,
+        };
+    }
+
+    /// Watches were refused: poll until `until`.
+    fn poll_until(&mut self, until: Millis) {
+        *self = match core::mem::take(self).rv_owned() {
+            Some(rv) => Self::Polling { until, rv },
+            None => Self::PollingUnlisted { until },
+        };
+    }
+
+    /// Polling is over (its time has passed): watches are tried again.
+    fn polling_ended(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Polling { rv, .. } => Self::Listed { rv },
+            Self::PollingUnlisted { .. } => Self::List,
+            other => other,
+        };
+    }
+
+    fn rv_owned(self) -> Option<Rv> {
+        match self {
+            Self::Listed { rv }
+            | Self::Requested { rv }
+            | Self::Watching { rv }
+            | Self::Polling { rv, .. } => Some(rv),
+            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => None,
+        }
+    }
+}
+
+/// Following the ConfigMap: the state, and what is not state but memory of what was done.
+pub(super) struct ConfigMapFollow {
+    state: Follow,
+    /// resourceVersion of the last ConfigMap content handled (applied or rejected), so that
+    /// each version is handled once, however often it is listed or watched again. `None`:
+    /// none was handled yet.
+    handled_rv: Option<Rv>,
+    /// uid of the ConfigMap that version belongs to, which its Events name.
+    uid: Uid,
+    list_sched: Schedule,
+    watch_sched: Schedule,
+    decoder: http::ResponseDecoder,
 }
 
 impl ConfigMapFollow {
     pub(super) fn new(now: Millis) -> Self {
         Self {
-            rv: None,
+            state: Follow::List,
             handled_rv: None,
             uid: String::new(),
             list_sched: Schedule::starting(now),
-            polling_until: None,
-            watch: WatchState::Idle,
             watch_sched: Schedule::starting(now),
             decoder: http::ResponseDecoder::new(),
         }
@@ -64,7 +187,7 @@ impl ConfigMapFollow {
     }
 
     pub(super) fn streaming(&self) -> bool {
-        self.watch == WatchState::Streaming
+        self.state.streaming()
     }
 
     /// The list got no response.
@@ -98,12 +221,16 @@ impl Agent<'_> {
     /// Whether the ConfigMap should be listed: before the first watch, after a 410, and
     /// periodically while polling.
     fn list_wanted(&self, now: Millis) -> bool {
-        self.config_map.rv.is_none() || self.polling(now)
+        self.config_map.state.rv().is_none() || self.polling(now)
     }
 
     fn polling(&self, now: Millis) -> bool {
         self.cfg.config_mode == ConfigMode::Poll
-            || self.config_map.polling_until.is_some_and(|t| now < t)
+            || self
+                .config_map
+                .state
+                .polling_until()
+                .is_some_and(|t| now < t)
     }
 
     pub(super) fn encode_config_list(&self, out: &mut [u8]) -> Result<usize, HttpError> {
@@ -160,9 +287,9 @@ impl Agent<'_> {
                     oversized_object(body, body_len, Envelope::List).unwrap_or(("", "", body_len));
                 self.reject_oversized(now, object_rv, uid, size);
             }
-            self.config_map.rv = rv;
+            self.config_map.state.read_to(rv);
             self.config_map.list_sched.ok_then(next);
-            if self.config_map.rv.is_none() {
+            if self.config_map.state.rv().is_none() {
                 self.config_map.list_sched.retry(now);
             }
             return;
@@ -189,9 +316,10 @@ impl Agent<'_> {
                 }
             }
         }
-        self.config_map.rv = list.metadata.resource_version.and_then(rv_from);
+        let rv = list.metadata.resource_version.and_then(rv_from);
+        self.config_map.state.read_to(rv);
         self.config_map.list_sched.ok_then(next);
-        if self.config_map.rv.is_none() {
+        if self.config_map.state.rv().is_none() {
             self.config_map.list_sched.retry(now);
         }
     }
@@ -326,17 +454,17 @@ impl Agent<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Result<Option<usize>, AgentError> {
-        if self.config_map.watch != WatchState::Idle
-            || self.polling(now)
-            || !self.config_map.watch_sched.due(now)
-            || !self.registered()
+        let f = &mut self.config_map;
+        if f.state.connected()
+            || self.cfg.config_mode == ConfigMode::Poll
+            || f.state.polling_until().is_some_and(|t| now < t)
+            || !f.watch_sched.due(now)
+            || !self.registration.done()
         {
             return Ok(None);
         }
-        if self.config_map.polling_until.is_some() {
-            self.config_map.polling_until = None;
-        }
-        let Some(rv) = self.config_map.rv.as_ref() else {
+        f.state.polling_ended();
+        let Follow::Listed { rv } = &f.state else {
             return Ok(None);
         };
         let (namespace, name) = (self.cfg.config_namespace, self.cfg.config_map);
@@ -349,25 +477,25 @@ impl Agent<'_> {
                 name,
                 watch: Some(watch),
             },
-            &mut self.config_map.decoder,
+            &mut f.decoder,
             "watch",
         )?;
-        self.config_map.watch = WatchState::Requested;
+        if let Follow::Listed { rv } = core::mem::take(&mut f.state) {
+            f.state = Follow::Requested { rv };
+        }
         Ok(Some(n))
     }
 
     /// The earliest time [`Agent::poll_watch_request`] may return a request.
     pub fn next_watch_wakeup(&self, now: Millis) -> Millis {
-        if self.config_map.watch != WatchState::Idle
-            || self.config_map.rv.is_none()
-            || !self.registered()
-        {
+        let f = &self.config_map;
+        if !self.registered() || self.cfg.config_mode == ConfigMode::Poll {
             return Millis::MAX;
         }
-        match self.config_map.polling_until {
-            _ if self.cfg.config_mode == ConfigMode::Poll => Millis::MAX,
-            Some(t) if now < t => t,
-            _ => self.config_map.watch_sched.at.max(now),
+        match f.state {
+            Follow::Polling { until, .. } if now < until => until,
+            Follow::Listed { .. } | Follow::Polling { .. } => f.watch_sched.at.max(now),
+            _ => Millis::MAX,
         }
     }
 
@@ -385,7 +513,7 @@ impl Agent<'_> {
             match item {
                 WatchItem::Head(head) => {
                     self.on_watch_head(now, head);
-                    return self.config_map.watch == WatchState::Streaming;
+                    return self.config_map.state.streaming();
                 }
                 WatchItem::Line(line) => {
                     self.metrics.watch_events += 1;
@@ -397,12 +525,12 @@ impl Agent<'_> {
                         let (_, uid, size) = oversized_object(prefix, len, Envelope::WatchEvent)
                             .unwrap_or((rv, "", len));
                         self.reject_oversized(now, rv, uid, size);
-                        self.config_map.rv = rv_from(rv);
+                        self.config_map.state.read_to(rv_from(rv));
                     }
                 }
             }
-            // `None`: the stream said to start over: close it and re-list.
-            self.config_map.rv.is_some()
+            // Nothing to resume from: the stream said to start over: close it and re-list.
+            self.config_map.state.rv().is_some()
         });
         self.config_map.decoder = decoder;
         if let Some(Close { broken }) = close {
@@ -413,21 +541,18 @@ impl Agent<'_> {
 
     fn on_watch_head(&mut self, now: Millis, head: &ResponseHead) {
         self.note_watch_head(now, head);
+        let f = &mut self.config_map;
         match head.status {
-            200 => self.config_map.watch = WatchState::Streaming,
-            410 => {
-                self.config_map.watch = WatchState::Idle;
-                self.config_map.rv = None;
-            }
+            200 => f.state.streaming_started(),
+            410 => f.state = Follow::List,
             // The server (or a proxy) will not watch: poll for a while, then try again.
             400 | 403 | 404 | 405 | 501 => {
-                self.config_map.watch = WatchState::Idle;
-                self.config_map.polling_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
-                self.config_map.list_sched.ok_then(now);
+                f.state.poll_until(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                f.list_sched.ok_then(now);
             }
             _ => {
-                self.config_map.watch = WatchState::Idle;
-                self.config_map.watch_sched.retry(now);
+                f.state.disconnected();
+                f.watch_sched.retry(now);
             }
         }
     }
@@ -435,7 +560,7 @@ impl Agent<'_> {
     fn on_watch_event(&mut self, now: Millis, line: &[u8]) {
         let Some(ev) = obj::from_json::<obj::WatchEventLite>(line) else {
             // Not a watch event we understand: start over from a fresh list.
-            self.config_map.rv = None;
+            self.config_map.state.read_to(None);
             return;
         };
         let rv = ev.object.metadata.resource_version;
@@ -448,28 +573,29 @@ impl Agent<'_> {
             "BOOKMARK" => {}
             // ERROR: 410 Gone (resourceVersion too old) or anything else: re-list, then re-watch.
             _ => {
-                self.config_map.rv = None;
+                self.config_map.state.read_to(None);
                 return;
             }
         }
         if let Some(rv) = rv.and_then(rv_from) {
-            self.config_map.rv = Some(rv);
+            self.config_map.state.read_to(Some(rv));
         }
         self.config_map.watch_sched.backoff.reset();
     }
 
     /// Tells the agent the watch connection closed (`error`: it broke rather than ended).
     pub fn on_watch_closed(&mut self, now: Millis, error: bool) {
-        if self.config_map.watch == WatchState::Streaming {
+        let f = &mut self.config_map;
+        if f.state.streaming() {
             self.metrics.watch_restarts += 1;
         }
-        if self.config_map.watch != WatchState::Idle {
+        if f.state.connected() {
             if error {
-                self.config_map.watch_sched.retry(now);
+                f.watch_sched.retry(now);
             } else {
-                self.config_map.watch_sched.ok_then(now);
+                f.watch_sched.ok_then(now);
             }
         }
-        self.config_map.watch = WatchState::Idle;
+        f.state.disconnected();
     }
 }
