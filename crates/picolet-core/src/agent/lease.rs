@@ -50,17 +50,25 @@ enum LeaseState {
     Renew(Rv),
 }
 
+/// A successful create or renewal of the Lease.
+#[derive(Clone, Copy, Debug)]
+struct Renewal {
+    /// When it was answered.
+    at: Millis,
+    /// The server's `Date` of the answer (Unix seconds): the gap is also measured by the
+    /// server's clock, which a slow or stalled device clock cannot shorten.
+    server_s: Option<u64>,
+    /// It came after a gap, and the status was re-posted; it is posted once more after the
+    /// next renewal, in case the node lifecycle controller marked the node Unknown just after
+    /// the first post.
+    after_gap: bool,
+}
+
 pub(super) struct Heartbeat {
     state: LeaseState,
     sched: Schedule,
-    /// When a Lease was last created or renewed.
-    last_ok: Option<Millis>,
-    /// The server's `Date` of that renewal (Unix seconds): the gap is also measured by the
-    /// server's clock, which a slow or stalled device clock cannot shorten.
-    last_ok_server_s: Option<u64>,
-    /// The status was re-posted after a gap; post it once more after the next renewal, in case
-    /// the node lifecycle controller marked the node Unknown just after the first post.
-    repost_status_after_gap: bool,
+    /// The last successful create or renewal.
+    last_ok: Option<Renewal>,
 }
 
 impl Heartbeat {
@@ -69,8 +77,6 @@ impl Heartbeat {
             state: LeaseState::Get,
             sched: Schedule::starting(now),
             last_ok: None,
-            last_ok_server_s: None,
-            repost_status_after_gap: false,
         }
     }
 
@@ -98,12 +104,13 @@ impl Heartbeat {
 
     /// Whether a renewal at `now` (`date`: by the server's clock) comes after a gap.
     fn gap(&self, now: Millis, date: Option<u64>) -> bool {
-        self.last_ok
-            .is_some_and(|t| now.saturating_sub(t) > HEARTBEAT_GAP_MS)
-            || matches!(
-                (self.last_ok_server_s, date),
-                (Some(a), Some(b)) if b.saturating_sub(a) * 1000 > HEARTBEAT_GAP_MS
-            )
+        self.last_ok.is_some_and(|last| {
+            now.saturating_sub(last.at) > HEARTBEAT_GAP_MS
+                || matches!(
+                    (last.server_s, date),
+                    (Some(a), Some(b)) if b.saturating_sub(a) * 1000 > HEARTBEAT_GAP_MS
+                )
+        })
     }
 }
 
@@ -203,12 +210,14 @@ impl Agent<'_> {
         self.metrics.heartbeats_ok += 1;
         h.sched.ok_then(now + LEASE_RENEW_MS);
         let gap = h.gap(now, reply.date);
-        if gap || core::mem::take(&mut h.repost_status_after_gap) {
-            h.repost_status_after_gap = gap;
+        if gap || h.last_ok.is_some_and(|last| last.after_gap) {
             self.status.post_now(now);
         }
-        h.last_ok = Some(now);
-        h.last_ok_server_s = reply.date;
+        h.last_ok = Some(Renewal {
+            at: now,
+            server_s: reply.date,
+            after_gap: gap,
+        });
     }
 
     pub(super) fn lease_failed(&mut self, now: Millis) {

@@ -592,3 +592,13 @@ impl<'a> Agent<'a> {
 
 /// The caller-owned buffer for watch lines: one ConfigMap event at most [`WATCH_LINE_MAX`] bytes.
 pub type WatchLines = LineFramer<WATCH_LINE_MAX>;
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// The agent lives in static RAM on the board: splitting it into concerns must not make it
+    /// larger than the 9,968 bytes (on a 64-bit host) it had as one struct.
+    #[test]
+    fn agent_does_not_grow() {
+        let size = core::mem::size_of::<super::Agent<'static>>();
+        assert!(size <= 9_968, "Agent is {size} bytes");
+    }
+}
