@@ -5,7 +5,7 @@ use super::*;
 use crate::json_string::Unescaped;
 use crate::objects::Envelope;
 
-use super::watch_stream::{self, Close, WatchItem};
+use super::watch_stream::{self, Close, Follow, WatchItem};
 
 /// The first ConfigMap in a response too large to parse: its resourceVersion and uid (from
 /// its metadata in the prefix), and its size, which is the whole length less the envelope
@@ -17,139 +17,6 @@ fn oversized_object(prefix: &[u8], len: usize, envelope: Envelope) -> Option<(&s
     let rv = obj::scan_resource_version(object)?;
     let uid = obj::scan_field(object, "uid").unwrap_or("");
     Some((rv, uid, len.saturating_sub(start + envelope.tail_len())))
-}
-
-/// Where following the ConfigMap stands, as kube-runtime's watcher keeps it: how far it has
-/// been read (the resourceVersion a watch resumes from) and what the watch connection does.
-///
-/// List → Listed → Requested → Watching, and back to Listed when the stream ends; to List
-/// after 410 Gone, and through Lost after an ERROR event or an unreadable one; to Polling
-/// while the server refuses watches. ([`ConfigMode::Poll`] lists from List and Listed, and
-/// never watches.)
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-enum Follow {
-    /// Nothing to watch from: list first (at start, after 410 Gone or a list without a
-    /// resourceVersion).
-    #[default]
-    List,
-    /// Read up to `rv`: a watch from there is to be opened.
-    Listed { rv: Rv },
-    /// A watch from `rv` was requested; its response has not begun.
-    Requested { rv: Rv },
-    /// The watch is streaming; `rv` is the last event's.
-    Watching { rv: Rv },
-    /// The connection is requested (`open`: streaming) but there is nothing to resume from:
-    /// the stream said to start over (an ERROR event, an event not understood). An event
-    /// carrying a resourceVersion places it again; anything else closes it, and a list follows.
-    Lost { open: bool },
-    /// The server refused to watch: list every [`CONFIG_POLL_MS`] until `until`, then watch
-    /// from `rv`, where the last list read up to.
-    Polling { until: Millis, rv: Rv },
-    /// Polling as above, with no list read yet to watch from: when polling ends, list first.
-    PollingUnlisted { until: Millis },
-}
-
-impl Follow {
-    /// The resourceVersion a watch resumes from, if there is one.
-    fn rv(&self) -> Option<&Rv> {
-        match self {
-            Self::Listed { rv }
-            | Self::Requested { rv }
-            | Self::Watching { rv }
-            | Self::Polling { rv, .. } => Some(rv),
-            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => None,
-        }
-    }
-
-    /// Until when watches are not tried (they were refused).
-    fn polling_until(&self) -> Option<Millis> {
-        match self {
-            Self::Polling { until, .. } | Self::PollingUnlisted { until } => Some(*until),
-            _ => None,
-        }
-    }
-
-    /// The watch connection is requested or open.
-    fn connected(&self) -> bool {
-        matches!(
-            self,
-            Self::Requested { .. } | Self::Watching { .. } | Self::Lost { .. }
-        )
-    }
-
-    fn streaming(&self) -> bool {
-        matches!(self, Self::Watching { .. } | Self::Lost { open: true })
-    }
-
-    /// Read (by a list or an event) up to `rv`; `None`: the response said to start over.
-    fn read_to(&mut self, rv: Option<Rv>) {
-        *self = match (core::mem::take(self), rv) {
-            (Self::List | Self::Listed { .. }, Some(rv)) => Self::Listed { rv },
-            (Self::List | Self::Listed { .. }, None) => Self::List,
-            (Self::Requested { .. } | Self::Lost { open: false }, Some(rv)) => {
-                Self::Requested { rv }
-            }
-            (Self::Watching { .. } | Self::Lost { open: true }, Some(rv)) => Self::Watching { rv },
-            (Self::Requested { .. }, None) => Self::Lost { open: false },
-            (Self::Watching { .. }, None) => Self::Lost { open: true },
-            (lost @ Self::Lost { .. }, None) => lost,
-            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, Some(rv)) => {
-                Self::Polling { until, rv }
-            }
-            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, None) => {
-                Self::PollingUnlisted { until }
-            }
-        };
-    }
-
-    /// The watch's response began.
-    fn streaming_started(&mut self) {
-        *self = match core::mem::take(self) {
-            Self::Listed { rv } | Self::Requested { rv } | Self::Watching { rv } => {
-                Self::Watching { rv }
-            }
-            Self::Polling { rv, .. } => Self::Watching { rv },
-            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => {
-                Self::Lost { open: true }
-            }
-        };
-    }
-
-    /// No watch connection any more; what was read is kept.
-    fn disconnected(&mut self) {
-        *self = match core::mem::take(self) {
-            Self::Requested { rv } | Self::Watching { rv } => Self::Listed { rv },
-            Self::Lost { .. } => Self::List,
-            other => other,
-        };
-    }
-
-    /// Watches were refused: poll until `until`.
-    fn poll_until(&mut self, until: Millis) {
-        *self = match core::mem::take(self).rv_owned() {
-            Some(rv) => Self::Polling { until, rv },
-            None => Self::PollingUnlisted { until },
-        };
-    }
-
-    /// Polling is over (its time has passed): watches are tried again.
-    fn polling_ended(&mut self) {
-        *self = match core::mem::take(self) {
-            Self::Polling { rv, .. } => Self::Listed { rv },
-            Self::PollingUnlisted { .. } => Self::List,
-            other => other,
-        };
-    }
-
-    fn rv_owned(self) -> Option<Rv> {
-        match self {
-            Self::Listed { rv }
-            | Self::Requested { rv }
-            | Self::Watching { rv }
-            | Self::Polling { rv, .. } => Some(rv),
-            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => None,
-        }
-    }
 }
 
 /// Following the ConfigMap: the state, and what is not state but memory of what was done.

@@ -15,7 +15,7 @@
 use heapless::{String, Vec};
 use serde::Deserialize;
 
-use super::watch_stream::{self, Close, WatchItem};
+use super::watch_stream::{self, Close, Follow, WatchItem};
 use super::*;
 use crate::http::ResponseHead;
 
@@ -76,25 +76,14 @@ impl PodRequest {
     }
 }
 
-/// Where the pod watch connection stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
-    Closed,
-    Requested,
-    Open,
-}
-
 pub(super) struct Pods {
     /// The driver runs a pod watch connection.
     watch_enabled: bool,
-    /// Listed up to here: the next watch starts from it. `None`: a list comes first.
-    listed_rv: Option<Rv>,
-    /// The server refused watches: list periodically until then.
-    listing_until: Option<Millis>,
+    /// How far the pods were listed or watched, and what the watch connection does.
+    state: Follow,
     list_sched: Schedule,
     fail_sched: Schedule,
     to_fail: Vec<PodName, QUEUE>,
-    stream: Stream,
     stream_sched: Schedule,
     decoder: http::ResponseDecoder,
 }
@@ -104,29 +93,27 @@ impl Pods {
         let start = Schedule::starting(now);
         Self {
             watch_enabled: false,
-            listed_rv: None,
-            listing_until: None,
+            state: Follow::List,
             list_sched: start,
             fail_sched: start,
             to_fail: Vec::new(),
-            stream: Stream::Closed,
             stream_sched: start,
             decoder: http::ResponseDecoder::new(),
         }
     }
 
     fn watching(&self, now: Millis) -> bool {
-        self.watch_enabled && self.listing_until.is_none_or(|t| now >= t)
+        self.watch_enabled && self.state.polling_until().is_none_or(|t| now >= t)
     }
 
     /// A list is wanted: first, after the watch lost its place, or periodically without one.
     fn list_wanted(&self, now: Millis) -> bool {
-        self.listed_rv.is_none() || !self.watching(now)
+        self.state.rv().is_none() || !self.watching(now)
     }
 
     /// The watch can no longer resume: list again at once, then watch from the new list.
     fn lost_place(&mut self, now: Millis) {
-        self.listed_rv = None;
+        self.state.read_to(None);
         self.list_sched.ok_then(now);
     }
 
@@ -164,7 +151,7 @@ impl Agent<'_> {
         }
         if p.list_wanted(now) {
             t = t.min(p.list_sched.at);
-        } else if let Some(until) = p.listing_until {
+        } else if let Some(until) = p.state.polling_until() {
             t = t.min(until);
         }
         t
@@ -237,9 +224,10 @@ impl Agent<'_> {
                     p.list_sched.ok_then(now);
                     return;
                 }
-                p.listed_rv = page.metadata.resource_version.and_then(rv_from);
+                p.state
+                    .read_to(page.metadata.resource_version.and_then(rv_from));
                 p.list_sched.ok_then(now + POD_LIST_MS);
-                if p.listed_rv.is_none() {
+                if p.state.rv().is_none() {
                     p.list_sched.retry(now);
                 }
             }
@@ -273,7 +261,7 @@ impl Agent<'_> {
         if self.next_pod_watch_wakeup(now) > now {
             return Ok(None);
         }
-        let Some(rv) = self.pods.listed_rv.as_ref() else {
+        let Some(rv) = self.pods.state.rv() else {
             return Ok(None);
         };
         let node = self.cfg.node_name;
@@ -289,22 +277,26 @@ impl Agent<'_> {
             &mut self.pods.decoder,
             "pod watch",
         )?;
-        self.pods.listing_until = None;
-        self.pods.stream = Stream::Requested;
+        // Any time of listing instead is over.
+        if let Follow::Listed { rv } | Follow::Polling { rv, .. } =
+            core::mem::take(&mut self.pods.state)
+        {
+            self.pods.state = Follow::Requested { rv };
+        }
         Ok(Some(n))
     }
 
     /// The earliest time [`Agent::poll_pod_watch_request`] may return a request.
     pub fn next_pod_watch_wakeup(&self, now: Millis) -> Millis {
         let p = &self.pods;
-        if !p.watch_enabled
-            || p.stream != Stream::Closed
-            || p.listed_rv.is_none()
-            || !self.registered()
-        {
+        if !p.watch_enabled || !self.registered() {
             return Millis::MAX;
         }
-        p.stream_sched.at.max(p.listing_until.unwrap_or(0)).max(now)
+        match p.state {
+            Follow::Listed { .. } => p.stream_sched.at.max(now),
+            Follow::Polling { until, .. } => p.stream_sched.at.max(until).max(now),
+            _ => Millis::MAX,
+        }
     }
 
     /// Feeds raw bytes from the pod watch connection. Returns the bytes used and `false` when
@@ -333,7 +325,8 @@ impl Agent<'_> {
                     }
                 }
             }
-            self.pods.stream == Stream::Open && self.pods.listed_rv.is_some()
+            // Open and placed; otherwise close (and list, when the place was lost).
+            matches!(self.pods.state, Follow::Watching { .. })
         });
         self.pods.decoder = decoder;
         if let Some(Close { broken }) = close {
@@ -345,13 +338,13 @@ impl Agent<'_> {
     fn on_pod_watch_head(&mut self, now: Millis, head: &ResponseHead) {
         self.note_watch_head(now, head);
         let p = &mut self.pods;
-        p.stream = Stream::Closed;
+        p.state.disconnected();
         match head.status {
-            200 => p.stream = Stream::Open,
+            200 => p.state.streaming_started(),
             410 => p.lost_place(now),
             // The server (or a proxy) will not watch: list for a while, then try again.
             400 | 403 | 404 | 405 | 501 => {
-                p.listing_until = Some(now + WATCH_RETRY_AFTER_FALLBACK_MS);
+                p.state.poll_until(now + WATCH_RETRY_AFTER_FALLBACK_MS);
                 p.list_sched.ok_then(now);
             }
             _ => p.stream_sched.retry(now),
@@ -375,7 +368,7 @@ impl Agent<'_> {
             _ => return p.lost_place(now),
         }
         if let Some(rv) = meta.resource_version.and_then(rv_from) {
-            p.listed_rv = Some(rv);
+            p.state.read_to(Some(rv));
         }
         p.stream_sched.backoff.reset();
     }
@@ -383,18 +376,18 @@ impl Agent<'_> {
     /// Tells the agent the pod watch connection closed (`error`: it broke rather than ended).
     pub fn on_pod_watch_closed(&mut self, now: Millis, error: bool) {
         let p = &mut self.pods;
-        if p.stream != Stream::Closed {
+        if p.state.connected() {
             if error {
                 p.stream_sched.retry(now);
             } else {
                 p.stream_sched.ok_then(now);
             }
         }
-        p.stream = Stream::Closed;
+        p.state.disconnected();
     }
 
     /// 1 while a pod watch stream is open, for `/metrics`.
     pub(super) fn pod_watch_open(&self) -> bool {
-        self.pods.stream == Stream::Open
+        self.pods.state.streaming()
     }
 }

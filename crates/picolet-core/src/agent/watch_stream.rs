@@ -2,10 +2,11 @@
 //! time out to the concern that follows the stream (its response head, each complete line, an
 //! oversized line's prefix, the end). The concern decides what each item means.
 
-use super::{AgentConfig, AgentError, encode_get};
+use super::{AgentConfig, AgentError, Rv, encode_get};
 use crate::http::{self, ResponseHead};
 use crate::lines::{Line, LineFramer};
 use crate::paths::{ApiPath, Watch};
+use crate::time::Millis;
 
 /// Writes the request that opens a watch from resourceVersion `rv` of what `path` names (given
 /// where to start), and gives the stream a fresh `decoder` for its response. `what` names the
@@ -26,6 +27,133 @@ pub(super) fn open<'p>(
         .map_err(|_| AgentError::RequestTooLarge { what })?;
     *decoder = http::ResponseDecoder::new();
     Ok(n)
+}
+
+/// Where following a watched collection (the ConfigMap, the pods) stands, as kube-runtime's
+/// watcher keeps it: how far it has been read (the resourceVersion a watch resumes from) and
+/// what the watch connection does.
+///
+/// List → Listed → Requested → Watching, and back to Listed when the stream ends; to List
+/// after 410 Gone, and through Lost after an ERROR event or an unreadable one; to Polling
+/// while the server refuses watches. (A concern that does not watch at all, such as
+/// [`ConfigMode::Poll`](super::ConfigMode::Poll), lists from List and Listed.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// Nothing to watch from: list first (at start, after 410 Gone or a list without a
+    /// resourceVersion).
+    #[default]
+    List,
+    /// Read up to `rv`: a watch from there is to be opened.
+    Listed { rv: Rv },
+    /// A watch from `rv` was requested; its response has not begun.
+    Requested { rv: Rv },
+    /// The watch is streaming; `rv` is the last event's.
+    Watching { rv: Rv },
+    /// The connection is requested (`open`: streaming) but there is nothing to resume from:
+    /// the stream said to start over (an ERROR event, an event not understood). An event
+    /// carrying a resourceVersion places it again; anything else closes it, and a list follows.
+    Lost { open: bool },
+    /// The server refused to watch: list periodically until `until`, then watch from `rv`,
+    /// where the last list read up to.
+    Polling { until: Millis, rv: Rv },
+    /// Polling as above, with no list read yet to watch from: when polling ends, list first.
+    PollingUnlisted { until: Millis },
+}
+
+impl Follow {
+    /// The resourceVersion a watch resumes from, if there is one.
+    pub(super) fn rv(&self) -> Option<&Rv> {
+        match self {
+            Self::Listed { rv }
+            | Self::Requested { rv }
+            | Self::Watching { rv }
+            | Self::Polling { rv, .. } => Some(rv),
+            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => None,
+        }
+    }
+
+    /// Until when watches are not tried (they were refused).
+    pub(super) fn polling_until(&self) -> Option<Millis> {
+        match self {
+            Self::Polling { until, .. } | Self::PollingUnlisted { until } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// The watch connection is requested or open.
+    pub(super) fn connected(&self) -> bool {
+        matches!(
+            self,
+            Self::Requested { .. } | Self::Watching { .. } | Self::Lost { .. }
+        )
+    }
+
+    pub(super) fn streaming(&self) -> bool {
+        matches!(self, Self::Watching { .. } | Self::Lost { open: true })
+    }
+
+    /// Read (by a list or an event) up to `rv`; `None`: the response said to start over.
+    pub(super) fn read_to(&mut self, rv: Option<Rv>) {
+        *self = match (core::mem::take(self), rv) {
+            (Self::List | Self::Listed { .. }, Some(rv)) => Self::Listed { rv },
+            (Self::List | Self::Listed { .. }, None) => Self::List,
+            (Self::Requested { .. } | Self::Lost { open: false }, Some(rv)) => {
+                Self::Requested { rv }
+            }
+            (Self::Watching { .. } | Self::Lost { open: true }, Some(rv)) => Self::Watching { rv },
+            (Self::Requested { .. }, None) => Self::Lost { open: false },
+            (Self::Watching { .. }, None) => Self::Lost { open: true },
+            (lost @ Self::Lost { .. }, None) => lost,
+            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, Some(rv)) => {
+                Self::Polling { until, rv }
+            }
+            (Self::Polling { until, .. } | Self::PollingUnlisted { until }, None) => {
+                Self::PollingUnlisted { until }
+            }
+        };
+    }
+
+    /// The watch's response began.
+    pub(super) fn streaming_started(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Listed { rv } | Self::Requested { rv } | Self::Watching { rv } => {
+                Self::Watching { rv }
+            }
+            Self::Polling { rv, .. } => Self::Watching { rv },
+            Self::List | Self::Lost { .. } | Self::PollingUnlisted { .. } => {
+                Self::Lost { open: true }
+            }
+        };
+    }
+
+    /// No watch connection any more; what was read is kept.
+    pub(super) fn disconnected(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Requested { rv } | Self::Watching { rv } => Self::Listed { rv },
+            Self::Lost { .. } => Self::List,
+            other => other,
+        };
+    }
+
+    /// Watches were refused: poll until `until`.
+    pub(super) fn poll_until(&mut self, until: Millis) {
+        *self = match self.rv() {
+            Some(rv) => Self::Polling {
+                until,
+                rv: rv.clone(),
+            },
+            None => Self::PollingUnlisted { until },
+        };
+    }
+
+    /// Polling is over (its time has passed): watches are tried again.
+    pub(super) fn polling_ended(&mut self) {
+        *self = match core::mem::take(self) {
+            Self::Polling { rv, .. } => Self::Listed { rv },
+            Self::PollingUnlisted { .. } => Self::List,
+            other => other,
+        };
+    }
 }
 
 /// What a watch stream delivered.
