@@ -58,7 +58,7 @@ enum ReviewState {
     Failed { until: Millis },
 }
 
-struct Slot {
+struct DecisionSlot {
     user: String<IDENTITY_NAME_MAX>,
     groups: Vec<String<IDENTITY_NAME_MAX>, IDENTITY_GROUPS_MAX>,
     subresource: &'static str,
@@ -69,7 +69,7 @@ struct Slot {
 
 /// The cache of decisions.
 pub(super) struct Authorizations {
-    slots: Vec<Slot, AUTHZ_SLOTS>,
+    slots: Vec<DecisionSlot, AUTHZ_SLOTS>,
     next_id: u16,
 }
 
@@ -82,7 +82,7 @@ impl Authorizations {
     }
 }
 
-fn same(slot: &Slot, id: &Identity<'_>, subresource: &str) -> bool {
+fn same(slot: &DecisionSlot, id: &Identity<'_>, subresource: &str) -> bool {
     slot.subresource == subresource
         && slot.user == id.user
         && slot.groups.len() == id.groups.len()
@@ -169,7 +169,7 @@ impl Agent<'_> {
             return Decision::Deny;
         };
         a.next_id = a.next_id.wrapping_add(1);
-        let slot = Slot {
+        let slot = DecisionSlot {
             user,
             groups,
             subresource,

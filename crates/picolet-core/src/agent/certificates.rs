@@ -93,7 +93,7 @@ impl CsrStage {
 }
 
 /// One certificate's request in progress.
-struct Slot {
+struct CertificateSlot {
     stage: Option<CsrStage>,
     name: String<96>,
     public_key: PublicKey,
@@ -107,7 +107,7 @@ pub(super) struct Certificates {
     /// Where each renewal falls within the lifetime, in ‰ (700–799, fixed per boot, so a fleet
     /// does not renew in step).
     fraction_permille: u32,
-    slots: [Slot; 2],
+    slots: [CertificateSlot; 2],
     /// The CSR as PEM while submitting; the issued certificate's PEM while decoding.
     pem: Vec<u8, CERT_PEM_MAX>,
     der: Vec<u8, CERT_DER_MAX>,
@@ -117,7 +117,7 @@ const KINDS: [CertKind; 2] = [CertKind::Client, CertKind::Serving];
 
 impl Certificates {
     pub(super) fn new(policy: CertificatePolicy, seed: u32, now: Millis) -> Self {
-        let slot = || Slot {
+        let slot = || CertificateSlot {
             stage: None,
             name: String::new(),
             public_key: [0; 65],
@@ -142,7 +142,7 @@ impl Certificates {
         self.slots[1].installed = installed[1];
     }
 
-    fn slot(&mut self, kind: CertKind) -> &mut Slot {
+    fn slot(&mut self, kind: CertKind) -> &mut CertificateSlot {
         &mut self.slots[kind.index()]
     }
 

@@ -58,7 +58,7 @@ impl ConfigMapFollow {
     }
 
     /// The list got no response.
-    pub(super) fn list_lost(&mut self, now: Millis) {
+    pub(super) fn retry_list(&mut self, now: Millis) {
         self.list_sched.retry(now);
     }
 }

@@ -106,7 +106,7 @@ impl<'a> Agent<'a> {
                 kind,
                 status,
                 last_heartbeat_time: unix.map(Rfc3339),
-                last_transition_time: self.status.ready_since_unix_ms.map(Rfc3339),
+                last_transition_time: self.node_status.ready_since_unix_ms.map(Rfc3339),
                 reason,
                 message,
             });

@@ -211,7 +211,7 @@ impl Agent<'_> {
         h.sched.ok_then(now + LEASE_RENEW_MS);
         let gap = h.gap(now, reply.date);
         if gap || h.last_ok.is_some_and(|last| last.after_gap) {
-            self.status.post_now(now);
+            self.node_status.post_now(now);
         }
         h.last_ok = Some(Renewal {
             at: now,

@@ -303,7 +303,7 @@ pub struct Agent<'a> {
     in_flight: Option<ApiRequest>,
     registration: registration::Registration,
     heartbeat: lease::Heartbeat,
-    status: status::StatusUpdates,
+    node_status: status::StatusUpdates,
     report: report::ConfigReport,
     events: events::Events,
     config_map: config_map::ConfigMapFollow,
@@ -355,7 +355,7 @@ impl<'a> Agent<'a> {
             in_flight: None,
             registration: registration::Registration::new(now),
             heartbeat: lease::Heartbeat::new(now),
-            status: status::StatusUpdates::new(now),
+            node_status: status::StatusUpdates::new(now),
             report: report::ConfigReport::new(now, &cfg),
             events: events::Events::new(now),
             config_map: config_map::ConfigMapFollow::new(now),
@@ -469,7 +469,7 @@ impl<'a> Agent<'a> {
             return Ok(None);
         };
         if request.about_node() {
-            self.status.stamp_ready_since(self.clock.unix_ms(now));
+            self.node_status.stamp_ready_since(self.clock.unix_ms(now));
         }
         let n = self
             .encode(request, now, out)
@@ -571,10 +571,10 @@ impl<'a> Agent<'a> {
         match request {
             ApiRequest::Node(_) => self.registration.retry(now),
             ApiRequest::Lease(_) => self.lease_failed(now),
-            ApiRequest::Status(_) => self.status.retry(now),
+            ApiRequest::Status(_) => self.node_status.retry(now),
             ApiRequest::ConfigReport(_) => self.report.retry(now),
             ApiRequest::Event => self.events.retry(now),
-            ApiRequest::ConfigList => self.config_map.list_lost(now),
+            ApiRequest::ConfigList => self.config_map.retry_list(now),
             ApiRequest::Pod(r) => self.on_pod_transport_error(now, r),
             ApiRequest::Csr(r) => self.on_csr_transport_error(now, r),
             ApiRequest::AccessReview(id) => self.on_access_review_lost(now, id),

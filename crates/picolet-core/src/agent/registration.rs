@@ -161,7 +161,7 @@ impl Agent<'_> {
         // The node body carried the current config annotations.
         self.report.mark_sent();
         // Conditions go out in a status PATCH right away; the Lease follows.
-        self.status.post_now(now);
+        self.node_status.post_now(now);
         self.heartbeat.renew_now(now);
         let boot_id = self.cfg.facts.boot_id;
         self.queue_event(

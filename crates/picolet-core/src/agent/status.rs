@@ -62,7 +62,7 @@ impl Agent<'_> {
     /// When the next status PATCH is due: at the next 10 s evaluation when the status changed,
     /// otherwise once the report interval has passed since the last PATCH.
     pub(super) fn status_wakeup(&self) -> Millis {
-        let s = &self.status;
+        let s = &self.node_status;
         match s.sent {
             Some((fp, at)) if fp == self.fingerprint() => {
                 s.sched.at.max(at + self.cfg.status_report_interval_ms)
@@ -97,11 +97,11 @@ impl Agent<'_> {
         match reply.status {
             _ if reply.ok() => {
                 self.metrics.status_updates += 1;
-                self.status.sent = Some((fp, now));
-                self.status.sched.ok_then(now + STATUS_EVAL_MS);
+                self.node_status.sent = Some((fp, now));
+                self.node_status.sched.ok_then(now + STATUS_EVAL_MS);
             }
             404 => self.node_vanished(now),
-            _ => self.status.retry(now),
+            _ => self.node_status.retry(now),
         }
     }
 }
