@@ -1,5 +1,6 @@
-//! Following the ConfigMap: the list, the watch stream and polling; validating and applying
-//! `memory_values`; and the reports (Node annotations, Events) that say what happened.
+//! Following the ConfigMap: the list, the watch stream and polling (one [`Follow`] state);
+//! validating and applying `memory_values` once per resourceVersion; and what to report about
+//! it, which [`report`](super::report) and [`events`](super::events) send.
 
 use super::*;
 use crate::json_string::Unescaped;
@@ -453,16 +454,8 @@ impl Agent<'_> {
     /// Tells the agent the watch connection closed (`error`: it broke rather than ended).
     pub fn on_watch_closed(&mut self, now: Millis, error: bool) {
         let f = &mut self.config_map;
-        if f.state.streaming() {
+        if watch_stream::closed(&mut f.state, &mut f.watch_sched, now, error) {
             self.metrics.watch_restarts += 1;
         }
-        if f.state.connected() {
-            if error {
-                f.watch_sched.retry(now);
-            } else {
-                f.watch_sched.ok_then(now);
-            }
-        }
-        f.state.disconnected();
     }
 }

@@ -376,14 +376,7 @@ impl Agent<'_> {
     /// Tells the agent the pod watch connection closed (`error`: it broke rather than ended).
     pub fn on_pod_watch_closed(&mut self, now: Millis, error: bool) {
         let p = &mut self.pods;
-        if p.state.connected() {
-            if error {
-                p.stream_sched.retry(now);
-            } else {
-                p.stream_sched.ok_then(now);
-            }
-        }
-        p.state.disconnected();
+        watch_stream::closed(&mut p.state, &mut p.stream_sched, now, error);
     }
 
     /// 1 while a pod watch stream is open, for `/metrics`.

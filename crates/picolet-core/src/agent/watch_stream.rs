@@ -2,7 +2,7 @@
 //! time out to the concern that follows the stream (its response head, each complete line, an
 //! oversized line's prefix, the end). The concern decides what each item means.
 
-use super::{AgentConfig, AgentError, Rv, encode_get};
+use super::{AgentConfig, AgentError, Rv, Schedule, encode_get};
 use crate::http::{self, ResponseHead};
 use crate::lines::{Line, LineFramer};
 use crate::paths::{ApiPath, Watch};
@@ -154,6 +154,21 @@ impl Follow {
             other => other,
         };
     }
+}
+
+/// The watch connection closed (`error`: it broke rather than ended): the next one is opened
+/// at once after an end, after a backoff after a break. Returns whether it was streaming.
+pub(super) fn closed(state: &mut Follow, sched: &mut Schedule, now: Millis, error: bool) -> bool {
+    let streaming = state.streaming();
+    if state.connected() {
+        if error {
+            sched.retry(now);
+        } else {
+            sched.ok_then(now);
+        }
+    }
+    state.disconnected();
+    streaming
 }
 
 /// What a watch stream delivered.
