@@ -129,14 +129,11 @@ impl PendingKeys {
         }]
     }
 
-    /// Makes a key and submits a CSR when the agent wants one. Not inlined: its buffers (the
-    /// request DER and PEM) then live on the stack only during the call, not in every poll of
-    /// the control task (the emulator measured the difference).
+    /// Makes a key and submits the CSR the agent wants (`ControlStep::MakeKey`). Not inlined:
+    /// its buffers (the request DER and PEM) then live on the stack only during the call, not
+    /// in every poll of the control task (the emulator measured the difference).
     #[inline(never)]
-    pub fn submit_wanted(&mut self, agent: &mut Agent<'_>, now: u64, boot_id: &str) {
-        let Some(kind) = agent.csr_wanted() else {
-            return;
-        };
+    pub fn make_key(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: u64, boot_id: &str) {
         let key = new_key(boot_id, agent.config().node_name);
         match agent.submit_csr(now, kind, &key.public_key(), |subject, out| {
             key.csr(subject, out)
@@ -155,10 +152,14 @@ impl PendingKeys {
         }
     }
 
-    /// Installs a certificate the agent got; returns the kind installed.
+    /// Installs the certificate the agent got (`ControlStep::InstallCertificate`) with the key
+    /// made for it: a client certificate for both API connections, a serving one for the
+    /// kubelet task.
     #[inline(never)]
-    pub fn install_issued(&mut self, agent: &mut Agent<'_>) -> Option<CertKind> {
-        let (kind, der) = agent.issued_certificate()?;
+    pub fn install(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: u64) {
+        let Some((_, der)) = agent.issued_certificate() else {
+            return;
+        };
         let mut copy: heapless::Vec<u8, CERT_DER_MAX> = heapless::Vec::new();
         let _ = copy.extend_from_slice(der);
         let Some(key) = self.slot(kind).take() else {
@@ -166,8 +167,8 @@ impl PendingKeys {
                 "certificates: a {} certificate without a key",
                 kind.as_str()
             );
-            let _ = agent.set_certificate(kind, &copy);
-            return None;
+            agent.certificate_install_failed(now, kind);
+            return;
         };
         match kind {
             CertKind::Client => install_client(&copy, &key),
@@ -176,7 +177,7 @@ impl PendingKeys {
                 key,
             }),
         }
-        match agent.set_certificate(kind, &copy) {
+        match agent.certificate_installed(now, kind) {
             Ok(c) => log::info!(
                 "certificates: new {} certificate, valid until {} (Unix)",
                 kind.as_str(),
@@ -184,6 +185,5 @@ impl PendingKeys {
             ),
             Err(e) => log::error!("certificates: new {} certificate: {e}", kind.as_str()),
         }
-        Some(kind)
     }
 }

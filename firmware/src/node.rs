@@ -20,7 +20,8 @@ use embedded_tls::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
 #[cfg(not(feature = "kubelet-plain-http"))]
 use picolet_core::agent::Identity;
 use picolet_core::agent::{
-    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
+    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, ControlStep, NodeFacts, WatchRead,
+    WatchReader, WatchStep, WatchStream,
 };
 use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
 use picolet_core::http::ResponseHead;
@@ -257,9 +258,10 @@ impl<
 /// Control connection: requests up to 4 KiB (a Node with its status), sent in TLS records of up
 /// to 2 KiB through a 2 KiB TCP send buffer; response heads up to 2 KiB.
 type ControlBuffers = ConnBuffers<2048, 2048, 2048, 4096, 2048>;
-/// Watch connection: one short GET, then a stream of reads moved 1 KiB at a time into the line
-/// framer.
-type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024, 1024>;
+/// Watch connection: one short GET, then a stream of reads of up to 1 KiB into the reader.
+type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024, 0>;
+/// The watch connection's reader: 1 KiB reads, and the line framer for one ConfigMap event.
+type BoardWatchReader = WatchReader<1024>;
 /// Largest kubelet response: `/metrics` and `/memory` are about 3.5 KiB each.
 const KUBELET_OUT: usize = 6144;
 
@@ -278,21 +280,44 @@ fn api_server(s: &NodeSettings) -> (IpAddress, u16) {
     (IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), port)
 }
 
-/// Waits until the agent has a request for the control connection and returns its length.
-/// Keys for certificate requests are made here, before the request that carries them.
-async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> usize {
+/// What the control task does with its connection next.
+enum Control {
+    /// Send the request of this length.
+    Send(usize),
+    /// Close the connection (and the watch's) and open it again.
+    Reopen,
+}
+
+/// Follows the agent's control steps (`picolet_core::agent::ControlStep`) until it has a
+/// request to send or wants the connections reopened: keys are made and certificates installed
+/// here, between requests.
+async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> Control {
     loop {
         let t = now();
         CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
-        with_agent(|a| keys.submit_wanted(a, t, boot_id));
-        match with_agent(|a| a.poll_request(t, buf)) {
-            Some(Ok(Some(n))) => return n,
-            Some(Err(e)) => log::error!("agent: {e}"),
-            _ => {}
-        }
-        let at = with_agent(|a| a.next_wakeup(t))
-            .unwrap_or(t + 1_000)
-            .min(t + 2_000);
+        let sleep_until = match with_agent(|a| a.poll_control(t, buf)) {
+            Some(Ok(ControlStep::Send { len })) => return Control::Send(len),
+            Some(Ok(ControlStep::MakeKey(kind))) => {
+                with_agent(|a| keys.make_key(a, kind, t, boot_id));
+                continue;
+            }
+            Some(Ok(ControlStep::InstallCertificate(kind))) => {
+                with_agent(|a| keys.install(a, kind, t));
+                continue;
+            }
+            Some(Ok(ControlStep::ReopenConnections)) => {
+                WATCH_SUSPECT.signal(());
+                return Control::Reopen;
+            }
+            Some(Ok(ControlStep::SleepUntil(at))) => at,
+            Some(Err(e)) => {
+                log::error!("agent: {e}");
+                t + 1_000
+            }
+            None => t + 1_000,
+        };
+        // At least every 2 s: the watchdog is fed while this task checks in.
+        let at = sleep_until.min(t + 2_000);
         select(Timer::at(Instant::from_millis(at)), WAKE_CONTROL.wait()).await;
     }
 }
@@ -403,13 +428,18 @@ async fn control_task(
     if s.board.client_cert_der.is_empty() {
         join_with_token(stack, s, b, body, boot_id).await;
     }
+    let mut next = next_request(&mut b.request, &mut keys, boot_id).await;
     loop {
-        let mut n = next_request(&mut b.request, &mut keys, boot_id).await;
+        let Control::Send(mut n) = next else {
+            next = next_request(&mut b.request, &mut keys, boot_id).await;
+            continue;
+        };
         let mut socket = TcpSocket::new(stack, &mut b.tcp_rx, &mut b.tcp_tx);
         socket.set_timeout(Some(Duration::from_secs(30)));
         if socket.connect(api_server(s)).await.is_err() {
             log::warn!("api: cannot connect to {:?}", s.board.api_server);
             with_agent(|a| a.on_transport_error(now()));
+            next = next_request(&mut b.request, &mut keys, boot_id).await;
             continue;
         }
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
@@ -425,6 +455,7 @@ async fn control_task(
                 s.board.tls_server_name
             );
             with_agent(|a| a.on_transport_error(now()));
+            next = next_request(&mut b.request, &mut keys, boot_id).await;
             continue;
         }
         API_RECONNECTS.fetch_add(1, Ordering::Relaxed);
@@ -432,7 +463,7 @@ async fn control_task(
         LAST_HANDSHAKE_MS.store(took as u32, Ordering::Relaxed);
         log::info!("api: TLS session open ({took} ms)");
         loop {
-            match picolet_device::tls::exchange(
+            let close = match picolet_device::tls::exchange(
                 &mut tls,
                 &b.request[..n],
                 &mut b.input,
@@ -447,38 +478,41 @@ async fn control_task(
                     with_agent(|a| a.on_response(t, &head, &body[..shown], len));
                     WAKE_WATCH.signal(());
                     KUBELET_WAKE.signal(());
-                    let installed = with_agent(|a| keys.install_issued(a)).flatten();
-                    if installed == Some(CertKind::Client) {
-                        // Both connections start again with the new certificate.
-                        log::info!("api: reconnecting with the renewed client certificate");
-                        WATCH_SUSPECT.signal(());
-                        break;
-                    }
-                    if head.close {
-                        break;
-                    }
+                    head.close
                 }
                 Err(e) => {
                     log::warn!("api: {e}");
                     with_agent(|a| a.on_transport_error(now()));
-                    WATCH_SUSPECT.signal(());
+                    true
+                }
+            };
+            next = next_request(&mut b.request, &mut keys, boot_id).await;
+            match next {
+                Control::Send(len) if !close => n = len,
+                Control::Send(_) => break,
+                Control::Reopen => {
+                    log::info!(
+                        "api: reconnecting (renewed client certificate, or a broken connection)"
+                    );
                     break;
                 }
             }
-            n = next_request(&mut b.request, &mut keys, boot_id).await;
         }
     }
 }
 
-/// The ConfigMap watch connection. Its connect-and-handshake lines repeat the control task's on
-/// purpose: a shared async helper put its state into both task futures, +5 KiB of static RAM.
+/// The ConfigMap watch connection: the agent says when to open it and frames what comes back
+/// (`picolet_core::agent::WatchStep`, `WatchRead`). Its connect-and-handshake lines repeat the
+/// control task's on purpose: a shared async helper put its state into both task futures,
+/// +5 KiB of static RAM.
 #[embassy_executor::task]
 async fn watch_task(
     stack: Stack<'static>,
     s: &'static NodeSettings,
     b: &'static mut WatchBuffers,
-    lines: &'static mut WatchLines,
+    reader: &'static mut BoardWatchReader,
 ) -> ! {
+    const STREAM: WatchStream = WatchStream::ConfigMap;
     let mut client = ClientCopy::new();
     // A board joining with a bootstrap token has no identity to watch with yet.
     while s.board.client_cert_der.is_empty() && certs::client_generation() == 0 {
@@ -486,12 +520,14 @@ async fn watch_task(
     }
     loop {
         let t = now();
-        let n = match with_agent(|a| a.poll_watch_request(t, &mut b.request)) {
-            Some(Ok(Some(n))) => n,
-            _ => {
-                let at = with_agent(|a| a.next_watch_wakeup(t))
-                    .unwrap_or(t + 1_000)
-                    .min(t + 5_000);
+        let n = match with_agent(|a| a.poll_watch(STREAM, t, &mut b.request)) {
+            Some(Ok(WatchStep::Open { len })) => len,
+            step => {
+                let at = match step {
+                    Some(Ok(WatchStep::SleepUntil(at))) => at,
+                    _ => t + 1_000,
+                };
+                let at = at.min(t + 5_000);
                 select(Timer::at(Instant::from_millis(at)), WAKE_WATCH.wait()).await;
                 continue;
             }
@@ -502,7 +538,7 @@ async fn watch_task(
         socket.set_timeout(Some(Duration::from_secs(360)));
         socket.set_keep_alive(Some(WATCH_KEEP_ALIVE));
         if socket.connect(api_server(s)).await.is_err() {
-            with_agent(|a| a.on_watch_closed(now(), true));
+            with_agent(|a| a.on_watch_end(STREAM, now(), reader, true));
             continue;
         }
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
@@ -515,12 +551,11 @@ async fn watch_task(
             || tls.write_all(&b.request[..n]).await.is_err()
             || tls.flush().await.is_err()
         {
-            with_agent(|a| a.on_watch_closed(now(), true));
+            with_agent(|a| a.on_watch_end(STREAM, now(), reader, true));
             continue;
         }
-        let mut end = 0;
         loop {
-            let read = match select(tls.read(&mut b.input[end..]), WATCH_SUSPECT.wait()).await {
+            let read = match select(tls.read(reader.space()), WATCH_SUSPECT.wait()).await {
                 Either::First(read) => read,
                 Either::Second(()) => {
                     log::info!("watch: link renewed or control connection broken; reconnecting");
@@ -528,26 +563,24 @@ async fn watch_task(
                 }
             };
             let t = now();
-            match read {
-                Ok(0) => {
-                    with_agent(|a| a.on_watch_closed(t, false));
-                    break;
-                }
-                Ok(r) => end += r,
-                Err(_) => {
-                    with_agent(|a| a.on_watch_closed(t, true));
-                    break;
-                }
+            // `Some(error)`: the connection ended and the agent is to be told.
+            let ended = match read {
+                Ok(0) => Some(false),
+                Ok(r) => match with_agent(|a| a.on_watch_read(STREAM, t, reader, r)) {
+                    Some(WatchRead::Continue) => {
+                        WAKE_CONTROL.signal(());
+                        continue;
+                    }
+                    // Closed (or overflowed): the agent already knows.
+                    _ => None,
+                },
+                Err(_) => Some(true),
+            };
+            if let Some(error) = ended {
+                with_agent(|a| a.on_watch_end(STREAM, t, reader, error));
             }
-            let (used, open) =
-                with_agent(|a| a.on_watch_bytes(t, lines, &b.input[..end])).unwrap_or((end, false));
-            b.input.copy_within(used..end, 0);
-            end -= used;
             WAKE_CONTROL.signal(());
-            if !open || end == b.input.len() {
-                with_agent(|a| a.on_watch_closed(t, end == b.input.len()));
-                break;
-            }
+            break;
         }
     }
 }
@@ -999,7 +1032,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
         ConstStaticCell::new(ControlBuffers::new());
     static WATCH_BUFS: ConstStaticCell<WatchBuffers> = ConstStaticCell::new(WatchBuffers::new());
     static BODY: ConstStaticCell<[u8; 8192]> = ConstStaticCell::new([0; 8192]);
-    static LINES: ConstStaticCell<WatchLines> = ConstStaticCell::new(WatchLines::new());
+    static READER: ConstStaticCell<BoardWatchReader> = ConstStaticCell::new(WatchReader::new());
     static KUBELET_BUFS: ConstStaticCell<KubeletBuffers> = ConstStaticCell::new(KubeletBuffers {
         tcp_rx: [0; 1024],
         tcp_tx: [0; 1024],
@@ -1011,6 +1044,6 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
     });
     // Spawning fails only if a task already runs: `start` was called twice, a wiring error.
     spawner.spawn(control_task(stack, settings, CONTROL_BUFS.take(), BODY.take(), boot).unwrap());
-    spawner.spawn(watch_task(stack, settings, WATCH_BUFS.take(), LINES.take()).unwrap());
+    spawner.spawn(watch_task(stack, settings, WATCH_BUFS.take(), READER.take()).unwrap());
     spawner.spawn(kubelet_task(stack, settings, KUBELET_BUFS.take()).unwrap());
 }

@@ -1129,6 +1129,239 @@ mod certificates {
             Some(CertKind::Client)
         );
     }
+
+    /// The driving protocol for certificates, as both drivers follow it: each control step
+    /// says what the driver does, and the agent never asks twice for the same thing.
+    #[test]
+    fn control_steps_make_the_key_install_the_certificate_then_reopen_the_connections() {
+        use picolet_core::agent::ControlStep;
+        let (mut h, ca) = started(CertificatePolicy {
+            rotate_client: true,
+            request_serving: false,
+        });
+        let (k0, p0) = key(5);
+        let first = ca.sign(&client_csr(&k0, &p0));
+        let installed = h.agent.set_certificate(CertKind::Client, &first).unwrap();
+        h.now += 60_000;
+        h.agent.sync_clock(h.now, (installed.renew_at + 60) * 1000);
+        let (k1, p1) = key(6);
+        let mut steps = vec![];
+        let mut csr = None;
+        for _ in 0..40 {
+            let step = h.agent.poll_control(h.now, &mut h.buf).unwrap();
+            steps.push(step);
+            match step {
+                ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
+                ControlStep::Send { len } => {
+                    let r = parse(&h.buf[..len]);
+                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
+                        csr = Some(csr_der_of(&r));
+                        h.reply(201, "{}");
+                    } else if r.path.contains("certificatesigningrequests") {
+                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
+                    } else {
+                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
+                    }
+                }
+                ControlStep::InstallCertificate(kind) => {
+                    assert_eq!(h.agent.issued_certificate().unwrap().0, kind);
+                    h.agent.certificate_installed(h.now, kind).unwrap();
+                }
+                ControlStep::ReopenConnections => {}
+                ControlStep::SleepUntil(at) => {
+                    assert!(at > h.now, "a sleep is never for now: {steps:?}");
+                    h.now = at;
+                }
+            }
+            if step == ControlStep::ReopenConnections {
+                break;
+            }
+        }
+        // Reopening is asked once.
+        assert_ne!(
+            h.agent.poll_control(h.now, &mut h.buf).unwrap(),
+            ControlStep::ReopenConnections
+        );
+        let kinds: Vec<_> = steps
+            .iter()
+            .filter(|s| !matches!(s, ControlStep::Send { .. } | ControlStep::SleepUntil(_)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                &ControlStep::MakeKey(CertKind::Client),
+                &ControlStep::InstallCertificate(CertKind::Client),
+                &ControlStep::ReopenConnections,
+            ],
+            "{steps:?}"
+        );
+        assert!(h.agent.certificate(CertKind::Client).unwrap().not_after > installed.not_after - 1);
+        assert!(h.agent.issued_certificate().is_none());
+    }
+
+    /// An issued certificate the driver cannot install is dropped (no step repeats it) and
+    /// asked for again, with a new key, after a backoff.
+    #[test]
+    fn a_certificate_that_cannot_be_installed_is_requested_again_later() {
+        use picolet_core::agent::ControlStep;
+        let (mut h, ca) = started(CertificatePolicy {
+            rotate_client: false,
+            request_serving: true,
+        });
+        let (k1, p1) = key(7);
+        let mut csr = None;
+        let mut failed_at = None;
+        for _ in 0..60 {
+            match h.agent.poll_control(h.now, &mut h.buf).unwrap() {
+                ControlStep::MakeKey(kind) if failed_at.is_some() => {
+                    assert_eq!(kind, CertKind::Serving);
+                    assert!(h.now > failed_at.unwrap(), "not at once");
+                    return;
+                }
+                ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
+                ControlStep::Send { len } => {
+                    let r = parse(&h.buf[..len]);
+                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
+                        csr = Some(csr_der_of(&r));
+                        h.reply(201, "{}");
+                    } else if r.path.contains("certificatesigningrequests") {
+                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
+                    } else {
+                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
+                    }
+                }
+                ControlStep::InstallCertificate(kind) => {
+                    assert!(
+                        failed_at.is_none(),
+                        "an install that failed is not offered again"
+                    );
+                    h.agent.certificate_install_failed(h.now, kind);
+                    failed_at = Some(h.now);
+                    assert!(h.agent.issued_certificate().is_none());
+                }
+                ControlStep::ReopenConnections => panic!("nothing was installed"),
+                ControlStep::SleepUntil(at) => h.now = at,
+            }
+        }
+        panic!("no new key was asked for");
+    }
+}
+
+/// The watch side of the driving protocol: a [`WatchReader`] takes reads of any size, frames
+/// the events, keeps what is left of a partial head or chunk line, and says when to close.
+mod driving_protocol {
+    use super::*;
+    use picolet_core::agent::{ControlStep, WatchRead, WatchReader, WatchStep, WatchStream};
+
+    fn watching() -> Harness {
+        let mut h = Harness::new(ConfigMode::Watch);
+        h.register();
+        list_config(&mut h, CM_LIST);
+        h.drain();
+        h
+    }
+
+    fn open(h: &mut Harness) -> String {
+        match h
+            .agent
+            .poll_watch(WatchStream::ConfigMap, h.now, &mut h.buf)
+            .unwrap()
+        {
+            WatchStep::Open { len } => parse(&h.buf[..len]).path,
+            other => panic!("expected a watch to open, got {other:?}"),
+        }
+    }
+
+    /// Feeds `wire` through the reader in reads of at most `read` bytes, as a socket would.
+    fn feed<const IN: usize>(
+        h: &mut Harness,
+        reader: &mut WatchReader<IN>,
+        wire: &[u8],
+        read: usize,
+    ) -> WatchRead {
+        let mut rest = wire;
+        loop {
+            let space = reader.space();
+            let n = rest.len().min(read).min(space.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            let next = h
+                .agent
+                .on_watch_read(WatchStream::ConfigMap, h.now, reader, n);
+            if next != WatchRead::Continue || rest.is_empty() {
+                return next;
+            }
+        }
+    }
+
+    #[test]
+    fn reads_of_any_size_apply_the_same_events() {
+        for read in [1, 7, 64, 4096] {
+            let mut h = watching();
+            let mut reader: Box<WatchReader<64>> = Box::default();
+            assert!(open(&mut h).contains("watch=1"));
+            let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let event = br#"{"type":"MODIFIED","object":{"metadata":{"name":"pico-config","resourceVersion":"77"},"data":{"memory_values":"0=0x11,1=0x22"}}}
+"#;
+            wire.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+            wire.extend_from_slice(event);
+            wire.extend_from_slice(b"\r\n");
+            assert_eq!(
+                feed(&mut h, &mut reader, &wire, read),
+                WatchRead::Continue,
+                "read {read}"
+            );
+            assert_eq!(&h.agent.region()[..2], &[0x11, 0x22], "read {read}");
+            // The server ends the stream; the next watch resumes from the event's version.
+            assert_eq!(
+                feed(&mut h, &mut reader, b"0\r\n\r\n", read),
+                WatchRead::Close
+            );
+            assert!(open(&mut h).contains("resourceVersion=77"), "read {read}");
+        }
+    }
+
+    #[test]
+    fn a_head_longer_than_the_reader_closes_with_a_backoff() {
+        let mut h = watching();
+        let mut reader: Box<WatchReader<64>> = Box::default();
+        open(&mut h);
+        let mut wire = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        wire.extend(std::iter::repeat_n(b'a', 200));
+        assert_eq!(feed(&mut h, &mut reader, &wire, 16), WatchRead::Overflow);
+        match h
+            .agent
+            .poll_watch(WatchStream::ConfigMap, h.now, &mut h.buf)
+            .unwrap()
+        {
+            WatchStep::SleepUntil(at) => assert!(at > h.now, "retried after a backoff"),
+            other => panic!("no backoff: {other:?}"),
+        }
+        // The reader starts empty for the next connection.
+        assert_eq!(reader.space().len(), 64);
+    }
+
+    #[test]
+    fn a_broken_control_connection_reopens_the_watches() {
+        let mut h = watching();
+        let step = h.agent.poll_control(h.now, &mut h.buf).unwrap();
+        assert!(matches!(step, ControlStep::SleepUntil(_)), "{step:?}");
+        h.now += 10_000;
+        assert!(matches!(
+            h.agent.poll_control(h.now, &mut h.buf).unwrap(),
+            ControlStep::Send { .. }
+        ));
+        h.agent.on_transport_error(h.now);
+        assert_eq!(
+            h.agent.poll_control(h.now, &mut h.buf).unwrap(),
+            ControlStep::ReopenConnections
+        );
+        // Once: then the failed request is retried after its backoff.
+        assert!(matches!(
+            h.agent.poll_control(h.now, &mut h.buf).unwrap(),
+            ControlStep::SleepUntil(_)
+        ));
+    }
 }
 
 // ---------------------------------------------------------------- kubelet-port authorization

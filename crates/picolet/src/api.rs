@@ -162,11 +162,6 @@ impl Connection {
         }
     }
 
-    /// The endpoint this connection uses.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.endpoint
-    }
-
     /// Sends `request` and collects the response body into `body` (the excess is counted and
     /// dropped). Retries once on a fresh connection when a reused one turns out closed.
     pub async fn round_trip(

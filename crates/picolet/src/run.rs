@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use picolet_core::agent::{
-    Agent, AgentConfig, AgentError, CertKind, CertificatePolicy, ConfigMode, NodeFacts, WatchLines,
+    Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, ControlStep, NodeFacts, WatchRead,
+    WatchReader, WatchStep, WatchStream,
 };
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::time::Millis;
@@ -60,6 +61,8 @@ pub struct Shared {
     wake_control: Notify,
     /// Wakes both watch connections (the ConfigMap's and the pods').
     wake_watch: Notify,
+    /// Closes both watch connections ([`ControlStep::ReopenConnections`]).
+    close_watches: Notify,
     start: Instant,
     /// Wakes kubelet-port sessions waiting for an authorization answer: the control
     /// connection had a response.
@@ -247,6 +250,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         agent: Mutex::new(agent),
         wake_control: Notify::new(),
         wake_watch: Notify::new(),
+        close_watches: Notify::new(),
         start,
         kubelet_wake: Notify::new(),
         api_bytes_sent: AtomicU64::new(0),
@@ -287,12 +291,9 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     info!(node = node_name, server = %creds.identity.server, kubelet = %bind, "picolet starting");
     tokio::spawn(kubelet_server::serve(listener, transport, shared.clone()));
     tokio::spawn(control_loop(shared.clone()));
-    tokio::spawn(watch_loop(
-        shared.clone(),
-        Stream::ConfigMap,
-        opts.watch_timeout,
-    ));
-    tokio::spawn(watch_loop(shared.clone(), Stream::Pods, opts.watch_timeout));
+    for stream in [WatchStream::ConfigMap, WatchStream::Pods] {
+        tokio::spawn(watch_loop(shared.clone(), stream, opts.watch_timeout));
+    }
     tokio::spawn(clock_loop(shared.clone()));
 
     shutdown_signal().await;
@@ -397,43 +398,46 @@ fn existing_serving_certificate(
     }
 }
 
-/// Makes a key for a CSR the agent wants, and installs a certificate it got.
-fn manage_certificates(shared: &Shared, keys: &mut PendingKeys) {
+/// Makes a key for the CSR the agent wants ([`ControlStep::MakeKey`]).
+fn make_key(shared: &Shared, keys: &mut PendingKeys, kind: CertKind) {
+    let key = node_certs::new_key();
     let now = shared.now();
-    let wanted = shared.lock().csr_wanted();
-    if let Some(kind) = wanted {
-        let key = node_certs::new_key();
-        let submitted = shared
-            .lock()
-            .submit_csr(now, kind, &key.public_key(), |subject, out| {
-                key.csr(subject, out)
-            });
-        match submitted {
-            Ok(()) => {
-                info!("requesting a new {} certificate", kind.as_str());
-                keys.put(kind, key);
-            }
-            Err(e) => error!("cannot build a {} certificate request: {e}", kind.as_str()),
+    let submitted = shared
+        .lock()
+        .submit_csr(now, kind, &key.public_key(), |subject, out| {
+            key.csr(subject, out)
+        });
+    match submitted {
+        Ok(()) => {
+            info!("requesting a new {} certificate", kind.as_str());
+            keys.put(kind, key);
         }
+        Err(e) => error!("cannot build a {} certificate request: {e}", kind.as_str()),
     }
+}
+
+/// Installs the certificate the agent got ([`ControlStep::InstallCertificate`]).
+fn install_certificate(shared: &Shared, keys: &mut PendingKeys, kind: CertKind) {
     let issued = shared
         .lock()
         .issued_certificate()
-        .map(|(kind, der)| (kind, der.to_vec()));
-    if let Some((kind, der)) = issued {
-        match install(shared, keys, kind, &der) {
-            Ok(()) => {
-                let installed = shared.lock().set_certificate(kind, &der);
-                match installed {
-                    Ok(c) => info!(
-                        "new {} certificate installed, valid until {} (Unix)",
-                        kind.as_str(),
-                        c.not_after
-                    ),
-                    Err(e) => error!("new {} certificate: {e}", kind.as_str()),
-                }
-            }
-            Err(e) => error!("cannot install the new {} certificate: {e}", kind.as_str()),
+        .map(|(_, der)| der.to_vec());
+    let Some(der) = issued else {
+        return;
+    };
+    let now = shared.now();
+    match install(shared, keys, kind, &der) {
+        Ok(()) => match shared.lock().certificate_installed(now, kind) {
+            Ok(c) => info!(
+                "new {} certificate installed, valid until {} (Unix)",
+                kind.as_str(),
+                c.not_after
+            ),
+            Err(e) => error!("new {} certificate: {e}", kind.as_str()),
+        },
+        Err(e) => {
+            error!("cannot install the new {} certificate: {e}", kind.as_str());
+            shared.lock().certificate_install_failed(now, kind);
         }
     }
 }
@@ -519,17 +523,24 @@ async fn control_loop(shared: Arc<Shared>) {
         config: (picolet_core::agent::ConfigState::Pending, String::new()),
     };
     while !shared.stopping.load(Ordering::Relaxed) {
-        manage_certificates(&shared, &mut keys);
-        let current = shared.endpoint();
-        if !Arc::ptr_eq(&current, conn.endpoint()) {
-            conn = Connection::new(current, 16 * 1024);
-        }
         let now = shared.now();
-        let polled = shared.lock().poll_request(now, &mut request);
-        let n = match polled {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                let at = shared.lock().next_wakeup(now);
+        let step = shared.lock().poll_control(now, &mut request);
+        let n = match step {
+            Ok(ControlStep::Send { len }) => len,
+            Ok(ControlStep::MakeKey(kind)) => {
+                make_key(&shared, &mut keys, kind);
+                continue;
+            }
+            Ok(ControlStep::InstallCertificate(kind)) => {
+                install_certificate(&shared, &mut keys, kind);
+                continue;
+            }
+            Ok(ControlStep::ReopenConnections) => {
+                conn = Connection::new(shared.endpoint(), 16 * 1024);
+                shared.close_watches.notify_waiters();
+                continue;
+            }
+            Ok(ControlStep::SleepUntil(at)) => {
                 sleep_until(&shared, at, &shared.wake_control).await;
                 continue;
             }
@@ -586,74 +597,20 @@ async fn control_loop(shared: Arc<Shared>) {
     }
 }
 
-/// The two watch connections: the followed ConfigMap, and the pods bound to the node.
-#[derive(Clone, Copy, Debug)]
-enum Stream {
-    ConfigMap,
-    Pods,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Self::ConfigMap => "watch",
-            Self::Pods => "pod watch",
-        }
-    }
-
-    fn poll(
-        self,
-        a: &mut Agent<'_>,
-        now: Millis,
-        out: &mut [u8],
-    ) -> Result<Option<usize>, AgentError> {
-        match self {
-            Self::ConfigMap => a.poll_watch_request(now, out),
-            Self::Pods => a.poll_pod_watch_request(now, out),
-        }
-    }
-
-    fn wakeup(self, a: &Agent<'_>, now: Millis) -> Millis {
-        match self {
-            Self::ConfigMap => a.next_watch_wakeup(now),
-            Self::Pods => a.next_pod_watch_wakeup(now),
-        }
-    }
-
-    fn bytes(
-        self,
-        a: &mut Agent<'_>,
-        now: Millis,
-        lines: &mut WatchLines,
-        input: &[u8],
-    ) -> (usize, bool) {
-        match self {
-            Self::ConfigMap => a.on_watch_bytes(now, lines, input),
-            Self::Pods => a.on_pod_watch_bytes(now, lines, input),
-        }
-    }
-
-    fn closed(self, a: &mut Agent<'_>, now: Millis, error: bool) {
-        match self {
-            Self::ConfigMap => a.on_watch_closed(now, error),
-            Self::Pods => a.on_pod_watch_closed(now, error),
-        }
-    }
-}
-
-async fn watch_loop(shared: Arc<Shared>, kind: Stream, watch_timeout: Duration) {
+/// One watch connection ([`WatchStream`]): the agent says when to open it and with what
+/// request, and frames what comes back; this loop only connects, reads and times out.
+async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Duration) {
     let mut request = vec![0u8; 4 * 1024];
-    let mut inbuf = vec![0u8; 16 * 1024];
-    let mut lines = Box::new(WatchLines::new());
+    let mut reader: Box<WatchReader<{ 16 * 1024 }>> = Box::default();
     // The server ends a watch after timeoutSeconds; allow for bookmarks being late.
     let read_timeout = watch_timeout + Duration::from_secs(60);
+    let name = stream.as_str();
     while !shared.stopping.load(Ordering::Relaxed) {
         let now = shared.now();
-        let polled = kind.poll(&mut shared.lock(), now, &mut request);
-        let n = match polled {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                let at = kind.wakeup(&shared.lock(), now);
+        let step = shared.lock().poll_watch(stream, now, &mut request);
+        let n = match step {
+            Ok(WatchStep::Open { len }) => len,
+            Ok(WatchStep::SleepUntil(at)) => {
                 sleep_until(&shared, at, &shared.wake_watch).await;
                 continue;
             }
@@ -663,68 +620,63 @@ async fn watch_loop(shared: Arc<Shared>, kind: Stream, watch_timeout: Duration) 
                 continue;
             }
         };
-        let mut stream = match shared.endpoint().connect().await {
+        let opened = match shared.endpoint().connect().await {
+            Ok(mut s) => match s.write_all(&request[..n]).await {
+                Ok(()) => Ok(s),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => {
+                count_tls_failure(&shared, &e);
+                Err(e.to_string())
+            }
+        };
+        let mut conn = match opened {
             Ok(s) => s,
             Err(e) => {
-                warn!("{}: {e}", kind.name());
-                count_tls_failure(&shared, &e);
+                warn!("{name}: {e}");
                 let now = shared.now();
-                kind.closed(&mut shared.lock(), now, true);
+                shared.lock().on_watch_end(stream, now, &mut reader, true);
                 continue;
             }
         };
         shared.api_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-        if let Err(e) = stream.write_all(&request[..n]).await {
-            warn!("{}: {e}", kind.name());
-            let now = shared.now();
-            kind.closed(&mut shared.lock(), now, true);
-            continue;
-        }
-        let mut end = 0;
         loop {
-            if end == inbuf.len() {
-                warn!(
-                    "{}: response head or chunk line exceeds {} bytes",
-                    kind.name(),
-                    inbuf.len()
-                );
-                let now = shared.now();
-                kind.closed(&mut shared.lock(), now, true);
-                break;
-            }
-            let read = tokio::time::timeout(read_timeout, stream.read(&mut inbuf[end..])).await;
-            let now = shared.now();
-            let read = match read {
-                Ok(Ok(0)) => {
-                    kind.closed(&mut shared.lock(), now, false);
-                    break;
-                }
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    warn!("{}: {e}", kind.name());
-                    kind.closed(&mut shared.lock(), now, true);
-                    break;
-                }
-                Err(_) => {
-                    warn!(
-                        "{}: no data for {read_timeout:?}; reconnecting",
-                        kind.name()
-                    );
-                    kind.closed(&mut shared.lock(), now, true);
-                    break;
+            let read = tokio::select! {
+                r = tokio::time::timeout(read_timeout, conn.read(reader.space())) => r,
+                _ = shared.close_watches.notified() => {
+                    info!("{name}: reconnecting (new client certificate, or the control connection broke)");
+                    Ok(Ok(0))
                 }
             };
-            end += read;
-            shared
-                .api_bytes_received
-                .fetch_add(read as u64, Ordering::Relaxed);
-            let (used, open) = kind.bytes(&mut shared.lock(), now, &mut lines, &inbuf[..end]);
-            inbuf.copy_within(used..end, 0);
-            end -= used;
-            shared.wake_control.notify_one();
-            if !open {
-                break;
-            }
+            let now = shared.now();
+            let error = match read {
+                Ok(Ok(0)) => false,
+                Ok(Ok(r)) => {
+                    shared
+                        .api_bytes_received
+                        .fetch_add(r as u64, Ordering::Relaxed);
+                    let next = shared.lock().on_watch_read(stream, now, &mut reader, r);
+                    shared.wake_control.notify_one();
+                    match next {
+                        WatchRead::Continue => continue,
+                        WatchRead::Close => break,
+                        WatchRead::Overflow => {
+                            warn!("{name}: response head or chunk line exceeds the read buffer");
+                            break;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!("{name}: {e}");
+                    true
+                }
+                Err(_) => {
+                    warn!("{name}: no data for {read_timeout:?}; reconnecting");
+                    true
+                }
+            };
+            shared.lock().on_watch_end(stream, now, &mut reader, error);
+            break;
         }
     }
 }

@@ -204,6 +204,42 @@ impl Agent<'_> {
         Ok(c)
     }
 
+    /// Takes the issued certificate of `kind` into use (see [`Agent::certificate_installed`]).
+    pub(super) fn install_issued(
+        &mut self,
+        now: Millis,
+        kind: CertKind,
+    ) -> Result<InstalledCertificate, PkiError> {
+        if self.certs.stage(kind) != Some(CsrStage::Issued) {
+            return Err(PkiError::NotWanted);
+        }
+        let info = match pki::certificate_info(&self.certs.der) {
+            Ok(info) => info,
+            // Never offered again: a new request follows.
+            Err(e) => {
+                self.csr_failed(now, kind, true);
+                return Err(e);
+            }
+        };
+        let c = InstalledCertificate {
+            not_after: info.not_after,
+            renew_at: info.renew_at(self.certs.fraction_permille),
+        };
+        let slot = self.certs.slot(kind);
+        slot.installed = Some(c);
+        slot.stage = None;
+        self.certs.der.clear();
+        self.metrics.certificates_installed[kind.index()] += 1;
+        Ok(c)
+    }
+
+    /// Forgets an issued certificate the driver could not install; a new request follows.
+    pub(super) fn drop_issued(&mut self, now: Millis, kind: CertKind) {
+        if self.certs.stage(kind) == Some(CsrStage::Issued) {
+            self.csr_failed(now, kind, false);
+        }
+    }
+
     /// The installed certificate of `kind`, as last told by [`Agent::set_certificate`].
     pub fn certificate(&self, kind: CertKind) -> Option<InstalledCertificate> {
         self.certs.slots[kind.index()].installed

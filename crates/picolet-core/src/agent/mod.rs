@@ -25,6 +25,7 @@
 mod authorization;
 mod certificates;
 mod config_map;
+mod drive;
 mod encode;
 mod events;
 mod kubelet_session;
@@ -43,6 +44,7 @@ pub use authorization::{
 pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
+pub use drive::{ControlStep, WatchRead, WatchReader, WatchStep, WatchStream};
 pub use kubelet_session::{Caller, KubeletSession, KubeletStep, Platform};
 pub use lease::{HEARTBEAT_GAP_MS, LEASE_DURATION_S, LEASE_RENEW_MS};
 pub use pods::POD_LIST_MS;
@@ -310,6 +312,8 @@ pub struct Agent<'a> {
     pods: pods::Pods,
     certs: certificates::Certificates,
     authz: authorization::Authorizations,
+    /// The next control step closes and reopens the API connections (see [`drive`]).
+    reopen_connections: bool,
 }
 
 fn valid_label(s: &str) -> bool {
@@ -362,6 +366,7 @@ impl<'a> Agent<'a> {
             pods: pods::Pods::new(now),
             certs: certificates::Certificates::new(CertificatePolicy::default(), 0, now),
             authz: authorization::Authorizations::new(),
+            reopen_connections: false,
         })
     }
 
@@ -568,6 +573,8 @@ impl<'a> Agent<'a> {
             return;
         };
         self.metrics.count_api(request.method(), 0);
+        // The watches go to the same server: they are probably broken too.
+        self.reopen_connections = true;
         match request {
             ApiRequest::Node(_) => self.registration.retry(now),
             ApiRequest::Lease(_) => self.lease_failed(now),
