@@ -181,7 +181,7 @@ impl PendingKeys {
             Ok(c) => log::info!(
                 "certificates: new {} certificate, valid until {} (Unix)",
                 kind.as_str(),
-                c.not_after
+                c.not_after.as_secs()
             ),
             Err(e) => log::error!("certificates: new {} certificate: {e}", kind.as_str()),
         }

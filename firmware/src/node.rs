@@ -27,7 +27,7 @@ use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::{KubeletOutcome, PlatformStats};
-use picolet_core::time::Millis;
+use picolet_core::time::{self, Millis, UnixSeconds};
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
 #[cfg(not(feature = "kubelet-plain-http"))]
@@ -136,8 +136,22 @@ static MEMORY_REGION: ConstStaticCell<[u8; REGION_SIZE]> = ConstStaticCell::new(
 #[unsafe(no_mangle)]
 static PICOLET_MEMORY_REGION_ADDR: AtomicUsize = AtomicUsize::new(0);
 
+/// The core's clock: embassy's monotonic time since boot.
 fn now() -> Millis {
-    Instant::now().as_millis()
+    Millis::from_ms(Instant::now().as_millis())
+}
+
+/// The embassy instant of a core instant.
+fn instant(t: Millis) -> Instant {
+    Instant::from_millis(t.as_ms())
+}
+
+/// The Unix time learned from `Date` headers, once there is one.
+fn unix_now() -> Option<UnixSeconds> {
+    match UNIX_SECS.load(Ordering::Relaxed) {
+        0 => None,
+        t => Some(UnixSeconds::from_secs(t)),
+    }
 }
 
 fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
@@ -176,7 +190,8 @@ pub fn led_state(link_up: bool) -> LedState {
 /// Whether the control task checked in within the last minute (it does every 2 s while
 /// healthy); the supervisors feed the watchdog only while this holds.
 pub fn control_alive() -> bool {
-    now().saturating_sub(CONTROL_ALIVE_MS.load(Ordering::Relaxed)) < 60_000
+    now().saturating_sub(Millis::from_ms(CONTROL_ALIVE_MS.load(Ordering::Relaxed)))
+        < time::Duration::from_secs(60)
 }
 
 /// Certificate validity is checked against the time learned from `Date` headers; before the
@@ -185,10 +200,7 @@ struct DeviceClock;
 
 impl embedded_tls::TlsClock for DeviceClock {
     fn now() -> Option<u64> {
-        match UNIX_SECS.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(t),
-        }
+        unix_now().map(UnixSeconds::as_secs)
     }
 }
 
@@ -271,7 +283,7 @@ fn tls_config(s: &'static NodeSettings) -> TlsConfig<'static> {
 
 fn note_date(head: &ResponseHead) {
     if let Some(date) = head.date {
-        UNIX_SECS.store(date, Ordering::Relaxed);
+        UNIX_SECS.store(date.as_secs(), Ordering::Relaxed);
     }
 }
 
@@ -294,7 +306,7 @@ enum Control {
 async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> Control {
     loop {
         let t = now();
-        CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
+        CONTROL_ALIVE_MS.store(t.as_ms(), Ordering::Relaxed);
         let sleep_until = match with_agent(|a| a.poll_control(t, buf)) {
             Some(Ok(ControlStep::Send { len })) => return Control::Send(len),
             Some(Ok(ControlStep::MakeKey(kind))) => {
@@ -312,13 +324,13 @@ async fn next_request(buf: &mut [u8], keys: &mut PendingKeys, boot_id: &str) -> 
             Some(Ok(ControlStep::SleepUntil(at))) => at,
             Some(Err(e)) => {
                 log::error!("agent: {e}");
-                t + 1_000
+                t + time::Duration::from_secs(1)
             }
-            None => t + 1_000,
+            None => t + time::Duration::from_secs(1),
         };
         // At least every 2 s: the watchdog is fed while this task checks in.
-        let at = sleep_until.min(t + 2_000);
-        select(Timer::at(Instant::from_millis(at)), WAKE_CONTROL.wait()).await;
+        let at = sleep_until.min(t + time::Duration::from_secs(2));
+        select(Timer::at(instant(at)), WAKE_CONTROL.wait()).await;
     }
 }
 
@@ -345,7 +357,7 @@ async fn join_with_token(
     );
     loop {
         let t = now();
-        CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
+        CONTROL_ALIVE_MS.store(t.as_ms(), Ordering::Relaxed);
         if join.key_wanted() {
             let k = certs::new_key(boot_id, s.board.node_name);
             let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
@@ -373,8 +385,8 @@ async fn join_with_token(
         let n = match join.poll_request(t, &mut b.request) {
             Ok(Some(n)) => n,
             Ok(None) => {
-                let at = join.next_wakeup(t).min(t + 1_000);
-                Timer::at(Instant::from_millis(at)).await;
+                let at = join.next_wakeup(t).min(t + time::Duration::from_secs(1));
+                Timer::at(instant(at)).await;
                 continue;
             }
             Err(e) => {
@@ -525,10 +537,10 @@ async fn watch_task(
             step => {
                 let at = match step {
                     Some(Ok(WatchStep::SleepUntil(at))) => at,
-                    _ => t + 1_000,
+                    _ => t + time::Duration::from_secs(1),
                 };
-                let at = at.min(t + 5_000);
-                select(Timer::at(Instant::from_millis(at)), WAKE_WATCH.wait()).await;
+                let at = at.min(t + time::Duration::from_secs(5));
+                select(Timer::at(instant(at)), WAKE_WATCH.wait()).await;
                 continue;
             }
         };
@@ -772,7 +784,7 @@ async fn kubelet_session(
             }
             KubeletStep::Authorizing { until } => {
                 WAKE_CONTROL.signal(());
-                select(KUBELET_WAKE.wait(), Timer::at(Instant::from_millis(until))).await;
+                select(KUBELET_WAKE.wait(), Timer::at(instant(until))).await;
             }
             KubeletStep::Respond { len, refused } => {
                 if let Some((route, refusal)) = refused {
@@ -874,10 +886,7 @@ async fn kubelet_task(
             cert_der: &cert.der,
             key: cert.key.signing_key(),
             client_ca_der: Some(s.board.client_ca()),
-            now_unix: match UNIX_SECS.load(Ordering::Relaxed) {
-                0 => None,
-                t => Some(t),
-            },
+            now_unix: unix_now(),
         };
         // The one connection must not be held by an idle or slow caller.
         let first = embassy_time::with_timeout(KUBELET_FIRST_BYTE, socket.wait_read_ready());
@@ -999,7 +1008,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
         config_map: "pico-config",
         api_host: settings.board.tls_server_name,
         kubelet_port: KUBELET_PORT,
-        status_report_interval_ms: 300_000,
+        status_report_interval_ms: time::Duration::from_secs(300),
         config_mode: ConfigMode::Watch,
         watch_timeout_s: 290,
         facts,

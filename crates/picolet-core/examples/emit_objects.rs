@@ -9,6 +9,7 @@ use p256::ecdsa::signature::Signer;
 use picolet_core::agent::{Agent, CertificatePolicy, ConfigMode, Identity, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
+use picolet_core::time::{Duration, Millis, UnixMillis};
 use serde_json::{Value, json};
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -53,13 +54,13 @@ fn main() {
     );
     std::fs::create_dir_all(&out).unwrap();
     let mut cfg = picolet_core::fixtures::config(ConfigMode::Watch);
-    cfg.status_report_interval_ms = 10_000;
+    cfg.status_report_interval_ms = Duration::from_ms(10_000);
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0; REGION_SIZE]));
-    let mut agent = Agent::new(cfg, region, 0).unwrap();
-    agent.sync_clock(0, 1_795_707_601_000);
+    let mut agent = Agent::new(cfg, region, Millis::ZERO).unwrap();
+    agent.sync_clock(Millis::ZERO, UnixMillis::from_ms(1_795_707_601_000));
     agent.set_internal_ip("192.168.1.50");
     agent.set_certificate_policy(
-        0,
+        Millis::ZERO,
         CertificatePolicy {
             rotate_client: true,
             request_serving: true,
@@ -82,7 +83,7 @@ fn main() {
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nginx", "namespace": "web"},
         "spec": {"nodeName": "pico-node-1", "containers": [{"name": "nginx", "image": "nginx"}]}});
     let mut lines = WatchLines::new();
-    let mut now = 0;
+    let mut now = Millis::ZERO;
     for step in 0..200 {
         if step == 20 {
             // A valid and an invalid update arrive on the watch: Events of both kinds follow.
@@ -95,7 +96,7 @@ fn main() {
                 agent.on_watch_bytes(now, &mut lines, &wire);
             }
         }
-        now += 1_000;
+        now += Duration::from_ms(1_000);
         if let Some(kind) = agent.csr_wanted() {
             agent
                 .submit_csr(now, kind, &public, |subject, out| {

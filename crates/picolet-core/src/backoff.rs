@@ -1,11 +1,11 @@
 //! Retry delays after failures, the way the kubelet does it: 100 ms doubling to a 7 s cap.
 
-use crate::time::Millis;
+use crate::time::Duration;
 
 /// First retry delay.
-pub const INITIAL_MS: Millis = 100;
+pub const INITIAL_MS: Duration = Duration::from_ms(100);
 /// Longest retry delay.
-pub const CAP_MS: Millis = 7_000;
+pub const CAP_MS: Duration = Duration::from_ms(7_000);
 
 /// Exponential backoff state for one kind of request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,7 +15,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Records a failure and returns how long to wait before the next try.
-    pub fn fail(&mut self) -> Millis {
+    pub fn fail(&mut self) -> Duration {
         let delay = INITIAL_MS
             .saturating_mul(1 << self.failures.min(16))
             .min(CAP_MS);
@@ -41,12 +41,12 @@ mod tests {
     #[test]
     fn doubles_from_100ms_to_a_7s_cap_and_resets() {
         let mut b = Backoff::default();
-        let delays: [Millis; 9] = core::array::from_fn(|_| b.fail());
+        let delays: [u64; 9] = core::array::from_fn(|_| b.fail().as_ms());
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
         for _ in 0..300 {
-            assert_eq!(b.fail(), 7000);
+            assert_eq!(b.fail(), Duration::from_ms(7000));
         }
         b.reset();
-        assert_eq!(b.fail(), 100);
+        assert_eq!(b.fail(), Duration::from_ms(100));
     }
 }

@@ -26,7 +26,7 @@ pub fn config(mode: ConfigMode) -> AgentConfig<'static> {
         config_map: "pico-config",
         api_host: "kubernetes",
         kubelet_port: 10250,
-        status_report_interval_ms: 300_000,
+        status_report_interval_ms: crate::time::Duration::from_ms(300_000),
         config_mode: mode,
         watch_timeout_s: 300,
         facts: FACTS,

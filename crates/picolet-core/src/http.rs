@@ -6,6 +6,7 @@
 
 use core::fmt::{self, Write as _};
 
+use crate::time::UnixSeconds;
 use crate::write::SliceWriter;
 
 /// Request methods the agent uses.
@@ -176,7 +177,7 @@ pub struct ResponseHead {
     /// The server will close the connection after this response.
     pub close: bool,
     /// The `Date` header as Unix seconds: the Pico's clock source.
-    pub date: Option<u64>,
+    pub date: Option<UnixSeconds>,
 }
 
 /// What [`ResponseDecoder::decode`] found in the input.
@@ -559,7 +560,7 @@ mod tests {
             let (h, b) = decode_all(fixed, step).unwrap();
             assert_eq!(
                 (h.status, h.content_length, h.date),
-                (200, Some(5), Some(1_795_707_601))
+                (200, Some(5), Some(UnixSeconds::from_secs(1_795_707_601)))
             );
             assert_eq!(b, b"hello");
             let (h, b) = decode_all(chunked, step).unwrap();

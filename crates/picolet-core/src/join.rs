@@ -16,10 +16,10 @@ use crate::backoff::Backoff;
 use crate::csr::{self as certificates, CERT_DER_MAX, CERT_PEM_MAX, CertKind, CsrOutcome};
 use crate::http::{HttpError, ResponseHead};
 use crate::pki::{CsrSubject, PkiError, PublicKey};
-use crate::time::Millis;
+use crate::time::{Duration, Millis};
 
 /// How often the CSR is read back while it waits for the controller-manager.
-pub const JOIN_POLL_MS: Millis = 1_000;
+pub const JOIN_POLL_MS: Duration = Duration::from_ms(1_000);
 
 /// Why the join has not succeeded (yet): for the driver's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl<'a> Join<'a> {
             public_key: [0; 65],
             pem: Vec::new(),
             der: Vec::new(),
-            at: 0,
+            at: Millis::ZERO,
             backoff: Backoff::default(),
             last_error: None,
         }

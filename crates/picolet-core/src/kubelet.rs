@@ -8,6 +8,7 @@ use core::fmt::{self, Write};
 
 use crate::memory::REGION_SIZE;
 use crate::metrics::{self, Gauges, Metrics, PlatformStats};
+use crate::time::UnixMillis;
 use crate::write::SliceWriter;
 
 /// What the kubelet pages show, taken from the agent at one moment.
@@ -22,8 +23,8 @@ pub struct KubeletView<'a> {
     pub config_state: &'a str,
     /// The resourceVersion last applied ("" when none).
     pub applied_resource_version: &'a str,
-    /// Unix milliseconds now, once the clock is known.
-    pub unix_ms: Option<u64>,
+    /// The Unix time now, once the clock is known.
+    pub unix_ms: Option<UnixMillis>,
 }
 
 /// The endpoints picolet serves.
@@ -199,7 +200,7 @@ pub fn respond(
             extra_metrics(w)
         }),
         Route::MetricsResource => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
-            metrics::render_resource(w, stats, view.unix_ms.unwrap_or(0))
+            metrics::render_resource(w, stats, view.unix_ms.unwrap_or_default())
         }),
         Route::Pods => write_response(out, ok, JSON, req.head_only, &mut |w| {
             w.write_str(r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#)

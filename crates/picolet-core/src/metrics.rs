@@ -3,6 +3,7 @@
 use core::fmt::{self, Write};
 
 use crate::http::Method;
+use crate::time::{UnixMillis, UnixSeconds};
 
 /// How many distinct (verb, code) pairs are tracked; others land in `code="other"`.
 const API_SLOTS: usize = 24;
@@ -167,8 +168,8 @@ pub struct Gauges {
     pub watching: bool,
     /// A pod watch stream is open.
     pub watching_pods: bool,
-    /// When the client and serving certificates expire (Unix seconds), where known.
-    pub certificate_not_after: [Option<u64>; 2],
+    /// When the client and serving certificates expire, where known.
+    pub certificate_not_after: [Option<UnixSeconds>; 2],
 }
 
 impl Metrics {
@@ -347,7 +348,7 @@ impl Metrics {
             "When the node's certificate expires (Unix time), by kind.",
         )?;
         for (kind, not_after) in ["client", "serving"].iter().zip(g.certificate_not_after) {
-            if let Some(t) = not_after {
+            if let Some(t) = not_after.map(UnixSeconds::as_secs) {
                 writeln!(
                     w,
                     "picolet_certificate_expiration_timestamp_seconds{{kind=\"{kind}\"}} {t}"
@@ -378,7 +379,8 @@ impl Metrics {
 
 /// Renders `/metrics/resource` the way the kubelet does, for metrics-server: node CPU and
 /// memory with millisecond timestamps, and `scrape_error`.
-pub fn render_resource(w: &mut dyn Write, stats: &PlatformStats, unix_ms: u64) -> fmt::Result {
+pub fn render_resource(w: &mut dyn Write, stats: &PlatformStats, now: UnixMillis) -> fmt::Result {
+    let unix_ms = now.as_ms();
     family(
         w,
         "node_cpu_usage_seconds_total",
@@ -435,7 +437,7 @@ mod tests {
                 registered: true,
                 watching: false,
                 watching_pods: false,
-                certificate_not_after: [Some(5), None],
+                certificate_not_after: [Some(UnixSeconds::from_secs(5)), None],
             },
         )
         .unwrap();
@@ -458,7 +460,7 @@ mod tests {
                     registered: false,
                     watching: false,
                     watching_pods: true,
-                    certificate_not_after: [Some(9), Some(10)],
+                    certificate_not_after: [9, 10].map(|s| Some(UnixSeconds::from_secs(s))),
                 },
             )
             .unwrap();
@@ -468,7 +470,7 @@ mod tests {
                 cpu_seconds: 1.0,
                 memory_working_set_bytes: 10,
             },
-            5,
+            UnixMillis::from_ms(5),
         )
         .unwrap();
         for line in s.lines().filter(|l| !l.starts_with('#')) {

@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::time::days_from_civil;
+use crate::time::{UnixSeconds, days_from_civil};
 
 /// Why a certificate or request could not be read or written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,7 +357,7 @@ fn digits(b: &[u8], at: &'static str) -> Result<u32, PkiError> {
 }
 
 /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` to Unix seconds.
-fn x509_time(tag: u8, v: &[u8], at: &'static str) -> Result<u64, PkiError> {
+fn x509_time(tag: u8, v: &[u8], at: &'static str) -> Result<UnixSeconds, PkiError> {
     let bad = PkiError::Malformed { at };
     let (year, rest) = match (tag, v.len()) {
         (UTC_TIME, 13) => {
@@ -381,25 +381,28 @@ fn x509_time(tag: u8, v: &[u8], at: &'static str) -> Result<u64, PkiError> {
     }
     let days = days_from_civil(i64::from(year), mo, d);
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s);
-    u64::try_from(secs).map_err(|_| bad)
+    u64::try_from(secs)
+        .map(UnixSeconds::from_secs)
+        .map_err(|_| bad)
 }
 
 /// What a node reads from a certificate it was issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CertificateInfo<'d> {
-    /// Start of validity, Unix seconds.
-    pub not_before: u64,
-    /// End of validity, Unix seconds.
-    pub not_after: u64,
+    /// Start of validity.
+    pub not_before: UnixSeconds,
+    /// End of validity.
+    pub not_after: UnixSeconds,
     /// The subject's public key (the BIT STRING's bytes; `04 || X || Y` for P-256).
     pub public_key: &'d [u8],
 }
 
 impl CertificateInfo<'_> {
-    /// When to renew: at `fraction_permille` ‰ of the lifetime (Unix seconds).
-    pub fn renew_at(&self, fraction_permille: u32) -> u64 {
-        let life = self.not_after.saturating_sub(self.not_before);
-        self.not_before + life * u64::from(fraction_permille.min(1000)) / 1000
+    /// When to renew: at `fraction_permille` ‰ of the lifetime.
+    pub fn renew_at(&self, fraction_permille: u32) -> UnixSeconds {
+        let (start, end) = (self.not_before.as_secs(), self.not_after.as_secs());
+        let life = end.saturating_sub(start);
+        UnixSeconds::from_secs(start + life * u64::from(fraction_permille.min(1000)) / 1000)
     }
 }
 
@@ -661,16 +664,16 @@ mod tests {
     fn times_parse_both_forms_and_refuse_junk() {
         assert_eq!(
             x509_time(UTC_TIME, b"700101000000Z", "t"),
-            Ok(0),
+            Ok(UnixSeconds::from_secs(0)),
             "the epoch"
         );
         assert_eq!(
             x509_time(GENERALIZED_TIME, b"20261126203341Z", "t"),
-            Ok(1_795_725_221)
+            Ok(UnixSeconds::from_secs(1_795_725_221))
         );
         assert_eq!(
             x509_time(UTC_TIME, b"491231235959Z", "t"),
-            Ok(2_524_607_999)
+            Ok(UnixSeconds::from_secs(2_524_607_999))
         );
         for junk in [
             &b"7001010000Z"[..],
@@ -740,11 +743,11 @@ mod tests {
     #[test]
     fn renewal_is_a_fraction_of_the_lifetime() {
         let info = CertificateInfo {
-            not_before: 1000,
-            not_after: 2000,
+            not_before: UnixSeconds::from_secs(1000),
+            not_after: UnixSeconds::from_secs(2000),
             public_key: &[],
         };
-        assert_eq!(info.renew_at(700), 1700);
-        assert_eq!(info.renew_at(5000), 2000);
+        assert_eq!(info.renew_at(700), UnixSeconds::from_secs(1700));
+        assert_eq!(info.renew_at(5000), UnixSeconds::from_secs(2000));
     }
 }

@@ -7,9 +7,172 @@
 //! `chrono`, `httpdate`) need `std` or `alloc` for parsing and formatting.
 
 use core::fmt;
+use core::ops::{Add, AddAssign, Sub};
 
-/// Milliseconds on a monotonic clock that starts at boot; the only notion of "now" the core uses.
-pub type Millis = u64;
+/// An instant on a monotonic millisecond clock that starts at boot; the only notion of "now" the
+/// core uses. The driver reads its clock and wraps it with [`Millis::from_ms`].
+///
+/// Instants do not add: an instant plus a [`Duration`] is an instant, and an instant minus an
+/// earlier one is a [`Duration`] (zero if it is not earlier, as a monotonic clock never goes back).
+///
+/// ```compile_fail
+/// use picolet_core::time::Millis;
+/// let _ = Millis::from_ms(1) + Millis::from_ms(2); // two instants do not add
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(u64);
+
+impl Millis {
+    /// Boot.
+    pub const ZERO: Self = Self(0);
+    /// Never: the wakeup of something that has nothing to do.
+    pub const MAX: Self = Self(u64::MAX);
+
+    /// The instant `ms` milliseconds after boot.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since boot.
+    pub const fn as_ms(self) -> u64 {
+        self.0
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is not earlier.
+    pub const fn saturating_sub(self, earlier: Self) -> Duration {
+        Duration(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Millis {
+    type Output = Self;
+    /// Saturates at [`Millis::MAX`] ("never").
+    fn add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(d.0))
+    }
+}
+
+impl AddAssign<Duration> for Millis {
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
+
+impl Sub for Millis {
+    type Output = Duration;
+    /// Same as [`Millis::saturating_sub`].
+    fn sub(self, earlier: Self) -> Duration {
+        self.saturating_sub(earlier)
+    }
+}
+
+/// A span of time in milliseconds: timeouts, intervals, ages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(u64);
+
+impl Duration {
+    /// No time at all.
+    pub const ZERO: Self = Self(0);
+    /// Longer than anything the core waits for.
+    pub const MAX: Self = Self(u64::MAX);
+
+    /// `ms` milliseconds.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// `secs` seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(secs.saturating_mul(1000))
+    }
+
+    /// Whole milliseconds.
+    pub const fn as_ms(self) -> u64 {
+        self.0
+    }
+
+    /// Seconds, with the milliseconds as a fraction.
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+
+    /// `self` times `n`, saturating.
+    pub const fn saturating_mul(self, n: u64) -> Self {
+        Self(self.0.saturating_mul(n))
+    }
+
+    /// `self` minus `other`, or zero.
+    pub const fn saturating_sub(self, other: Self) -> Self {
+        Self(self.0.saturating_sub(other.0))
+    }
+}
+
+impl Add for Duration {
+    type Output = Self;
+    /// Saturates at [`Duration::MAX`].
+    fn add(self, other: Self) -> Self {
+        Self(self.0.saturating_add(other.0))
+    }
+}
+
+impl From<Duration> for core::time::Duration {
+    fn from(d: Duration) -> Self {
+        core::time::Duration::from_millis(d.0)
+    }
+}
+
+/// A Unix time in whole seconds: HTTP `Date` headers and X.509 validity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixSeconds(u64);
+
+impl UnixSeconds {
+    /// `secs` seconds after 1970-01-01T00:00:00Z.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(secs)
+    }
+
+    /// Seconds since 1970-01-01T00:00:00Z.
+    pub const fn as_secs(self) -> u64 {
+        self.0
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is not earlier.
+    pub const fn saturating_sub(self, earlier: Self) -> Duration {
+        Duration::from_secs(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A Unix time in milliseconds: the wall clock and the timestamps the node writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixMillis(u64);
+
+impl UnixMillis {
+    /// `ms` milliseconds after 1970-01-01T00:00:00Z.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since 1970-01-01T00:00:00Z.
+    pub const fn as_ms(self) -> u64 {
+        self.0
+    }
+
+    /// The whole seconds, truncated.
+    pub const fn to_seconds(self) -> UnixSeconds {
+        UnixSeconds(self.0 / 1000)
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is not earlier.
+    pub const fn saturating_sub(self, earlier: Self) -> Duration {
+        Duration(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl From<UnixSeconds> for UnixMillis {
+    fn from(s: UnixSeconds) -> Self {
+        Self(s.0.saturating_mul(1000))
+    }
+}
 
 /// Where a wall-clock sample came from; a precise source is never overridden by `Date` headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,12 +192,12 @@ pub struct WallClock {
 }
 
 impl WallClock {
-    /// Records that at monotonic `now` the Unix time was `unix_ms`.
+    /// Records that at monotonic `now` the Unix time was `unix`.
     ///
     /// `Date` samples only replace the estimate when it is more than two seconds off, so that
     /// their one-second granularity does not make timestamps jitter backwards.
-    pub fn sync(&mut self, now: Millis, unix_ms: u64, source: ClockSource) {
-        let offset = unix_ms as i64 - now as i64;
+    pub fn sync(&mut self, now: Millis, unix: UnixMillis, source: ClockSource) {
+        let offset = unix.0 as i64 - now.0 as i64;
         match source {
             ClockSource::Precise => {
                 self.offset_ms = Some(offset);
@@ -53,22 +216,23 @@ impl WallClock {
     }
 
     /// Unix milliseconds at monotonic `now`, or `None` before the first sample.
-    pub fn unix_ms(&self, now: Millis) -> Option<u64> {
-        self.offset_ms.map(|off| (now as i64 + off).max(0) as u64)
+    pub fn unix_ms(&self, now: Millis) -> Option<UnixMillis> {
+        self.offset_ms
+            .map(|off| UnixMillis((now.0 as i64 + off).max(0) as u64))
     }
 }
 
-/// A Unix time in milliseconds that formats as Kubernetes `Time` (RFC 3339, seconds).
+/// A Unix time that formats as Kubernetes `Time` (RFC 3339, seconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rfc3339(pub u64);
+pub struct Rfc3339(pub UnixMillis);
 
-/// A Unix time in milliseconds that formats as Kubernetes `MicroTime`
+/// A Unix time that formats as Kubernetes `MicroTime`
 /// (`2006-01-02T15:04:05.000000Z`, six fractional digits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MicroTime(pub u64);
+pub struct MicroTime(pub UnixMillis);
 
-fn write_date_time(f: &mut fmt::Formatter<'_>, unix_ms: u64) -> fmt::Result {
-    let secs = unix_ms / 1000;
+fn write_date_time(f: &mut fmt::Formatter<'_>, unix: UnixMillis) -> fmt::Result {
+    let secs = unix.to_seconds().0;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     write!(
@@ -90,7 +254,7 @@ impl fmt::Display for Rfc3339 {
 impl fmt::Display for MicroTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_date_time(f, self.0)?;
-        write!(f, ".{:06}Z", (self.0 % 1000) * 1000)
+        write!(f, ".{:06}Z", (self.0.0 % 1000) * 1000)
     }
 }
 
@@ -121,7 +285,7 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// Parses an HTTP `Date` header in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix
 /// seconds. Returns `None` for anything else: a bad header must never move the clock.
-pub fn parse_http_date(value: &[u8]) -> Option<u64> {
+pub fn parse_http_date(value: &[u8]) -> Option<UnixSeconds> {
     let s = core::str::from_utf8(value).ok()?.trim();
     let rest = s.get(5..)?; // "Sun, "
     let mut parts = rest.split(' ');
@@ -160,7 +324,7 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
         return None;
     }
     let days = days_from_civil(year, month, day);
-    Some(days as u64 * 86_400 + h * 3600 + mi * 60 + se)
+    Some(UnixSeconds(days as u64 * 86_400 + h * 3600 + mi * 60 + se))
 }
 
 #[cfg(test)]
@@ -172,13 +336,16 @@ mod tests {
     #[test]
     fn formats_kubernetes_times() {
         // 2026-11-26T15:40:01.123Z
-        let ms = 1_795_707_601_123;
+        let ms = UnixMillis(1_795_707_601_123);
         assert_eq!(format!("{}", Rfc3339(ms)), "2026-11-26T15:40:01Z");
         assert_eq!(format!("{}", MicroTime(ms)), "2026-11-26T15:40:01.123000Z");
-        assert_eq!(format!("{}", MicroTime(0)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format!("{}", MicroTime(UnixMillis(0))),
+            "1970-01-01T00:00:00.000000Z"
+        );
         // a leap day
         assert_eq!(
-            format!("{}", Rfc3339(951_782_400_000)),
+            format!("{}", Rfc3339(UnixMillis(951_782_400_000))),
             "2000-02-29T00:00:00Z"
         );
     }
@@ -187,11 +354,11 @@ mod tests {
     fn parses_http_dates_and_rejects_garbage() {
         assert_eq!(
             parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
+            Some(UnixSeconds(784_111_777))
         );
         assert_eq!(
             parse_http_date(b"Thu, 26 Nov 2026 15:40:01 GMT"),
-            Some(1_795_707_601)
+            Some(UnixSeconds(1_795_707_601))
         );
         for bad in [
             &b""[..],
@@ -217,6 +384,23 @@ mod tests {
     }
 
     #[test]
+    fn instants_durations_and_unix_times() {
+        let boot = Millis::from_ms(1_000);
+        let later = boot + Duration::from_secs(2);
+        assert_eq!(later.as_ms(), 3_000);
+        assert_eq!(later - boot, Duration::from_ms(2_000));
+        assert_eq!(boot - later, Duration::ZERO);
+        assert_eq!(Millis::MAX + Duration::from_ms(1), Millis::MAX);
+        let s = UnixSeconds::from_secs(1_795_707_601);
+        assert_eq!(UnixMillis::from(s).as_ms(), 1_795_707_601_000);
+        assert_eq!(UnixMillis::from_ms(1_795_707_601_999).to_seconds(), s);
+        assert_eq!(
+            core::time::Duration::from(Duration::from_ms(1_500)),
+            core::time::Duration::from_millis(1_500)
+        );
+    }
+
+    #[test]
     fn calendar_round_trips() {
         for days in (-1000..100_000).step_by(37) {
             let (y, m, d) = civil_from_days(days);
@@ -227,14 +411,14 @@ mod tests {
     #[test]
     fn http_date_does_not_override_precise_clock_or_jitter() {
         let mut c = WallClock::default();
-        assert_eq!(c.unix_ms(5), None);
-        c.sync(1_000, 10_000_000, ClockSource::HttpDate);
-        assert_eq!(c.unix_ms(2_000), Some(10_001_500));
+        assert_eq!(c.unix_ms(Millis(5)), None);
+        c.sync(Millis(1_000), UnixMillis(10_000_000), ClockSource::HttpDate);
+        assert_eq!(c.unix_ms(Millis(2_000)), Some(UnixMillis(10_001_500)));
         // a sample within 2 s is ignored
-        c.sync(3_000, 10_002_000, ClockSource::HttpDate);
-        assert_eq!(c.unix_ms(3_000), Some(10_002_500));
-        c.sync(3_000, 20_000_000, ClockSource::Precise);
-        c.sync(4_000, 99_000_000, ClockSource::HttpDate);
-        assert_eq!(c.unix_ms(4_000), Some(20_001_000));
+        c.sync(Millis(3_000), UnixMillis(10_002_000), ClockSource::HttpDate);
+        assert_eq!(c.unix_ms(Millis(3_000)), Some(UnixMillis(10_002_500)));
+        c.sync(Millis(3_000), UnixMillis(20_000_000), ClockSource::Precise);
+        c.sync(Millis(4_000), UnixMillis(99_000_000), ClockSource::HttpDate);
+        assert_eq!(c.unix_ms(Millis(4_000)), Some(UnixMillis(20_001_000)));
     }
 }

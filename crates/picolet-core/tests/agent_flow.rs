@@ -4,8 +4,24 @@
 use picolet_core::agent::{Agent, ConfigMode, ConfigState, WatchLines};
 use picolet_core::http::ResponseHead;
 use picolet_core::memory::REGION_SIZE;
+use picolet_core::time::{Duration, Millis, UnixMillis, UnixSeconds};
 
 use picolet_core::fixtures::{FACTS, config};
+
+/// The instant `ms` milliseconds after boot.
+fn at(ms: u64) -> Millis {
+    Millis::from_ms(ms)
+}
+
+/// `n` milliseconds.
+fn ms(n: u64) -> Duration {
+    Duration::from_ms(n)
+}
+
+/// The Unix time `secs` seconds after the epoch, as the clock is given it.
+fn unix_s(secs: u64) -> UnixMillis {
+    UnixSeconds::from_secs(secs).into()
+}
 
 /// A request as the fake server sees it.
 #[derive(Debug)]
@@ -41,7 +57,7 @@ fn parse(bytes: &[u8]) -> Req {
     }
 }
 
-const DATE: u64 = 1_795_707_601; // Thu, 26 Nov 2026 15:40:01 GMT
+const DATE: UnixSeconds = UnixSeconds::from_secs(1_795_707_601); // Thu, 26 Nov 2026 15:40:01 GMT
 
 fn head(status: u16) -> ResponseHead {
     ResponseHead {
@@ -55,7 +71,7 @@ fn head(status: u16) -> ResponseHead {
 
 struct Harness {
     agent: Agent<'static>,
-    now: u64,
+    now: Millis,
     buf: Vec<u8>,
 }
 
@@ -63,8 +79,8 @@ impl Harness {
     fn new(mode: ConfigMode) -> Self {
         let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
         Self {
-            agent: Agent::new(config(mode), region, 0).unwrap(),
-            now: 0,
+            agent: Agent::new(config(mode), region, Millis::ZERO).unwrap(),
+            now: Millis::ZERO,
             buf: vec![0; 32 * 1024],
         }
     }
@@ -80,7 +96,7 @@ impl Harness {
         let r = self.next().unwrap_or_else(|| {
             panic!(
                 "expected {method} {path_prefix}, nothing due at {}",
-                self.now
+                self.now.as_ms()
             )
         });
         assert_eq!(
@@ -158,7 +174,7 @@ impl Harness {
 #[test]
 fn registers_a_complete_honest_node() {
     let mut h = Harness::new(ConfigMode::Watch);
-    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.sync_clock(Millis::ZERO, DATE.into());
     h.agent.set_internal_ip("127.0.0.1");
     let node = h.expect("POST", "/api/v1/nodes").body;
     let labels = &node["metadata"]["labels"];
@@ -231,9 +247,9 @@ fn renews_the_lease_every_10s_by_put_and_regets_on_conflict() {
     h.register();
     h.drain();
     assert!(h.next().is_none());
-    h.now = 9_999;
+    h.now = at(9_999);
     assert!(h.next().is_none(), "nothing before 10 s");
-    h.now = 10_000;
+    h.now = at(10_000);
     let put = h.expect(
         "PUT",
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
@@ -243,7 +259,7 @@ fn renews_the_lease_every_10s_by_put_and_regets_on_conflict() {
     assert_eq!(put.body["spec"]["leaseDurationSeconds"], 40);
     assert_eq!(put.body["spec"]["renewTime"], "2026-11-26T15:40:11.500000Z");
     h.reply(409, r#"{"code":409}"#);
-    h.now += 100;
+    h.now += ms(100);
     h.expect(
         "GET",
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/pico-node-1",
@@ -262,7 +278,7 @@ fn patches_status_on_change_or_at_the_interval_only() {
     h.register();
     let mut patches = 0;
     for t in 1..=31 {
-        h.now = t * 10_000;
+        h.now = at(t * 10_000);
         patches += h
             .drain()
             .iter()
@@ -271,7 +287,7 @@ fn patches_status_on_change_or_at_the_interval_only() {
     }
     assert_eq!(patches, 1, "one PATCH in 310 s with a 300 s interval");
     h.agent.set_internal_ip("10.0.0.7");
-    h.now += 1;
+    h.now += ms(1);
     let reqs = h.drain();
     let st = reqs
         .iter()
@@ -287,15 +303,15 @@ fn reposts_status_after_a_heartbeat_gap_the_controller_may_have_noticed() {
     h.drain();
     // The link is down for 40 s: every request fails.
     for t in 1..=4 {
-        h.now = t * 10_000;
+        h.now = at(t * 10_000);
         while h.next().is_some() {
             h.agent.on_transport_error(h.now);
-            h.now += 100;
+            h.now += ms(100);
         }
     }
     // Back: the first renewal after the gap brings a status PATCH with it, though nothing in
     // the status changed (the controller may have set Ready to Unknown meanwhile).
-    h.now = 50_000;
+    h.now = at(50_000);
     let reqs = h.drain();
     let lease = reqs
         .iter()
@@ -308,10 +324,10 @@ fn reposts_status_after_a_heartbeat_gap_the_controller_may_have_noticed() {
     assert!(lease < status);
     // Once more with the next renewal (the controller may have marked the node Unknown just
     // after the first post), then not again while heartbeats are regular.
-    h.now = 60_000;
+    h.now = at(60_000);
     assert!(h.drain().iter().any(|r| r.path.ends_with("/status")));
     for t in 7..=20 {
-        h.now = t * 10_000;
+        h.now = at(t * 10_000);
         assert!(!h.drain().iter().any(|r| r.path.ends_with("/status")));
     }
 }
@@ -323,15 +339,15 @@ fn a_heartbeat_gap_is_also_measured_by_the_servers_clock() {
     let mut h = Harness::new(ConfigMode::Poll);
     h.register();
     h.drain();
-    let mut server_s = DATE;
+    let mut server_s = DATE.as_secs();
     let mut statuses = 0;
     for t in 1..=3 {
-        h.now = t * 10_000;
+        h.now = at(t * 10_000);
         server_s += if t == 2 { 30 } else { 10 };
         while let Some(r) = h.next() {
             statuses += usize::from(r.path.ends_with("/status") && t >= 2);
             let head = ResponseHead {
-                date: Some(server_s),
+                date: Some(UnixSeconds::from_secs(server_s)),
                 ..head(200)
             };
             let body = r#"{"metadata":{"resourceVersion":"7"},"items":[]}"#;
@@ -355,7 +371,7 @@ fn retries_with_capped_exponential_backoff() {
         times.push(h.now);
         h.agent.on_transport_error(h.now);
     }
-    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).as_ms()).collect();
     assert_eq!(gaps, [100, 200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
 }
 
@@ -415,7 +431,7 @@ fn rejects_an_invalid_config_leaving_memory_unchanged() {
     h.drain();
     let before = *h.agent.region();
     let mut lines = WatchLines::new();
-    h.now += 1;
+    h.now += ms(1);
     let n = h
         .agent
         .poll_watch_request(h.now, &mut h.buf)
@@ -533,7 +549,7 @@ fn falls_back_to_polling_when_watch_is_refused() {
         &mut lines,
         b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
     ));
-    h.now += 1;
+    h.now += ms(1);
     assert!(
         h.agent
             .poll_watch_request(h.now, &mut h.buf)
@@ -541,12 +557,12 @@ fn falls_back_to_polling_when_watch_is_refused() {
             .is_none()
     );
     list_config(&mut h, CM_LIST);
-    h.now += 29_000;
+    h.now += ms(29_000);
     assert!(
         h.drain().iter().all(|r| !r.path.contains("configmaps")),
         "not before 30 s"
     );
-    h.now += 1_001;
+    h.now += ms(1_001);
     assert!(
         h.drain().iter().any(|r| r.path.contains("configmaps")),
         "polled after 30 s"
@@ -557,7 +573,7 @@ fn falls_back_to_polling_when_watch_is_refused() {
 fn fails_pods_bound_to_the_node() {
     let mut h = Harness::new(ConfigMode::Poll);
     h.register();
-    h.now = 20_000;
+    h.now = at(20_000);
     let mut failed = None;
     while let Some(r) = h.next() {
         if r.path.starts_with("/api/v1/pods?") && failed.is_none() {
@@ -581,7 +597,7 @@ fn bad_names_are_refused_at_start() {
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
     let mut cfg = config(ConfigMode::Watch);
     cfg.node_name = "Pico_Node";
-    assert!(Agent::new(cfg, region, 0).is_err());
+    assert!(Agent::new(cfg, region, Millis::ZERO).is_err());
 }
 
 #[test]
@@ -607,7 +623,7 @@ fn a_read_error_is_reported_and_cleared_when_reads_work_again() {
         &mut lines,
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
     );
-    h.now += 1;
+    h.now += ms(1);
     for _ in 0..10 {
         let r = h.next().expect("request due");
         if r.path.contains("/configmaps") {
@@ -627,7 +643,7 @@ fn a_read_error_is_reported_and_cleared_when_reads_work_again() {
     );
     // Access restored: the state says what holds for the version again (it is not applied
     // again: see a_version_is_handled_once_across_a_read_error).
-    h.now += 10_000;
+    h.now += ms(10_000);
     list_config(&mut h, CM_LIST);
     assert_eq!(h.agent.config_state().0, ConfigState::Applied);
 }
@@ -644,14 +660,14 @@ fn requests_fit_the_firmware_buffers_and_truncated_replies_still_work() {
     cfg.config_map = name;
     cfg.config_namespace = name;
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
-    let mut agent = Agent::new(cfg, region, 0).unwrap();
-    agent.sync_clock(0, DATE * 1000);
+    let mut agent = Agent::new(cfg, region, Millis::ZERO).unwrap();
+    agent.sync_clock(Millis::ZERO, DATE.into());
     agent.set_internal_ip("192.168.100.200");
     let mut buf = vec![0u8; 4096];
-    let mut now = 0;
+    let mut now = Millis::ZERO;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..60 {
-        now += 5_000;
+        now += ms(5_000);
         let Some(n) = agent.poll_request(now, &mut buf).expect("fits in 4 KiB") else {
             continue;
         };
@@ -825,7 +841,7 @@ mod certificates {
 
     fn started(policy: CertificatePolicy) -> (Harness, Ca) {
         let mut h = Harness::new(ConfigMode::Watch);
-        h.agent.sync_clock(0, DATE * 1000);
+        h.agent.sync_clock(Millis::ZERO, DATE.into());
         h.agent.set_internal_ip("10.42.0.2");
         h.register();
         h.agent.set_certificate_policy(h.now, policy, 50); // renew at 75 %
@@ -842,16 +858,18 @@ mod certificates {
         let first = ca.sign(&client_csr(&k0, &p0));
         let installed = h.agent.set_certificate(CertKind::Client, &first).unwrap();
         // 2026-11-01 + 0.75 × 60 days = 2026-12-16 00:00 UTC.
-        assert_eq!(installed.renew_at, 1_797_379_200);
+        assert_eq!(installed.renew_at, UnixSeconds::from_secs(1_797_379_200));
         assert!(until_csr(&mut h).is_none());
         assert_eq!(h.agent.csr_wanted(), None);
 
         // One second before the renewal point nothing happens; at it, a key is asked for.
-        h.now += 60_000;
-        h.agent.sync_clock(h.now, (installed.renew_at - 1) * 1000);
+        h.now += ms(60_000);
+        h.agent
+            .sync_clock(h.now, unix_s(installed.renew_at.as_secs() - 1));
         assert!(until_csr(&mut h).is_none());
-        h.now += 61_000;
-        h.agent.sync_clock(h.now, (installed.renew_at + 60) * 1000);
+        h.now += ms(61_000);
+        h.agent
+            .sync_clock(h.now, unix_s(installed.renew_at.as_secs() + 60));
         assert!(until_csr(&mut h).is_none());
         assert_eq!(h.agent.csr_wanted(), Some(CertKind::Client));
 
@@ -878,7 +896,7 @@ mod certificates {
         h.reply(201, "{}");
 
         // Pending: read back every 2 s.
-        h.now += 2_000;
+        h.now += ms(2_000);
         let get = until_csr(&mut h).unwrap();
         assert_eq!(
             (get.method.as_str(), get.path.ends_with(&name)),
@@ -886,14 +904,14 @@ mod certificates {
         );
         h.reply(200, r#"{"metadata":{"name":"x"},"status":{}}"#);
         assert!(h.agent.issued_certificate().is_none());
-        h.now += 2_000;
+        h.now += ms(2_000);
         until_csr(&mut h).unwrap();
         let second = ca.sign(&csr);
         h.reply(200, &issued_body(&second));
         let (kind, der) = h.agent.issued_certificate().expect("issued");
         assert_eq!((kind, der), (CertKind::Client, &second[..]));
         // Nothing more is asked until the driver has installed it.
-        h.now += 10_000;
+        h.now += ms(10_000);
         assert!(until_csr(&mut h).is_none());
         h.agent.set_certificate(CertKind::Client, &second).unwrap();
         assert!(h.agent.issued_certificate().is_none());
@@ -934,38 +952,38 @@ mod certificates {
             "IP SAN present"
         );
         h.reply(201, "{}");
-        h.now += 2_000;
+        h.now += ms(2_000);
         until_csr(&mut h).unwrap();
         // Signed, but for a different key: refused.
         let (k2, p2) = key(4);
         h.reply(200, &issued_body(&ca.sign(&client_csr(&k2, &p2))));
         assert!(h.agent.issued_certificate().is_none());
         // Garbage in the certificate field: refused too, without a panic.
-        h.now += 400_000;
+        h.now += ms(400_000);
         assert!(until_csr(&mut h).is_none());
         submit(&mut h, CertKind::Serving, &k1, &p1);
         until_csr(&mut h).unwrap();
         h.reply(201, "{}");
-        h.now += 2_000;
+        h.now += ms(2_000);
         until_csr(&mut h).unwrap();
         h.reply(200, r#"{"status":{"certificate":"bm90IGEgUEVN"}}"#);
         assert!(h.agent.issued_certificate().is_none());
         // A denial: given up, retried with a new key after five minutes, not before.
-        h.now += 400_000;
+        h.now += ms(400_000);
         until_csr(&mut h);
         submit(&mut h, CertKind::Serving, &k1, &p1);
         until_csr(&mut h).unwrap();
         h.reply(201, "{}");
-        h.now += 2_000;
+        h.now += ms(2_000);
         until_csr(&mut h).unwrap();
         h.reply(
             200,
             r#"{"status":{"conditions":[{"type":"Denied","status":"True"}]}}"#,
         );
-        h.now += 200_000;
+        h.now += ms(200_000);
         assert!(until_csr(&mut h).is_none());
         assert_eq!(h.agent.csr_wanted(), None);
-        h.now += 101_000;
+        h.now += ms(101_000);
         until_csr(&mut h);
         assert_eq!(h.agent.csr_wanted(), Some(CertKind::Serving));
         let mut text = String::new();
@@ -983,7 +1001,7 @@ mod certificates {
         submit(&mut h, CertKind::Serving, &k1, &p1);
         until_csr(&mut h).unwrap();
         h.reply(201, "{}");
-        h.now += 2_000;
+        h.now += ms(2_000);
         until_csr(&mut h).unwrap();
         let good = ca.sign(&csr);
         h.reply(200, &issued_body(&good));
@@ -1002,16 +1020,16 @@ mod certificates {
         let mut join = Join::new("pico-node-1", "kubernetes", token);
         let mut buf = vec![0u8; 8192];
         assert!(join.key_wanted());
-        assert_eq!(join.poll_request(0, &mut buf).unwrap(), None);
+        assert_eq!(join.poll_request(at(0), &mut buf).unwrap(), None);
         let (k, p) = key(8);
         let csr = client_csr(&k, &p);
-        join.submit_csr(0, 7, &p, |_, out| {
+        join.submit_csr(at(0), 7, &p, |_, out| {
             out[..csr.len()].copy_from_slice(&csr);
             Ok(csr.len())
         })
         .unwrap();
         let bearer = format!("\r\nAuthorization: Bearer {token}\r\n");
-        let n = join.poll_request(0, &mut buf).unwrap().unwrap();
+        let n = join.poll_request(at(0), &mut buf).unwrap().unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).contains(&bearer));
         let post = parse(&buf[..n]);
         assert_eq!(
@@ -1023,24 +1041,24 @@ mod certificates {
             "picolet-pico-node-1-bootstrap-00000007"
         );
         // A refused token: said why, tried again after a backoff.
-        join.on_response(0, &head(401), b"{}");
+        join.on_response(at(0), &head(401), b"{}");
         assert_eq!(join.last_error(), Some(JoinError::TokenRefused));
-        assert_eq!(join.poll_request(10, &mut buf).unwrap(), None);
-        let n = join.poll_request(1_000, &mut buf).unwrap().unwrap();
+        assert_eq!(join.poll_request(at(10), &mut buf).unwrap(), None);
+        let n = join.poll_request(at(1_000), &mut buf).unwrap().unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("POST "));
-        join.on_response(1_000, &head(201), b"{}");
+        join.on_response(at(1_000), &head(201), b"{}");
         // Read back with the token until signed.
-        let n = join.poll_request(2_000, &mut buf).unwrap().unwrap();
+        let n = join.poll_request(at(2_000), &mut buf).unwrap().unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(text.starts_with("GET /apis/certificates.k8s.io/v1/certificatesigningrequests/picolet-pico-node-1-bootstrap-00000007 "));
         assert!(text.contains(&bearer));
-        join.on_response(2_000, &head(200), br#"{"status":{}}"#);
+        join.on_response(at(2_000), &head(200), br#"{"status":{}}"#);
         assert!(join.certificate().is_none());
-        join.poll_request(3_000, &mut buf).unwrap().unwrap();
+        join.poll_request(at(3_000), &mut buf).unwrap().unwrap();
         let cert = ca.sign(&csr);
-        join.on_response(3_000, &head(200), issued_body(&cert).as_bytes());
+        join.on_response(at(3_000), &head(200), issued_body(&cert).as_bytes());
         assert_eq!(join.certificate(), Some(&cert[..]));
-        assert_eq!(join.poll_request(9_000, &mut buf).unwrap(), None);
+        assert_eq!(join.poll_request(at(9_000), &mut buf).unwrap(), None);
     }
 
     #[test]
@@ -1051,17 +1069,17 @@ mod certificates {
         let mut buf = vec![0u8; 8192];
         let (k, p) = key(9);
         let csr = client_csr(&k, &p);
-        join.submit_csr(0, 1, &p, |_, out| {
+        join.submit_csr(at(0), 1, &p, |_, out| {
             out[..csr.len()].copy_from_slice(&csr);
             Ok(csr.len())
         })
         .unwrap();
-        join.poll_request(0, &mut buf).unwrap().unwrap();
-        join.on_response(0, &head(201), b"{}");
-        join.poll_request(1_000, &mut buf).unwrap().unwrap();
+        join.poll_request(at(0), &mut buf).unwrap().unwrap();
+        join.on_response(at(0), &head(201), b"{}");
+        join.poll_request(at(1_000), &mut buf).unwrap().unwrap();
         let (k2, p2) = key(10);
         join.on_response(
-            1_000,
+            at(1_000),
             &head(200),
             issued_body(&ca.sign(&client_csr(&k2, &p2))).as_bytes(),
         );
@@ -1071,13 +1089,13 @@ mod certificates {
         // A token that may not create CSRs.
         let (k3, p3) = key(11);
         let csr3 = client_csr(&k3, &p3);
-        join.submit_csr(1_000, 2, &p3, |_, out| {
+        join.submit_csr(at(1_000), 2, &p3, |_, out| {
             out[..csr3.len()].copy_from_slice(&csr3);
             Ok(csr3.len())
         })
         .unwrap();
-        join.poll_request(5_000, &mut buf).unwrap().unwrap();
-        join.on_response(5_000, &head(403), b"{}");
+        join.poll_request(at(5_000), &mut buf).unwrap().unwrap();
+        join.on_response(at(5_000), &head(403), b"{}");
         assert_eq!(join.last_error(), Some(JoinError::Forbidden));
     }
 
@@ -1099,8 +1117,9 @@ mod certificates {
         until_csr(&mut h).unwrap();
         h.reply(201, "{}");
         // The serving CSR stays pending; the client certificate comes due.
-        h.now += 2_000;
-        h.agent.sync_clock(h.now, (client.renew_at + 1) * 1000);
+        h.now += ms(2_000);
+        h.agent
+            .sync_clock(h.now, unix_s(client.renew_at.as_secs() + 1));
         let get = until_csr(&mut h).unwrap();
         assert!(get.path.contains("-serving-"), "{get:?}");
         h.reply(200, r#"{"status":{}}"#);
@@ -1112,7 +1131,7 @@ mod certificates {
         assert_eq!(post.method, "POST");
         let csr = csr_der_of(&post);
         h.reply(201, "{}");
-        h.now += 2_000;
+        h.now += ms(2_000);
         // Both are read back; the client one is issued.
         let mut issued = false;
         while let Some(r) = until_csr(&mut h) {
@@ -1142,8 +1161,9 @@ mod certificates {
         let (k0, p0) = key(5);
         let first = ca.sign(&client_csr(&k0, &p0));
         let installed = h.agent.set_certificate(CertKind::Client, &first).unwrap();
-        h.now += 60_000;
-        h.agent.sync_clock(h.now, (installed.renew_at + 60) * 1000);
+        h.now += ms(60_000);
+        h.agent
+            .sync_clock(h.now, unix_s(installed.renew_at.as_secs() + 60));
         let (k1, p1) = key(6);
         let mut steps = vec![];
         let mut csr = None;
@@ -1195,7 +1215,14 @@ mod certificates {
             ],
             "{steps:?}"
         );
-        assert!(h.agent.certificate(CertKind::Client).unwrap().not_after > installed.not_after - 1);
+        assert!(
+            h.agent
+                .certificate(CertKind::Client)
+                .unwrap()
+                .not_after
+                .as_secs()
+                > installed.not_after.as_secs() - 1
+        );
         assert!(h.agent.issued_certificate().is_none());
     }
 
@@ -1346,7 +1373,7 @@ mod driving_protocol {
         let mut h = watching();
         let step = h.agent.poll_control(h.now, &mut h.buf).unwrap();
         assert!(matches!(step, ControlStep::SleepUntil(_)), "{step:?}");
-        h.now += 10_000;
+        h.now += ms(10_000);
         assert!(matches!(
             h.agent.poll_control(h.now, &mut h.buf).unwrap(),
             ControlStep::Send { .. }
@@ -1378,7 +1405,7 @@ mod authorization {
 
     fn registered() -> Harness {
         let mut h = Harness::new(ConfigMode::Poll);
-        h.agent.sync_clock(0, DATE * 1000);
+        h.agent.sync_clock(Millis::ZERO, DATE.into());
         h.register();
         h.drain();
         h
@@ -1543,7 +1570,7 @@ mod authorization {
                 picolet_core::kubelet::Refusal::AuthorizationUnavailable
             ))
         );
-        assert!(until <= REVIEW_TIMEOUT_MS + 1_000 + 1);
+        assert!(until <= Millis::ZERO + REVIEW_TIMEOUT_MS + ms(1_000) + ms(1));
     }
 
     #[test]
@@ -1567,7 +1594,7 @@ mod authorization {
             Decision::Pending
         );
         // The review goes out first, ahead of anything else due.
-        h.now += 60_000;
+        h.now += ms(60_000);
         let review = answer_review(&mut h, true);
         assert_eq!(review["spec"]["user"], "prometheus");
         assert_eq!(review["spec"]["groups"], serde_json::json!(["monitoring"]));
@@ -1668,7 +1695,7 @@ mod authorization {
             Decision::Allow
         );
         // An error from the API server is not a yes either.
-        h.now += 2_000;
+        h.now += ms(2_000);
         assert_eq!(
             h.agent.authorize(h.now, Some(&PROM), Route::Metrics),
             Decision::Pending
@@ -1686,7 +1713,7 @@ mod authorization {
                 user: &user,
                 groups: &[],
             };
-            h.now += 2_000;
+            h.now += ms(2_000);
             assert_eq!(
                 h.agent.authorize(h.now, Some(&id), Route::Metrics),
                 Decision::Pending
@@ -1804,7 +1831,7 @@ fn json_escaped_whitespace_and_block_scalars_are_applied() {
 #[test]
 fn api_error_messages_are_decoded_and_shortened_at_a_word() {
     let mut h = Harness::new(ConfigMode::Poll);
-    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.sync_clock(Millis::ZERO, DATE.into());
     h.register();
     let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"pico-config\" is forbidden: User \"system:node:pico-node-1\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\": no relationship found between node 'pico-node-1' and this object","reason":"Forbidden","details":{"name":"pico-config","kind":"configmaps"},"code":403}"#;
     list_config_cut(&mut h, 403, status, status.len());
@@ -1847,7 +1874,7 @@ fn api_error_messages_are_decoded_and_shortened_at_a_word() {
 #[test]
 fn an_oversized_configmap_in_the_first_list_is_reported_with_its_own_version() {
     let mut h = Harness::new(ConfigMode::Watch);
-    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.sync_clock(Millis::ZERO, DATE.into());
     h.register();
     // The driver's buffer holds the first 8 KiB of a 1 MB list.
     let envelope = r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":"40"},"items":["#;
@@ -1881,7 +1908,7 @@ fn an_oversized_configmap_in_the_first_list_is_reported_with_its_own_version() {
 #[test]
 fn a_version_is_handled_once_across_a_read_error() {
     let mut h = Harness::new(ConfigMode::Poll);
-    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.sync_clock(Millis::ZERO, DATE.into());
     h.register();
     let mut events = vec![];
     events.extend(list_config_cut(&mut h, 200, CM_LIST, CM_LIST.len()));
@@ -1890,7 +1917,7 @@ fn a_version_is_handled_once_across_a_read_error() {
     assert_eq!(state, ConfigState::Applied);
     let applied_msg = applied_msg.to_string();
     // RBAC removed: 403.
-    h.now += 30_000;
+    h.now += ms(30_000);
     events.extend(list_config_cut(
         &mut h,
         403,
@@ -1900,7 +1927,7 @@ fn a_version_is_handled_once_across_a_read_error() {
     events.extend(h.drain());
     assert_eq!(h.agent.config_state().0, ConfigState::Error);
     // Restored: the same version is listed again.
-    h.now += 30_000;
+    h.now += ms(30_000);
     events.extend(list_config_cut(&mut h, 200, CM_LIST, CM_LIST.len()));
     events.extend(h.drain());
     let (state, applied, msg) = h.agent.config_state();
@@ -1925,13 +1952,13 @@ fn a_version_is_handled_once_across_a_read_error() {
     );
     // A rejected version too: re-reported, not rejected again.
     let bad = cm_list("50", "u", "1=999");
-    h.now += 30_000;
+    h.now += ms(30_000);
     list_config_cut(&mut h, 200, &bad, bad.len());
     h.drain();
-    h.now += 30_000;
+    h.now += ms(30_000);
     list_config_cut(&mut h, 403, r#"{"code":403}"#, 12);
     h.drain();
-    h.now += 30_000;
+    h.now += ms(30_000);
     list_config_cut(&mut h, 200, &bad, bad.len());
     let reqs = h.drain();
     assert_eq!(h.agent.config_state().0, ConfigState::Rejected);
@@ -1942,7 +1969,7 @@ fn a_version_is_handled_once_across_a_read_error() {
 #[test]
 fn events_carry_the_uids_kubectl_describe_looks_for() {
     let mut h = Harness::new(ConfigMode::Watch);
-    h.agent.sync_clock(0, DATE * 1000);
+    h.agent.sync_clock(Millis::ZERO, DATE.into());
     h.register();
     let mut reqs = list_config_cut(
         &mut h,
@@ -2007,11 +2034,11 @@ fn pod_watch(h: &mut Harness, lines: &mut WatchLines, bytes: &[u8]) -> bool {
 /// Runs the agent for `minutes` of steady state, answering everything, and returns the
 /// control-connection requests made in that time.
 fn steady_requests(h: &mut Harness, minutes: u64) -> Vec<Req> {
-    let end = h.now + minutes * 60_000;
+    let end = h.now + ms(minutes * 60_000);
     let mut seen = vec![];
     while h.now < end {
         seen.extend(h.drain());
-        h.now += 500;
+        h.now += ms(500);
     }
     seen
 }
@@ -2122,7 +2149,7 @@ fn a_watched_pod_is_failed_at_once_and_a_gone_watch_lists_again() {
     ));
     h.expect("GET", "/api/v1/pods?");
     h.reply(200, r#"{"metadata":{"resourceVersion":"78"},"items":[]}"#);
-    h.now += 56_000;
+    h.now += ms(56_000);
     assert!(
         h.drain()
             .iter()

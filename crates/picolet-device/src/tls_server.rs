@@ -35,6 +35,7 @@ use hmac::{Hmac, Mac};
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use picolet_core::pki;
+use picolet_core::time::UnixSeconds;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 
@@ -56,8 +57,8 @@ pub struct ServerConfig<'a> {
     pub key: &'a SigningKey,
     /// The CA client certificates must be issued by; `None`: no client certificates asked.
     pub client_ca_der: Option<&'a [u8]>,
-    /// Unix seconds now, for certificate validity; `None` before the clock is known.
-    pub now_unix: Option<u64>,
+    /// The Unix time now, for certificate validity; `None` before the clock is known.
+    pub now_unix: Option<UnixSeconds>,
 }
 
 /// The caller, from its verified client certificate.
@@ -670,7 +671,7 @@ fn parse_client_hello(body: &[u8]) -> Result<Hello> {
 pub fn verify_client_certificate(
     leaf_der: &[u8],
     ca_der: &[u8],
-    now_unix: Option<u64>,
+    now_unix: Option<UnixSeconds>,
 ) -> core::result::Result<(ClientIdentity, [u8; 65]), CertificateRefusal> {
     use CertificateRefusal as R;
     let leaf = pki::parse_certificate(leaf_der).map_err(|_| R::Malformed)?;
@@ -1264,7 +1265,7 @@ mod tests {
         p.signed_by(&key, &f.ca, &f.ca_key).unwrap().der().to_vec()
     }
 
-    const NOW: u64 = 1_795_725_221; // 2026-11-26
+    const NOW: UnixSeconds = UnixSeconds::from_secs(1_795_725_221); // 2026-11-26
 
     #[test]
     fn client_certificates_are_checked_like_a_kubelet_would() {
@@ -1278,7 +1279,12 @@ mod tests {
         // Time unknown: validity cannot be checked, the rest still is.
         assert!(verify_client_certificate(&good, &ca, None).is_ok());
         assert_eq!(
-            verify_client_certificate(&good, &ca, Some(NOW + 86_400 * 400)).unwrap_err(),
+            verify_client_certificate(
+                &good,
+                &ca,
+                Some(UnixSeconds::from_secs(NOW.as_secs() + 86_400 * 400))
+            )
+            .unwrap_err(),
             CertificateRefusal::Expired
         );
         let server_only = leaf(&f, ServerAuth, "web");

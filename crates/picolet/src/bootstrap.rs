@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use picolet_core::http::{BodyType, Method};
-use picolet_core::time::Rfc3339;
+use picolet_core::time::{Millis, Rfc3339, UnixMillis};
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
 
@@ -108,7 +108,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
         .unwrap_or(0)
         + opts.ttl.as_millis() as u64;
     let mut expiration = String::new();
-    let _ = write!(expiration, "{}", Rfc3339(expires_ms));
+    let _ = write!(expiration, "{}", Rfc3339(UnixMillis::from_ms(expires_ms)));
     let secret_obj = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -191,7 +191,7 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
     let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
     let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let start = std::time::Instant::now();
-    let now = || start.elapsed().as_millis() as u64;
+    let now = || Millis::from_ms(start.elapsed().as_millis() as u64);
     let mut key = node_certs::new_key();
     let cert_der = loop {
         if join.key_wanted() {
@@ -234,7 +234,11 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
                 }
             },
             None => {
-                let wait = join.next_wakeup(now()).saturating_sub(now()).min(1_000);
+                let wait = join
+                    .next_wakeup(now())
+                    .saturating_sub(now())
+                    .as_ms()
+                    .min(1_000);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }

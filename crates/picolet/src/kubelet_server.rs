@@ -14,6 +14,7 @@ use std::time::Duration;
 use picolet_core::agent::{Caller, Identity, KubeletSession, KubeletStep, Platform};
 use picolet_core::kubelet::{Refusal, Route};
 use picolet_core::metrics::KubeletOutcome;
+use picolet_core::time::UnixMillis;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -342,7 +343,7 @@ async fn connection(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .unix_ms(shared.now())
-                .map(|ms| ms / 1000);
+                .map(UnixMillis::to_seconds);
             let config = tls_server::ServerConfig {
                 cert_der: &serving.cert_der,
                 key: &serving.key,
@@ -505,7 +506,7 @@ async fn handle<C: KubeletConn>(
             KubeletStep::Authorizing { until } => {
                 tracked.advance(Stage::Answering);
                 shared.wake_control();
-                let wait = Duration::from_millis(until.saturating_sub(shared.now()));
+                let wait = Duration::from(until.saturating_sub(shared.now()));
                 let _ = tokio::time::timeout(wait, woken).await;
             }
             KubeletStep::Respond { len, refused } => {

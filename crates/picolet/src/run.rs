@@ -11,7 +11,7 @@ use picolet_core::agent::{
     WatchReader, WatchStep, WatchStream,
 };
 use picolet_core::memory::REGION_SIZE;
-use picolet_core::time::Millis;
+use picolet_core::time::{Millis, UnixMillis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -98,7 +98,7 @@ impl Shared {
 
     /// Monotonic milliseconds since start: the core's clock.
     pub fn now(&self) -> Millis {
-        self.start.elapsed().as_millis() as Millis
+        Millis::from_ms(self.start.elapsed().as_millis() as u64)
     }
 
     /// Counts a kubelet-port connection that ended in the transport.
@@ -115,11 +115,11 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-fn unix_ms() -> u64 {
+fn unix_ms() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map(|d| UnixMillis::from_ms(d.as_millis() as u64))
+        .unwrap_or_default()
 }
 
 /// Reads the credentials, retrying every 10 s with a clear message until they are usable.
@@ -160,7 +160,7 @@ async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>)
 fn facts(node_name: &str, instance_type: &str) -> NodeFacts<'static> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| format!("{:032x}", unix_ms()));
+        .unwrap_or_else(|_| format!("{:032x}", unix_ms().as_ms()));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     NodeFacts {
         operating_system: "none",
@@ -189,21 +189,23 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         config_map: leak(opts.config_map.clone()),
         api_host: leak(creds.identity.tls_server_name.clone()),
         kubelet_port: opts.kubelet_port,
-        status_report_interval_ms: opts.status_report_interval.as_millis() as Millis,
+        status_report_interval_ms: picolet_core::time::Duration::from_ms(
+            opts.status_report_interval.as_millis() as u64,
+        ),
         config_mode: opts.config_mode,
         watch_timeout_s: opts.watch_timeout.as_secs() as u32,
         facts: facts(node_name, &opts.instance_type),
     };
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
     let start = Instant::now();
-    let mut agent = Agent::new(config, region, 0).map_err(|e| e.to_string())?;
-    agent.sync_clock(0, unix_ms());
+    let mut agent = Agent::new(config, region, Millis::ZERO).map_err(|e| e.to_string())?;
+    agent.sync_clock(Millis::ZERO, unix_ms());
     agent.set_internal_ip(&opts.node_ip);
     // A connection of its own watches the pods bound to the node, as a kubelet does.
     agent.set_pod_watch(true);
     let serving_csr = opts.serving_certificate == ServingSource::Csr && !opts.kubelet_plain_http;
     agent.set_certificate_policy(
-        0,
+        Millis::ZERO,
         CertificatePolicy {
             rotate_client: opts.rotate_client_certificate,
             request_serving: serving_csr,
@@ -221,7 +223,8 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     }) {
         Ok(c) => info!(
             "client certificate valid until {} (Unix), renewal from {}",
-            c.not_after, c.renew_at
+            c.not_after.as_secs(),
+            c.renew_at.as_secs()
         ),
         Err(e) => warn!("client certificate: {e}; it will not be renewed"),
     }
@@ -321,7 +324,7 @@ async fn clock_loop(shared: Arc<Shared>) {
 
 async fn sleep_until(shared: &Shared, at: Millis, notify: &Notify) {
     let now = shared.now();
-    let wait = Duration::from_millis(at.saturating_sub(now).min(5_000));
+    let wait = Duration::from(at.saturating_sub(now)).min(Duration::from_secs(5));
     tokio::select! {
         _ = tokio::time::sleep(wait) => {}
         _ = notify.notified() => {}
@@ -431,7 +434,7 @@ fn install_certificate(shared: &Shared, keys: &mut PendingKeys, kind: CertKind) 
             Ok(c) => info!(
                 "new {} certificate installed, valid until {} (Unix)",
                 kind.as_str(),
-                c.not_after
+                c.not_after.as_secs()
             ),
             Err(e) => error!("new {} certificate: {e}", kind.as_str()),
         },
@@ -505,7 +508,7 @@ fn check_client_certificate(der: &[u8], node_name: &str) {
         );
     }
     let not_after = cert.validity().not_after.timestamp();
-    if not_after * 1000 < unix_ms() as i64 {
+    if not_after * 1000 < unix_ms().as_ms() as i64 {
         error!(
             "client certificate expired at {} (Unix); the API server will refuse it: re-enrol, or join with a bootstrap token",
             not_after

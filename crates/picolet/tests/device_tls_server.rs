@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_io_adapters::tokio_1::FromTokio;
+use picolet_core::time::UnixSeconds;
 use picolet_device::tls_server::{
     self, CertificateRefusal, ClientIdentity, ServerConfig, TlsServerError,
 };
@@ -66,11 +67,13 @@ impl Pki {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+fn now() -> UnixSeconds {
+    UnixSeconds::from_secs(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
 }
 
 /// What the server thread saw: the caller's identity and the request line.

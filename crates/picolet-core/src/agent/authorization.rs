@@ -15,11 +15,11 @@ use super::*;
 
 /// How long an allowed decision is reused (the kubelet uses 5 minutes; shorter here so that
 /// revoking RBAC is felt sooner).
-pub const ALLOW_TTL_MS: Millis = 60_000;
+pub const ALLOW_TTL_MS: Duration = Duration::from_ms(60_000);
 /// How long a denied decision is reused (as the kubelet's).
-pub const DENY_TTL_MS: Millis = 30_000;
+pub const DENY_TTL_MS: Duration = Duration::from_ms(30_000);
 /// A review not answered in this long is given up: the caller gets 503.
-pub const REVIEW_TIMEOUT_MS: Millis = 10_000;
+pub const REVIEW_TIMEOUT_MS: Duration = Duration::from_ms(10_000);
 /// How many decisions are remembered.
 pub const AUTHZ_SLOTS: usize = 4;
 /// Longest user name and group name kept; longer identities are refused.
@@ -154,7 +154,9 @@ impl Agent<'_> {
                     // Given up; the answer, if it comes, is ignored.
                     a.next_id = a.next_id.wrapping_add(1);
                     slot.id = a.next_id;
-                    slot.state = ReviewState::Failed { until: now + 1_000 };
+                    slot.state = ReviewState::Failed {
+                        until: now + Duration::from_ms(1_000),
+                    };
                     return Decision::Unavailable;
                 }
                 _ => {
@@ -273,7 +275,9 @@ impl Agent<'_> {
             }
             None => {
                 self.metrics.kubelet_authz[2] += 1;
-                ReviewState::Failed { until: now + 1_000 }
+                ReviewState::Failed {
+                    until: now + Duration::from_ms(1_000),
+                }
             }
         };
     }
@@ -281,7 +285,9 @@ impl Agent<'_> {
     pub(super) fn on_access_review_lost(&mut self, now: Millis, id: u16) {
         if let Some(slot) = self.authz.slots.iter_mut().find(|s| s.id == id) {
             self.metrics.kubelet_authz[2] += 1;
-            slot.state = ReviewState::Failed { until: now + 1_000 };
+            slot.state = ReviewState::Failed {
+                until: now + Duration::from_ms(1_000),
+            };
         }
     }
 }

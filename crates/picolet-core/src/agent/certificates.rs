@@ -22,11 +22,11 @@ use crate::csr::{
 use crate::pki::{self, CsrSubject, PkiError, PublicKey, San};
 
 /// How often a pending CSR is read back during its first minute, then afterwards.
-pub const CSR_POLL_FAST_MS: Millis = 2_000;
+pub const CSR_POLL_FAST_MS: Duration = Duration::from_ms(2_000);
 /// See [`CSR_POLL_FAST_MS`]; a serving CSR may wait long for an administrator.
-pub const CSR_POLL_SLOW_MS: Millis = 30_000;
+pub const CSR_POLL_SLOW_MS: Duration = Duration::from_ms(30_000);
 /// A denied or failed CSR is tried again (with a new key) after this long.
-pub const CSR_RETRY_AFTER_DENIAL_MS: Millis = 300_000;
+pub const CSR_RETRY_AFTER_DENIAL_MS: Duration = Duration::from_ms(300_000);
 
 /// Which certificates the agent looks after.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,10 +40,10 @@ pub struct CertificatePolicy {
 /// What the agent knows of one installed certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstalledCertificate {
-    /// End of validity, Unix seconds.
-    pub not_after: u64,
-    /// When a renewal starts, Unix seconds.
-    pub renew_at: u64,
+    /// End of validity.
+    pub not_after: UnixSeconds,
+    /// When a renewal starts.
+    pub renew_at: UnixSeconds,
 }
 
 /// The requests of the CSR API.
@@ -160,7 +160,7 @@ impl Certificates {
     }
 
     /// Whether `kind` should be obtained now (nothing in progress for it).
-    fn due(&self, kind: CertKind, unix_s: Option<u64>) -> bool {
+    fn due(&self, kind: CertKind, unix_s: Option<UnixSeconds>) -> bool {
         let slot = &self.slots[kind.index()];
         let Some(unix_s) = unix_s else {
             return false;
@@ -285,7 +285,12 @@ impl Agent<'_> {
             self.csr_failed(now, kind, false);
             return Err(e);
         }
-        let unix_s = self.clock.unix_ms(now).unwrap_or(0) / 1000;
+        let unix_s = self
+            .clock
+            .unix_ms(now)
+            .unwrap_or_default()
+            .to_seconds()
+            .as_secs();
         let name = bounded(format_args!(
             "picolet-{}-{}-{unix_s}",
             self.cfg.node_name,
@@ -310,7 +315,7 @@ impl Agent<'_> {
 
     /// The next CSR request, if one is due (called by the scheduler).
     pub(super) fn next_certificate_request(&mut self, now: Millis) -> Option<CsrRequest> {
-        let unix_s = self.clock.unix_ms(now).map(|ms| ms / 1000);
+        let unix_s = self.clock.unix_ms(now).map(UnixMillis::to_seconds);
         for kind in KINDS {
             if !self.certs.busy()
                 && self.certs.slots[kind.index()].sched.due(now)
@@ -346,17 +351,20 @@ impl Agent<'_> {
                 None if !self.certs.wanted(kind) => Millis::MAX,
                 None => match (unix, slot.installed) {
                     // Nothing known yet: look again in a minute.
-                    (None, _) | (_, None) => slot.sched.at.max(now + 60_000),
+                    (None, _) | (_, None) => slot.sched.at.max(now + Duration::from_secs(60)),
                     // At the renewal time, looking again at least once a minute as clocks move.
-                    (Some(ms), Some(c)) => {
-                        let wait = c.renew_at.saturating_mul(1000).saturating_sub(ms);
-                        slot.sched.at.max(now + wait.min(60_000))
+                    (Some(unix), Some(c)) => {
+                        let wait = UnixMillis::from(c.renew_at).saturating_sub(unix);
+                        slot.sched.at.max(now + wait.min(Duration::from_secs(60)))
                     }
                 },
             };
             t = t.min(at);
         }
-        if self.certs.due(CertKind::Serving, unix.map(|ms| ms / 1000)) {
+        if self
+            .certs
+            .due(CertKind::Serving, unix.map(UnixMillis::to_seconds))
+        {
             t = t.min(self.certs.slots[1].sched.at.max(now));
         }
         t
@@ -427,7 +435,7 @@ impl Agent<'_> {
                     Some(CsrStage::Wait { since }) => since,
                     _ => now,
                 };
-                let wait = if now.saturating_sub(since) < 60_000 {
+                let wait = if now.saturating_sub(since) < Duration::from_secs(60) {
                     CSR_POLL_FAST_MS
                 } else {
                     CSR_POLL_SLOW_MS

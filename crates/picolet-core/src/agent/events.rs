@@ -18,7 +18,7 @@ struct QueuedEvent {
     object_rv: Rv,
     /// The ConfigMap's uid, which `kubectl describe` finds its Events by ("" if unknown).
     object_uid: Uid,
-    unix_ms: u64,
+    unix_ms: UnixMillis,
 }
 
 /// The Events not yet posted.
@@ -77,7 +77,7 @@ impl Agent<'_> {
             about_node,
             object_rv,
             object_uid,
-            unix_ms: self.clock.unix_ms(now).unwrap_or(0),
+            unix_ms: self.clock.unix_ms(now).unwrap_or_default(),
         };
         let q = &mut self.events.queue;
         if q.is_full() {
@@ -97,8 +97,10 @@ impl Agent<'_> {
         } else {
             (self.cfg.config_map, self.cfg.config_namespace)
         };
-        let event_name: String<96> =
-            bounded(format_args!("{object_name}.{:x}{seq:04x}", ev.unix_ms));
+        let event_name: String<96> = bounded(format_args!(
+            "{object_name}.{:x}{seq:04x}",
+            ev.unix_ms.as_ms()
+        ));
         let event = obj::Event {
             api_version: "v1",
             kind: "Event",

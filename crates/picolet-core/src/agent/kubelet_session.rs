@@ -140,7 +140,7 @@ impl Agent<'_> {
             Decision::Pending => {
                 let until = match session.state {
                     State::Authorizing { until, .. } => until,
-                    _ => now + REVIEW_TIMEOUT_MS + 1_000,
+                    _ => now + REVIEW_TIMEOUT_MS + Duration::from_ms(1_000),
                 };
                 session.state = State::Authorizing { req, until };
                 return KubeletStep::Authorizing { until };

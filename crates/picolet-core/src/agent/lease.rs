@@ -7,11 +7,11 @@ use super::*;
 /// Lease duration the node announces, as the kubelet does.
 pub const LEASE_DURATION_S: u32 = 40;
 /// How often the Lease is renewed (a quarter of its duration).
-pub const LEASE_RENEW_MS: Millis = 10_000;
+pub const LEASE_RENEW_MS: Duration = Duration::from_ms(10_000);
 /// A gap between successful Lease renewals longer than this (one and a half periods) may have
 /// let the node lifecycle controller mark the node Unknown; the status is then posted again at
 /// once, as a kubelet that finds its Node's conditions changed would.
-pub const HEARTBEAT_GAP_MS: Millis = 15_000;
+pub const HEARTBEAT_GAP_MS: Duration = Duration::from_ms(15_000);
 
 /// The requests of the heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ struct Renewal {
     at: Millis,
     /// The server's `Date` of the answer (Unix seconds): the gap is also measured by the
     /// server's clock, which a slow or stalled device clock cannot shorten.
-    server_s: Option<u64>,
+    server_s: Option<UnixSeconds>,
     /// It came after a gap, and the status was re-posted; it is posted once more after the
     /// next renewal, in case the node lifecycle controller marked the node Unknown just after
     /// the first post.
@@ -103,12 +103,12 @@ impl Heartbeat {
     }
 
     /// Whether a renewal at `now` (`date`: by the server's clock) comes after a gap.
-    fn gap(&self, now: Millis, date: Option<u64>) -> bool {
+    fn gap(&self, now: Millis, date: Option<UnixSeconds>) -> bool {
         self.last_ok.is_some_and(|last| {
             now.saturating_sub(last.at) > HEARTBEAT_GAP_MS
                 || matches!(
                     (last.server_s, date),
-                    (Some(a), Some(b)) if b.saturating_sub(a) * 1000 > HEARTBEAT_GAP_MS
+                    (Some(a), Some(b)) if b.saturating_sub(a) > HEARTBEAT_GAP_MS
                 )
         })
     }
@@ -154,7 +154,7 @@ impl Agent<'_> {
             spec: obj::LeaseSpec {
                 holder_identity: name,
                 lease_duration_seconds: LEASE_DURATION_S,
-                renew_time: MicroTime(self.clock.unix_ms(now).unwrap_or(0)),
+                renew_time: MicroTime(self.clock.unix_ms(now).unwrap_or_default()),
             },
         };
         let path = match request {

@@ -64,14 +64,16 @@ use crate::lines::LineFramer;
 use crate::memory::{self, MemoryImage, MemoryRegion};
 use crate::metrics::{Gauges, Metrics};
 use crate::objects::{self as obj, Crc32Hex};
-use crate::time::{ClockSource, MicroTime, Millis, Rfc3339, WallClock};
+use crate::time::{
+    ClockSource, Duration, MicroTime, Millis, Rfc3339, UnixMillis, UnixSeconds, WallClock,
+};
 use encode::{encode_get, json};
 use text::{MESSAGE_MAX, bounded};
 
 /// How often the ConfigMap is listed when it cannot be watched.
-pub const CONFIG_POLL_MS: Millis = 30_000;
+pub const CONFIG_POLL_MS: Duration = Duration::from_ms(30_000);
 /// How long polling lasts before a watch is tried again, after a watch was refused.
-pub const WATCH_RETRY_AFTER_FALLBACK_MS: Millis = 300_000;
+pub const WATCH_RETRY_AFTER_FALLBACK_MS: Duration = Duration::from_ms(300_000);
 /// The longest watch line (one ConfigMap event) the agent holds. Larger ConfigMaps are rejected.
 pub const WATCH_LINE_MAX: usize = 16 * 1024;
 /// Taint put on the Node at creation: nothing can run here.
@@ -142,7 +144,7 @@ pub struct AgentConfig<'a> {
     /// Port of the kubelet endpoints, published in `daemonEndpoints`.
     pub kubelet_port: u16,
     /// Longest time between status PATCHes when nothing changed (at least 10 s).
-    pub status_report_interval_ms: Millis,
+    pub status_report_interval_ms: Duration,
     /// Watch or poll.
     pub config_mode: ConfigMode,
     /// `timeoutSeconds` asked for each watch.
@@ -252,8 +254,8 @@ struct Reply<'b> {
     body: &'b [u8],
     /// The whole body's length.
     body_len: usize,
-    /// The server's `Date`, Unix seconds.
-    date: Option<u64>,
+    /// The server's `Date`.
+    date: Option<UnixSeconds>,
 }
 
 impl Reply<'_> {
@@ -373,8 +375,8 @@ impl<'a> Agent<'a> {
     // ------------------------------------------------------------------ inputs
 
     /// Gives the agent wall-clock time from a precise source (SNTP or the host clock).
-    pub fn sync_clock(&mut self, now: Millis, unix_ms: u64) {
-        self.clock.sync(now, unix_ms, ClockSource::Precise);
+    pub fn sync_clock(&mut self, now: Millis, unix: UnixMillis) {
+        self.clock.sync(now, unix, ClockSource::Precise);
     }
 
     /// Turns on certificate management (see [`CertKind`]); off by default. `seed` varies the
@@ -418,14 +420,14 @@ impl<'a> Agent<'a> {
     }
 
     /// Unix milliseconds now, once the clock is known.
-    pub fn unix_ms(&self, now: Millis) -> Option<u64> {
+    pub fn unix_ms(&self, now: Millis) -> Option<UnixMillis> {
         self.clock.unix_ms(now)
     }
 
     /// Gauges for `/metrics`.
     pub fn gauges(&self, now: Millis) -> Gauges {
         Gauges {
-            uptime_seconds: now.saturating_sub(self.started_at) as f64 / 1000.0,
+            uptime_seconds: now.saturating_sub(self.started_at).as_secs_f64(),
             memory_crc32: self.region.checksum(),
             registered: self.registered(),
             watching: self.config_map.streaming(),
@@ -542,7 +544,7 @@ impl<'a> Agent<'a> {
             return;
         };
         if let Some(date) = head.date {
-            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+            self.clock.sync(now, date.into(), ClockSource::HttpDate);
         }
         self.metrics.count_api(request.method(), head.status);
         let reply = Reply {
@@ -592,7 +594,7 @@ impl<'a> Agent<'a> {
     fn note_watch_head(&mut self, now: Millis, head: &ResponseHead) {
         self.metrics.count_api(Method::Get, head.status);
         if let Some(date) = head.date {
-            self.clock.sync(now, date * 1000, ClockSource::HttpDate);
+            self.clock.sync(now, date.into(), ClockSource::HttpDate);
         }
     }
 }

@@ -20,7 +20,7 @@ use super::*;
 use crate::http::ResponseHead;
 
 /// How often pods are listed when they are not watched.
-pub const POD_LIST_MS: Millis = 55_000;
+pub const POD_LIST_MS: Duration = Duration::from_ms(55_000);
 /// Most pods queued to be failed at once; more are found by the next list.
 const QUEUE: usize = 4;
 

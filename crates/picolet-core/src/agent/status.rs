@@ -5,9 +5,9 @@
 use super::*;
 
 /// How often node status is evaluated.
-pub const STATUS_EVAL_MS: Millis = 10_000;
+pub const STATUS_EVAL_MS: Duration = Duration::from_ms(10_000);
 /// Default longest time between two status PATCHes, as the kubelet's.
-pub const STATUS_REPORT_DEFAULT_MS: Millis = 300_000;
+pub const STATUS_REPORT_DEFAULT_MS: Duration = Duration::from_ms(300_000);
 
 /// The parts of node status that, when they change, make a PATCH due before the interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub(super) struct StatusFingerprint {
 
 pub(super) struct StatusUpdates {
     /// When the node became Ready: the conditions' `lastTransitionTime` (Unix ms).
-    pub(super) ready_since_unix_ms: Option<u64>,
+    pub(super) ready_since_unix_ms: Option<UnixMillis>,
     /// What the last successful PATCH carried, and when it went out.
     sent: Option<(StatusFingerprint, Millis)>,
     sched: Schedule,
@@ -40,7 +40,7 @@ impl StatusUpdates {
 
     /// The node is Ready from the first request about it sent once the clock (`unix_ms`) is
     /// known.
-    pub(super) fn stamp_ready_since(&mut self, unix_ms: Option<u64>) {
+    pub(super) fn stamp_ready_since(&mut self, unix_ms: Option<UnixMillis>) {
         if self.ready_since_unix_ms.is_none() {
             self.ready_since_unix_ms = unix_ms;
         }
