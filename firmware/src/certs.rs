@@ -15,6 +15,7 @@ use embassy_sync::blocking_mutex::raw::{CriticalSectionRawMutex, ThreadModeRawMu
 use embassy_sync::signal::Signal;
 use picolet_core::agent::{Agent, CERT_DER_MAX, CertKind};
 use picolet_core::pki::PKCS8_LEN;
+use picolet_core::time::Millis;
 use picolet_device::keys::NodeKey;
 use portable_atomic::{AtomicU32, Ordering};
 
@@ -133,7 +134,7 @@ impl PendingKeys {
     /// its buffers (the request DER and PEM) then live on the stack only during the call, not
     /// in every poll of the control task (the emulator measured the difference).
     #[inline(never)]
-    pub fn make_key(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: u64, boot_id: &str) {
+    pub fn make_key(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: Millis, boot_id: &str) {
         let key = new_key(boot_id, agent.config().node_name);
         match agent.submit_csr(now, kind, &key.public_key(), |subject, out| {
             key.csr(subject, out)
@@ -156,7 +157,7 @@ impl PendingKeys {
     /// made for it: a client certificate for both API connections, a serving one for the
     /// kubelet task.
     #[inline(never)]
-    pub fn install(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: u64) {
+    pub fn install(&mut self, agent: &mut Agent<'_>, kind: CertKind, now: Millis) {
         let Some((_, der)) = agent.issued_certificate() else {
             return;
         };
