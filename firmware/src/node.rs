@@ -25,6 +25,7 @@ use picolet_core::agent::{
 };
 use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
 use picolet_core::http::ResponseHead;
+use picolet_core::join::JoinStep;
 use picolet_core::memory::REGION_SIZE;
 use picolet_core::metrics::{KubeletOutcome, PlatformStats};
 use picolet_core::time::Millis;
@@ -346,35 +347,40 @@ async fn join_with_token(
     loop {
         let t = now();
         CONTROL_ALIVE_MS.store(t, Ordering::Relaxed);
-        if join.key_wanted() {
-            let k = certs::new_key(boot_id, s.board.node_name);
-            let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
-            if join
-                .submit_csr(t, stamp, &k.public_key(), |subject, out| {
-                    k.csr(subject, out)
-                })
-                .is_ok()
-            {
-                key = Some(k);
-            }
-        }
-        if let (Some(der), Some(k)) = (join.certificate(), key.as_ref()) {
-            certs::install_client(der, k);
-            let _ = with_agent(|a| a.set_certificate(CertKind::Client, der));
-            log::info!("joined: client certificate issued for the board's own key");
-            return;
-        }
         if join.last_error() != told {
             told = join.last_error();
             if let Some(e) = told {
                 log::warn!("bootstrap: {e}");
             }
         }
-        let n = match join.poll_request(t, &mut b.request) {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                let at = join.next_wakeup(t).min(t + 1_000);
-                Timer::at(Instant::from_millis(at)).await;
+        let n = match join.poll(t, &mut b.request) {
+            Ok(JoinStep::MakeKey) => {
+                let k = certs::new_key(boot_id, s.board.node_name);
+                let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
+                if join
+                    .submit_csr(t, stamp, &k.public_key(), |subject, out| {
+                        k.csr(subject, out)
+                    })
+                    .is_ok()
+                {
+                    key = Some(k);
+                }
+                continue;
+            }
+            Ok(JoinStep::Joined(der)) => {
+                let Some(k) = key.as_ref() else {
+                    // Cannot happen (the CSR was built with a key), but never panic.
+                    Timer::after(Duration::from_secs(1)).await;
+                    continue;
+                };
+                certs::install_client(der, k);
+                let _ = with_agent(|a| a.set_certificate(CertKind::Client, der));
+                log::info!("joined: client certificate issued for the board's own key");
+                return;
+            }
+            Ok(JoinStep::Send { len }) => len,
+            Ok(JoinStep::SleepUntil(at)) => {
+                Timer::at(Instant::from_millis(at.min(t + 1_000))).await;
                 continue;
             }
             Err(e) => {

@@ -16,11 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::api::{Connection, Endpoint};
+use crate::api::{Connection, Endpoint, TransportError};
 use crate::credentials::Credentials;
 use crate::kubelet_server;
 use crate::node_certs::{self, PendingKeys, ServingCertificate};
-use crate::tls;
+use crate::tls::{self, TlsError};
 
 /// Everything `picolet run` can be told.
 #[derive(Clone, Debug)]
@@ -43,6 +43,58 @@ pub struct RunOptions {
     pub serving_certificate: ServingSource,
     /// Serve the kubelet port's TLS with the device's own server instead of rustls.
     pub device_tls: bool,
+}
+
+/// Why `picolet run` cannot start (problems with credentials are retried instead, with a log
+/// line every 10 s, so a node started before its credentials exist comes up by itself).
+#[derive(Debug)]
+pub enum RunError {
+    /// The node or ConfigMap name is not a valid DNS label.
+    Config(picolet_core::agent::ConfigError),
+    /// The self-signed kubelet-port certificate could not be made.
+    SelfSigned(rcgen::Error),
+    /// A certificate or key for the kubelet port could not be read.
+    Tls(TlsError),
+    /// The kubelet port cannot be bound.
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "{e}"),
+            Self::SelfSigned(e) => write!(f, "cannot make a self-signed serving certificate: {e}"),
+            Self::Tls(e) => write!(f, "kubelet port TLS: {e}"),
+            Self::Listen { address, source } => write!(f, "cannot listen on {address}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<TlsError> for RunError {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Why the credentials directory cannot be used yet.
+#[derive(Debug)]
+enum UnusableCredentials {
+    Read(crate::credentials::CredentialsError),
+    Tls { dir: PathBuf, source: TlsError },
+}
+
+impl std::fmt::Display for UnusableCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(e) => write!(f, "{e}"),
+            Self::Tls { dir, source } => write!(f, "credentials in {}: {source}", dir.display()),
+        }
+    }
 }
 
 /// Where the kubelet port's serving certificate comes from.
@@ -136,7 +188,7 @@ async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>)
             }
         }
         let attempt = Credentials::load(dir)
-            .map_err(|e| e.to_string())
+            .map_err(UnusableCredentials::Read)
             .and_then(|c| {
                 let ep = Endpoint::new(
                     &c.identity.server,
@@ -144,7 +196,10 @@ async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>)
                     &c.ca_pem,
                     Some((&c.cert_pem, &c.key_pem)),
                 )
-                .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+                .map_err(|source| UnusableCredentials::Tls {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
                 Ok((c, Arc::new(ep)))
             });
         match attempt {
@@ -180,7 +235,7 @@ fn facts(node_name: &str, instance_type: &str) -> NodeFacts<'static> {
 }
 
 /// Runs the virtual Pico until Ctrl-C or SIGTERM.
-pub async fn run(opts: RunOptions) -> Result<(), String> {
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (creds, endpoint) = load_credentials(&opts.credentials).await;
     let node_name = leak(creds.identity.node_name.clone());
     let config = AgentConfig {
@@ -196,7 +251,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     };
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
     let start = Instant::now();
-    let mut agent = Agent::new(config, region, 0).map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(config, region, 0).map_err(RunError::Config)?;
     agent.sync_clock(0, unix_ms());
     agent.set_internal_ip(&opts.node_ip);
     // A connection of its own watches the pods bound to the node, as a kubelet does.
@@ -214,15 +269,12 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     if let Ok(der) = &client_der {
         check_client_certificate(der, node_name);
     }
-    match client_der.map_err(|e| e.to_string()).and_then(|der| {
-        agent
-            .set_certificate(CertKind::Client, &der)
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(c) => info!(
+    match client_der.map(|der| agent.set_certificate(CertKind::Client, &der)) {
+        Ok(Ok(c)) => info!(
             "client certificate valid until {} (Unix), renewal from {}",
             c.not_after, c.renew_at
         ),
+        Ok(Err(e)) => warn!("client certificate: {e}; it will not be renewed"),
         Err(e) => warn!("client certificate: {e}; it will not be renewed"),
     }
     let serving_files = serving_csr
@@ -238,13 +290,10 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     } else {
         let (cert, key) = match serving_files {
             Some(pair) => pair,
-            None => {
-                kubelet_server::self_signed(node_name, &opts.node_ip).map_err(|e| e.to_string())?
-            }
+            None => kubelet_server::self_signed(node_name, &opts.node_ip)
+                .map_err(RunError::SelfSigned)?,
         };
-        Some(Arc::new(
-            ServingCertificate::new(&cert, &key).map_err(|e| e.to_string())?,
-        ))
+        Some(Arc::new(ServingCertificate::new(&cert, &key)?))
     };
     let shared = Arc::new(Shared {
         agent: Mutex::new(agent),
@@ -267,20 +316,23 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     let bind = format!("{}:{}", opts.node_ip, opts.kubelet_port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
-        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        .map_err(|source| RunError::Listen {
+            address: bind.clone(),
+            source,
+        })?;
     let transport = match (&serving, opts.device_tls) {
         (None, _) => {
             warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
             kubelet_server::Transport::Plain
         }
         (Some(resolver), false) => {
-            kubelet_server::Transport::Rustls(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(resolver.clone(), Some(creds.client_ca_pem()))
-                    .map_err(|e| e.to_string())?,
-            ))
+            kubelet_server::Transport::Rustls(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                resolver.clone(),
+                Some(creds.client_ca_pem()),
+            )?))
         }
         (Some(serving), true) => {
-            let ca = tls::certs(creds.client_ca_pem(), "client CA").map_err(|e| e.to_string())?;
+            let ca = tls::certs(creds.client_ca_pem(), "client CA")?;
             info!("kubelet port: TLS by the device's server (picolet_device::tls_server)");
             kubelet_server::Transport::Device {
                 serving: serving.clone(),
@@ -621,13 +673,14 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
             }
         };
         let opened = match shared.endpoint().connect().await {
-            Ok(mut s) => match s.write_all(&request[..n]).await {
-                Ok(()) => Ok(s),
-                Err(e) => Err(e.to_string()),
-            },
+            Ok(mut s) => s
+                .write_all(&request[..n])
+                .await
+                .map(|()| s)
+                .map_err(TransportError::Io),
             Err(e) => {
                 count_tls_failure(&shared, &e);
-                Err(e.to_string())
+                Err(e)
             }
         };
         let mut conn = match opened {
