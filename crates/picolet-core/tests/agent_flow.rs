@@ -1130,6 +1130,19 @@ mod certificates {
         );
     }
 
+    /// A server that issues every CSR at once: answers the request in `h.buf[..len]`.
+    fn answer(h: &mut Harness, ca: &Ca, csr: &mut Option<Vec<u8>>, len: usize) {
+        let r = parse(&h.buf[..len]);
+        if r.path.contains("certificatesigningrequests") && r.method == "POST" {
+            *csr = Some(csr_der_of(&r));
+            h.reply(201, "{}");
+        } else if r.path.contains("certificatesigningrequests") {
+            h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
+        } else {
+            h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
+        }
+    }
+
     /// The driving protocol for certificates, as both drivers follow it: each control step
     /// says what the driver does, and the agent never asks twice for the same thing.
     #[test]
@@ -1152,17 +1165,7 @@ mod certificates {
             steps.push(step);
             match step {
                 ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
-                ControlStep::Send { len } => {
-                    let r = parse(&h.buf[..len]);
-                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
-                        csr = Some(csr_der_of(&r));
-                        h.reply(201, "{}");
-                    } else if r.path.contains("certificatesigningrequests") {
-                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
-                    } else {
-                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
-                    }
-                }
+                ControlStep::Send { len } => answer(&mut h, &ca, &mut csr, len),
                 ControlStep::InstallCertificate(kind) => {
                     assert_eq!(h.agent.issued_certificate().unwrap().0, kind);
                     h.agent.certificate_installed(h.now, kind).unwrap();
@@ -1219,17 +1222,7 @@ mod certificates {
                     return;
                 }
                 ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
-                ControlStep::Send { len } => {
-                    let r = parse(&h.buf[..len]);
-                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
-                        csr = Some(csr_der_of(&r));
-                        h.reply(201, "{}");
-                    } else if r.path.contains("certificatesigningrequests") {
-                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
-                    } else {
-                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
-                    }
-                }
+                ControlStep::Send { len } => answer(&mut h, &ca, &mut csr, len),
                 ControlStep::InstallCertificate(kind) => {
                     assert!(
                         failed_at.is_none(),
