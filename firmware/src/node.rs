@@ -37,6 +37,7 @@ use picolet_device::tls_server;
 #[cfg(not(feature = "kubelet-plain-http"))]
 use crate::certs::ServingMaterial;
 use crate::certs::{self, ClientCopy, PendingKeys};
+use crate::stack::{stack_use, static_ram};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
 
@@ -589,60 +590,6 @@ async fn watch_task(
             break;
         }
     }
-}
-
-/// The stack region cortex-m-rt sets up: from the end of static RAM (`_stack_end`, bottom) to
-/// the end of RAM (`_stack_start`, top).
-fn stack_bounds() -> (usize, usize) {
-    unsafe extern "C" {
-        static _stack_end: u32;
-        static _stack_start: u32;
-    }
-    // Only the addresses are taken (no read), which is safe; the linker defines both symbols.
-    (
-        core::ptr::addr_of!(_stack_end) as usize,
-        core::ptr::addr_of!(_stack_start) as usize,
-    )
-}
-
-/// Fills the free stack below the stack pointer with the paint word; call first thing at boot,
-/// before interrupts are enabled (an interrupt frame pushed below the stack pointer would be
-/// painted over).
-///
-/// The limit is the stack pointer itself, not the address of a local: a caller's frame can reach
-/// hundreds of bytes below its locals (the emulator caught a clobbered `embassy_rp::init` local).
-#[inline(never)]
-pub fn paint_stack() {
-    let (bottom, _) = stack_bounds();
-    // This function calls nothing while painting; 16 bytes spare its own frame's spills.
-    let limit = (cortex_m::register::msp::read() as usize).saturating_sub(16) & !3;
-    let mut addr = bottom;
-    while addr < limit {
-        // SAFETY: [bottom, limit) is below the stack pointer: no frame lives there, interrupts
-        // are not enabled yet, and nothing has a reference into it.
-        unsafe { core::ptr::write_volatile(addr as *mut u32, picolet_device::stack::PAINT) };
-        addr += 4;
-    }
-}
-
-/// (stack size, deepest use so far), in bytes.
-fn stack_use() -> (usize, usize) {
-    let (bottom, top) = stack_bounds();
-    // SAFETY: word-aligned reads inside the stack region; the values are only compared with the
-    // paint word.
-    let words = (bottom..top)
-        .step_by(4)
-        .map(|a| unsafe { core::ptr::read_volatile(a as *const u32) });
-    let untouched = picolet_device::stack::untouched_bytes(words);
-    (
-        top - bottom,
-        picolet_device::stack::high_water(top - bottom, untouched),
-    )
-}
-
-/// Static RAM: everything below the stack.
-fn static_ram() -> usize {
-    stack_bounds().0 - 0x2000_0000
 }
 
 /// Device figures on `/metrics` next to the agent's.
