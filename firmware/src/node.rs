@@ -23,11 +23,13 @@ use picolet_core::agent::{
     Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, ControlStep, NodeFacts, WatchRead,
     WatchReader, WatchStep, WatchStream,
 };
-use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
+use picolet_core::agent::{Caller, KubeletSession, KubeletStep};
 use picolet_core::http::ResponseHead;
 use picolet_core::join::JoinStep;
 use picolet_core::memory::REGION_SIZE;
-use picolet_core::metrics::{KubeletOutcome, PlatformStats};
+use picolet_core::metrics::{
+    ApiTransportStats, KubeletOutcome, LinkKind, LinkStats, PlatformStats, RamStats,
+};
 use picolet_core::time::Millis;
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
@@ -122,6 +124,8 @@ static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
 static LINK_UPS: AtomicU32 = AtomicU32::new(0);
 static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
+/// API server connections refused in the TLS handshake.
+static API_TLS_FAILURES: AtomicU32 = AtomicU32::new(0);
 /// How long the last TLS handshake with the API server took, in device milliseconds.
 static LAST_HANDSHAKE_MS: AtomicU32 = AtomicU32::new(0);
 /// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
@@ -461,6 +465,7 @@ async fn control_task(
                 "api: TLS handshake with {} failed: {e:?}",
                 s.board.tls_server_name
             );
+            API_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
             with_agent(|a| a.on_transport_error(now()));
             next = next_request(&mut b.request, &mut keys, boot_id).await;
             continue;
@@ -551,10 +556,13 @@ async fn watch_task(
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
             TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
         let cfg = tls_config(s);
-        if tls
+        let opened = tls
             .open(TlsContext::new(&cfg, provider(s, &mut client)))
-            .await
-            .is_err()
+            .await;
+        if opened.is_err() {
+            API_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        if opened.is_err()
             || tls.write_all(&b.request[..n]).await.is_err()
             || tls.flush().await.is_err()
         {
@@ -592,91 +600,36 @@ async fn watch_task(
     }
 }
 
-/// Device figures on `/metrics` next to the agent's.
-fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
-    use picolet_core::metrics::family;
-    let (stack, high) = stack_use();
-    family(
-        w,
-        "picolet_device_static_ram_bytes",
-        "gauge",
-        "RAM taken by .data, .bss and .uninit.",
-    )?;
-    writeln!(w, "picolet_device_static_ram_bytes {}", static_ram())?;
-    family(
-        w,
-        "picolet_device_stack_bytes",
-        "gauge",
-        "RAM left for the stack (no heap is linked).",
-    )?;
-    writeln!(w, "picolet_device_stack_bytes {stack}")?;
-    family(
-        w,
-        "picolet_device_stack_high_water_bytes",
-        "gauge",
-        "Deepest stack use since boot (painted stack).",
-    )?;
-    writeln!(w, "picolet_device_stack_high_water_bytes {high}")?;
-    family(
-        w,
-        "picolet_device_ram_free_bytes",
-        "gauge",
-        "RAM never touched since boot.",
-    )?;
-    writeln!(w, "picolet_device_ram_free_bytes {}", stack - high)?;
-    let link = if LINK_KIND.load(Ordering::Relaxed) == 1 {
-        "ppp"
-    } else {
-        "wifi"
-    };
-    if link == "wifi" {
-        family(
-            w,
-            "picolet_wifi_rssi_dbm",
-            "gauge",
-            "Wi-Fi signal strength (0 until first read).",
-        )?;
-        writeln!(
-            w,
-            "picolet_wifi_rssi_dbm {}",
-            RSSI_DBM.load(Ordering::Relaxed)
-        )?;
+/// What the board measures of itself; the core renders it on `/metrics` and
+/// `/metrics/resource` (memory in use: static RAM plus the deepest stack; CPU: the executor's
+/// busy time).
+fn platform_stats() -> PlatformStats {
+    let (stack, high) = crate::stack::stack_use();
+    let static_ram = crate::stack::static_ram();
+    let rssi = RSSI_DBM.load(Ordering::Relaxed);
+    PlatformStats {
+        cpu_seconds: crate::cpu::busy_seconds(),
+        memory_working_set_bytes: (static_ram + high) as u64,
+        api: ApiTransportStats {
+            connections: API_RECONNECTS.load(Ordering::Relaxed).into(),
+            tls_failures: API_TLS_FAILURES.load(Ordering::Relaxed).into(),
+            last_handshake_ms: LAST_HANDSHAKE_MS.load(Ordering::Relaxed).into(),
+            bytes: None,
+        },
+        ram: Some(RamStats {
+            static_bytes: static_ram as u64,
+            stack_bytes: stack as u64,
+            stack_high_water_bytes: high as u64,
+        }),
+        link: Some(LinkStats {
+            kind: match LINK_KIND.load(Ordering::Relaxed) {
+                1 => LinkKind::Ppp,
+                _ => LinkKind::Wifi,
+            },
+            ups: LINK_UPS.load(Ordering::Relaxed),
+            rssi_dbm: (rssi != 0).then_some(rssi),
+        }),
     }
-    family(
-        w,
-        "picolet_link_ups_total",
-        "counter",
-        "Times the link came up since boot (Wi-Fi joins, PPP sessions).",
-    )?;
-    writeln!(
-        w,
-        "picolet_link_ups_total{{link=\"{link}\"}} {}",
-        LINK_UPS.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_api_connections_total",
-        "counter",
-        "TLS connections opened to the API server.",
-    )?;
-    writeln!(
-        w,
-        "picolet_api_connections_total {}",
-        API_RECONNECTS.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_api_tls_handshake_seconds",
-        "gauge",
-        "Duration of the last TLS handshake with the API server (0 before the first).",
-    )?;
-    let ms = LAST_HANDSHAKE_MS.load(Ordering::Relaxed);
-    writeln!(
-        w,
-        "picolet_api_tls_handshake_seconds {}.{:03}",
-        ms / 1000,
-        ms % 1000
-    )
 }
 
 /// Drives the core's kubelet session on one connection (`picolet_core::agent::KubeletSession`):
@@ -695,14 +648,7 @@ async fn kubelet_session(
     loop {
         KUBELET_WAKE.reset();
         let t = now();
-        // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
-        let platform = Platform {
-            stats: PlatformStats {
-                cpu_seconds: crate::cpu::busy_seconds(),
-                memory_working_set_bytes: (static_ram() + stack_use().1) as u64,
-            },
-            extra_metrics: &device_metrics,
-        };
+        let platform = platform_stats();
         let full = len == head.len();
         let step = with_agent(|a| {
             a.kubelet_step(&mut session, t, &head[..len], full, &platform, &mut out[..])

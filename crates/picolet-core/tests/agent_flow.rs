@@ -1394,13 +1394,11 @@ mod authorization {
         head: &[u8],
         allowed: bool,
     ) -> (String, bool) {
-        use picolet_core::agent::{KubeletSession, KubeletStep, Platform};
-        let platform = Platform {
-            stats: picolet_core::metrics::PlatformStats {
-                cpu_seconds: 1.5,
-                memory_working_set_bytes: 1000,
-            },
-            extra_metrics: &|w| w.write_str("platform_extra 1\n"),
+        use picolet_core::agent::{KubeletSession, KubeletStep};
+        let platform = picolet_core::metrics::PlatformStats {
+            cpu_seconds: 1.5,
+            memory_working_set_bytes: 1000,
+            ..Default::default()
         };
         let mut session = KubeletSession::new(caller);
         let mut out = vec![0u8; 16 * 1024];
@@ -1473,7 +1471,7 @@ mod authorization {
             true,
         );
         assert!(asked && metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
-        assert!(metrics.contains("platform_extra 1\n"));
+        assert!(metrics.contains("\nprocess_cpu_seconds_total 1.500000\n"));
         let (bad, _) = kubelet_request(&mut h, Caller::Open, b"GET /exec HTTP/1.1\r\n\r\n", false);
         assert!(bad.starts_with("HTTP/1.1 404 "), "{bad}");
         let (cut, _) = kubelet_request(&mut h, Caller::Open, b"GET /heal", false);
@@ -1504,12 +1502,9 @@ mod authorization {
 
     #[test]
     fn a_kubelet_session_answers_503_when_the_review_is_not_answered_in_time() {
-        use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
+        use picolet_core::agent::{Caller, KubeletSession, KubeletStep};
         let mut h = registered();
-        let platform = Platform {
-            stats: Default::default(),
-            extra_metrics: &|_| Ok(()),
-        };
+        let platform = picolet_core::metrics::PlatformStats::default();
         let mut session = KubeletSession::new(Caller::Verified(PROM));
         let mut out = vec![0u8; 4096];
         let head = b"GET /pods HTTP/1.1\r\n\r\n";

@@ -187,7 +187,8 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
     let endpoint =
         crate::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
             .map_err(EnrolError::Tls)?;
-    let mut conn = crate::api::Connection::new(std::sync::Arc::new(endpoint), 16 * 1024);
+    let mut conn =
+        crate::api::Connection::new(std::sync::Arc::new(endpoint), Default::default(), 16 * 1024);
     let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
     let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let start = std::time::Instant::now();

@@ -2,7 +2,7 @@
 //! connections (requests, and the ConfigMap watch) and serves the kubelet port.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::api::{Connection, Endpoint, TransportError};
+use crate::api::{ApiCounters, Connection, Endpoint, TransportError};
 use crate::credentials::Credentials;
 use crate::kubelet_server;
 use crate::node_certs::{self, PendingKeys, ServingCertificate};
@@ -119,12 +119,8 @@ pub struct Shared {
     /// Wakes kubelet-port sessions waiting for an authorization answer: the control
     /// connection had a response.
     pub kubelet_wake: Notify,
-    /// HTTP bytes to and from the API server on both connections (before TLS).
-    pub api_bytes_sent: AtomicU64,
-    pub api_bytes_received: AtomicU64,
-    /// Connections to the API server whose TLS handshake failed (wrong CA, server name,
-    /// refused or expired client certificate).
-    pub api_tls_failures: AtomicU64,
+    /// Bytes, connections and TLS refusals of every API server connection.
+    pub api: Arc<ApiCounters>,
     stopping: AtomicBool,
     /// The API server endpoint with the current client certificate (replaced on renewal).
     endpoint: RwLock<Arc<Endpoint>>,
@@ -302,9 +298,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         close_watches: Notify::new(),
         start,
         kubelet_wake: Notify::new(),
-        api_bytes_sent: AtomicU64::new(0),
-        api_bytes_received: AtomicU64::new(0),
-        api_tls_failures: AtomicU64::new(0),
+        api: Arc::default(),
         stopping: AtomicBool::new(false),
         endpoint: RwLock::new(endpoint),
         serving: serving.clone(),
@@ -532,12 +526,6 @@ fn install(
     Ok(())
 }
 
-fn count_tls_failure(shared: &Shared, e: &crate::api::TransportError) {
-    if e.is_tls_refusal() {
-        shared.api_tls_failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Says clearly, at start, what is wrong with a client certificate the API server will refuse.
 fn check_client_certificate(der: &[u8], node_name: &str) {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -566,7 +554,7 @@ fn check_client_certificate(der: &[u8], node_name: &str) {
 }
 
 async fn control_loop(shared: Arc<Shared>) {
-    let mut conn = Connection::new(shared.endpoint(), 16 * 1024);
+    let mut conn = Connection::new(shared.endpoint(), shared.api.clone(), 16 * 1024);
     let mut keys = PendingKeys::default();
     let mut request = vec![0u8; 32 * 1024];
     let mut body = vec![0u8; 64 * 1024];
@@ -588,7 +576,7 @@ async fn control_loop(shared: Arc<Shared>) {
                 continue;
             }
             Ok(ControlStep::ReopenConnections) => {
-                conn = Connection::new(shared.endpoint(), 16 * 1024);
+                conn = Connection::new(shared.endpoint(), shared.api.clone(), 16 * 1024);
                 shared.close_watches.notify_waiters();
                 continue;
             }
@@ -602,14 +590,7 @@ async fn control_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (sent, received) = (conn.bytes_sent, conn.bytes_received);
         let result = conn.round_trip(&request[..n], &mut body).await;
-        shared
-            .api_bytes_sent
-            .fetch_add(conn.bytes_sent - sent, Ordering::Relaxed);
-        shared
-            .api_bytes_received
-            .fetch_add(conn.bytes_received - received, Ordering::Relaxed);
         let now = shared.now();
         let mut agent = shared.lock();
         match result {
@@ -638,7 +619,6 @@ async fn control_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 warn!("{} -> {e}", first_line(&request));
-                count_tls_failure(&shared, &e);
                 agent.on_transport_error(now);
             }
         }
@@ -672,17 +652,17 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 continue;
             }
         };
-        let opened = match shared.endpoint().connect().await {
+        let opened = match shared.endpoint().connect(&shared.api).await {
             Ok(mut s) => s
                 .write_all(&request[..n])
                 .await
                 .map(|()| s)
                 .map_err(TransportError::Io),
-            Err(e) => {
-                count_tls_failure(&shared, &e);
-                Err(e)
-            }
+            Err(e) => Err(e),
         };
+        if let Err(e) = &opened {
+            shared.api.failed(e);
+        }
         let mut conn = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -692,7 +672,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 continue;
             }
         };
-        shared.api_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        shared.api.sent(n);
         loop {
             let read = tokio::select! {
                 r = tokio::time::timeout(read_timeout, conn.read(reader.space())) => r,
@@ -705,9 +685,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
             let error = match read {
                 Ok(Ok(0)) => false,
                 Ok(Ok(r)) => {
-                    shared
-                        .api_bytes_received
-                        .fetch_add(r as u64, Ordering::Relaxed);
+                    shared.api.received(r);
                     let next = shared.lock().on_watch_read(stream, now, &mut reader, r);
                     shared.wake_control.notify_one();
                     match next {
@@ -721,6 +699,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 }
                 Ok(Err(e)) => {
                     warn!("{name}: {e}");
+                    shared.api.failed(&TransportError::Io(e));
                     true
                 }
                 Err(_) => {
