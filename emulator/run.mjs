@@ -33,7 +33,7 @@ import { RP2040 } from 'rp2040js';
 const FLASH_START = 0x10000000;
 const SRAM_START = 0x20000000;
 const NANOS_PER_CYCLE = 8; // clk_sys = 125 MHz
-const STACK_PAINT = 0x5ca1_ab1e; // picolet_device::stack::PAINT
+const STACK_PAINT = 0xcccc_cccc; // cortex_m_rt::STACK_PAINT_VALUE = picolet_device::stack::PAINT
 
 function parseArgs(argv) {
   const args = { elf: null, uartPort: 0, traceUart: false, uf2: [] };

@@ -1,12 +1,13 @@
 //! What the firmwares share: board wiring (interrupt bindings, bringing up the CYW43439 — the
 //! Wi-Fi chip, and the LED on its GPIO 0 — and the USB CDC serial log) and the link-independent
-//! node in [`node`].
+//! node in [`node`], and its stack figures in [`stack`].
 
 #![no_std]
 
 pub mod certs;
 pub mod cpu;
 pub mod node;
+pub mod stack;
 
 use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
 use embassy_executor::Spawner;

@@ -23,10 +23,13 @@ use picolet_core::agent::{
     Agent, AgentConfig, CertKind, CertificatePolicy, ConfigMode, ControlStep, NodeFacts, WatchRead,
     WatchReader, WatchStep, WatchStream,
 };
-use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
+use picolet_core::agent::{Caller, KubeletSession, KubeletStep};
 use picolet_core::http::ResponseHead;
+use picolet_core::join::JoinStep;
 use picolet_core::memory::REGION_SIZE;
-use picolet_core::metrics::{KubeletOutcome, PlatformStats};
+use picolet_core::metrics::{
+    ApiTransportStats, KubeletOutcome, LinkKind, LinkStats, PlatformStats, RamStats,
+};
 use picolet_core::time::{self, Millis, UnixSeconds};
 use picolet_device::board_config::{self, BoardConfig, ConfigError};
 use picolet_device::led::LedState;
@@ -120,6 +123,8 @@ static UNIX_SECS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_ALIVE_MS: AtomicU64 = AtomicU64::new(0);
 static LINK_UPS: AtomicU32 = AtomicU32::new(0);
 static API_RECONNECTS: AtomicU32 = AtomicU32::new(0);
+/// API server connections refused in the TLS handshake.
+static API_TLS_FAILURES: AtomicU32 = AtomicU32::new(0);
 /// How long the last TLS handshake with the API server took, in device milliseconds.
 static LAST_HANDSHAKE_MS: AtomicU32 = AtomicU32::new(0);
 /// Last Wi-Fi signal strength read from the CYW43 (0: not known yet).
@@ -358,35 +363,40 @@ async fn join_with_token(
     loop {
         let t = now();
         CONTROL_ALIVE_MS.store(t.as_ms(), Ordering::Relaxed);
-        if join.key_wanted() {
-            let k = certs::new_key(boot_id, s.board.node_name);
-            let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
-            if join
-                .submit_csr(t, stamp, &k.public_key(), |subject, out| {
-                    k.csr(subject, out)
-                })
-                .is_ok()
-            {
-                key = Some(k);
-            }
-        }
-        if let (Some(der), Some(k)) = (join.certificate(), key.as_ref()) {
-            certs::install_client(der, k);
-            let _ = with_agent(|a| a.set_certificate(CertKind::Client, der));
-            log::info!("joined: client certificate issued for the board's own key");
-            return;
-        }
         if join.last_error() != told {
             told = join.last_error();
             if let Some(e) = told {
                 log::warn!("bootstrap: {e}");
             }
         }
-        let n = match join.poll_request(t, &mut b.request) {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                let at = join.next_wakeup(t).min(t + time::Duration::from_secs(1));
-                Timer::at(instant(at)).await;
+        let n = match join.poll(t, &mut b.request) {
+            Ok(JoinStep::MakeKey) => {
+                let k = certs::new_key(boot_id, s.board.node_name);
+                let stamp = rand_core::RngCore::next_u32(&mut RoscRng);
+                if join
+                    .submit_csr(t, stamp, &k.public_key(), |subject, out| {
+                        k.csr(subject, out)
+                    })
+                    .is_ok()
+                {
+                    key = Some(k);
+                }
+                continue;
+            }
+            Ok(JoinStep::Joined(der)) => {
+                let Some(k) = key.as_ref() else {
+                    // Cannot happen (the CSR was built with a key), but never panic.
+                    Timer::after(Duration::from_secs(1)).await;
+                    continue;
+                };
+                certs::install_client(der, k);
+                let _ = with_agent(|a| a.set_certificate(CertKind::Client, der));
+                log::info!("joined: client certificate issued for the board's own key");
+                return;
+            }
+            Ok(JoinStep::Send { len }) => len,
+            Ok(JoinStep::SleepUntil(at)) => {
+                Timer::at(instant(at.min(t + time::Duration::from_secs(1)))).await;
                 continue;
             }
             Err(e) => {
@@ -466,6 +476,7 @@ async fn control_task(
                 "api: TLS handshake with {} failed: {e:?}",
                 s.board.tls_server_name
             );
+            API_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
             with_agent(|a| a.on_transport_error(now()));
             next = next_request(&mut b.request, &mut keys, boot_id).await;
             continue;
@@ -556,10 +567,13 @@ async fn watch_task(
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
             TlsConnection::new(socket, &mut b.tls_read, &mut b.tls_write);
         let cfg = tls_config(s);
-        if tls
+        let opened = tls
             .open(TlsContext::new(&cfg, provider(s, &mut client)))
-            .await
-            .is_err()
+            .await;
+        if opened.is_err() {
+            API_TLS_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        if opened.is_err()
             || tls.write_all(&b.request[..n]).await.is_err()
             || tls.flush().await.is_err()
         {
@@ -597,145 +611,36 @@ async fn watch_task(
     }
 }
 
-/// The stack region cortex-m-rt sets up: from the end of static RAM (`_stack_end`, bottom) to
-/// the end of RAM (`_stack_start`, top).
-fn stack_bounds() -> (usize, usize) {
-    unsafe extern "C" {
-        static _stack_end: u32;
-        static _stack_start: u32;
+/// What the board measures of itself; the core renders it on `/metrics` and
+/// `/metrics/resource` (memory in use: static RAM plus the deepest stack; CPU: the executor's
+/// busy time).
+fn platform_stats() -> PlatformStats {
+    let (stack, high) = crate::stack::stack_use();
+    let static_ram = crate::stack::static_ram();
+    let rssi = RSSI_DBM.load(Ordering::Relaxed);
+    PlatformStats {
+        cpu_seconds: crate::cpu::busy_seconds(),
+        memory_working_set_bytes: (static_ram + high) as u64,
+        api: ApiTransportStats {
+            connections: API_RECONNECTS.load(Ordering::Relaxed).into(),
+            tls_failures: API_TLS_FAILURES.load(Ordering::Relaxed).into(),
+            last_handshake_ms: LAST_HANDSHAKE_MS.load(Ordering::Relaxed).into(),
+            bytes: None,
+        },
+        ram: Some(RamStats {
+            static_bytes: static_ram as u64,
+            stack_bytes: stack as u64,
+            stack_high_water_bytes: high as u64,
+        }),
+        link: Some(LinkStats {
+            kind: match LINK_KIND.load(Ordering::Relaxed) {
+                1 => LinkKind::Ppp,
+                _ => LinkKind::Wifi,
+            },
+            ups: LINK_UPS.load(Ordering::Relaxed),
+            rssi_dbm: (rssi != 0).then_some(rssi),
+        }),
     }
-    // Only the addresses are taken (no read), which is safe; the linker defines both symbols.
-    (
-        core::ptr::addr_of!(_stack_end) as usize,
-        core::ptr::addr_of!(_stack_start) as usize,
-    )
-}
-
-/// Fills the free stack below the stack pointer with the paint word; call first thing at boot,
-/// before interrupts are enabled (an interrupt frame pushed below the stack pointer would be
-/// painted over).
-///
-/// The limit is the stack pointer itself, not the address of a local: a caller's frame can reach
-/// hundreds of bytes below its locals (the emulator caught a clobbered `embassy_rp::init` local).
-#[inline(never)]
-pub fn paint_stack() {
-    let (bottom, _) = stack_bounds();
-    // This function calls nothing while painting; 16 bytes spare its own frame's spills.
-    let limit = (cortex_m::register::msp::read() as usize).saturating_sub(16) & !3;
-    let mut addr = bottom;
-    while addr < limit {
-        // SAFETY: [bottom, limit) is below the stack pointer: no frame lives there, interrupts
-        // are not enabled yet, and nothing has a reference into it.
-        unsafe { core::ptr::write_volatile(addr as *mut u32, picolet_device::stack::PAINT) };
-        addr += 4;
-    }
-}
-
-/// (stack size, deepest use so far), in bytes.
-fn stack_use() -> (usize, usize) {
-    let (bottom, top) = stack_bounds();
-    // SAFETY: word-aligned reads inside the stack region; the values are only compared with the
-    // paint word.
-    let words = (bottom..top)
-        .step_by(4)
-        .map(|a| unsafe { core::ptr::read_volatile(a as *const u32) });
-    let untouched = picolet_device::stack::untouched_bytes(words);
-    (
-        top - bottom,
-        picolet_device::stack::high_water(top - bottom, untouched),
-    )
-}
-
-/// Static RAM: everything below the stack.
-fn static_ram() -> usize {
-    stack_bounds().0 - 0x2000_0000
-}
-
-/// Device figures on `/metrics` next to the agent's.
-fn device_metrics(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
-    use picolet_core::metrics::family;
-    let (stack, high) = stack_use();
-    family(
-        w,
-        "picolet_device_static_ram_bytes",
-        "gauge",
-        "RAM taken by .data, .bss and .uninit.",
-    )?;
-    writeln!(w, "picolet_device_static_ram_bytes {}", static_ram())?;
-    family(
-        w,
-        "picolet_device_stack_bytes",
-        "gauge",
-        "RAM left for the stack (no heap is linked).",
-    )?;
-    writeln!(w, "picolet_device_stack_bytes {stack}")?;
-    family(
-        w,
-        "picolet_device_stack_high_water_bytes",
-        "gauge",
-        "Deepest stack use since boot (painted stack).",
-    )?;
-    writeln!(w, "picolet_device_stack_high_water_bytes {high}")?;
-    family(
-        w,
-        "picolet_device_ram_free_bytes",
-        "gauge",
-        "RAM never touched since boot.",
-    )?;
-    writeln!(w, "picolet_device_ram_free_bytes {}", stack - high)?;
-    let link = if LINK_KIND.load(Ordering::Relaxed) == 1 {
-        "ppp"
-    } else {
-        "wifi"
-    };
-    if link == "wifi" {
-        family(
-            w,
-            "picolet_wifi_rssi_dbm",
-            "gauge",
-            "Wi-Fi signal strength (0 until first read).",
-        )?;
-        writeln!(
-            w,
-            "picolet_wifi_rssi_dbm {}",
-            RSSI_DBM.load(Ordering::Relaxed)
-        )?;
-    }
-    family(
-        w,
-        "picolet_link_ups_total",
-        "counter",
-        "Times the link came up since boot (Wi-Fi joins, PPP sessions).",
-    )?;
-    writeln!(
-        w,
-        "picolet_link_ups_total{{link=\"{link}\"}} {}",
-        LINK_UPS.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_api_connections_total",
-        "counter",
-        "TLS connections opened to the API server.",
-    )?;
-    writeln!(
-        w,
-        "picolet_api_connections_total {}",
-        API_RECONNECTS.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "picolet_api_tls_handshake_seconds",
-        "gauge",
-        "Duration of the last TLS handshake with the API server (0 before the first).",
-    )?;
-    let ms = LAST_HANDSHAKE_MS.load(Ordering::Relaxed);
-    writeln!(
-        w,
-        "picolet_api_tls_handshake_seconds {}.{:03}",
-        ms / 1000,
-        ms % 1000
-    )
 }
 
 /// Drives the core's kubelet session on one connection (`picolet_core::agent::KubeletSession`):
@@ -754,14 +659,7 @@ async fn kubelet_session(
     loop {
         KUBELET_WAKE.reset();
         let t = now();
-        // Memory in use: static RAM plus the deepest stack; CPU: the executor's busy time.
-        let platform = Platform {
-            stats: PlatformStats {
-                cpu_seconds: crate::cpu::busy_seconds(),
-                memory_working_set_bytes: (static_ram() + stack_use().1) as u64,
-            },
-            extra_metrics: &device_metrics,
-        };
+        let platform = platform_stats();
         let full = len == head.len();
         let step = with_agent(|a| {
             a.kubelet_step(&mut session, t, &head[..len], full, &platform, &mut out[..])

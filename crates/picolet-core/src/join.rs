@@ -4,9 +4,10 @@
 //! back until the controller-manager has approved (`nodeclient`) and signed it. The result is
 //! the node's client certificate; from then on the [`crate::agent::Agent`] runs and renews it.
 //!
-//! Sans-IO like the agent: [`Join::poll_request`] writes the next request, the driver sends it
-//! on a TLS connection that verifies the server but presents no client certificate, and
-//! feeds back [`Join::on_response`] or [`Join::on_transport_error`].
+//! Sans-IO like the agent, and driven the same way: [`Join::poll`] returns a [`JoinStep`] —
+//! make a key (then [`Join::submit_csr`]), send a request on a TLS connection that verifies the
+//! server but presents no client certificate (then [`Join::on_response`] or
+//! [`Join::on_transport_error`]), sleep, or: joined, here is the certificate.
 
 use core::fmt;
 
@@ -61,6 +62,24 @@ enum Step {
     Done,
 }
 
+/// What the driver of a join does next.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinStep<'j> {
+    /// Make a fresh key and call [`Join::submit_csr`] with it (keep it: the certificate is
+    /// for it).
+    MakeKey,
+    /// Send the request written into `out[..len]`.
+    Send {
+        /// Its length.
+        len: usize,
+    },
+    /// Nothing to do before this monotonic time.
+    SleepUntil(Millis),
+    /// The node's client certificate (DER), for the key of the last [`Join::submit_csr`].
+    Joined(&'j [u8]),
+}
+
 /// The bootstrap join. See the module documentation.
 pub struct Join<'a> {
     node_name: &'a str,
@@ -94,6 +113,20 @@ impl<'a> Join<'a> {
             backoff: Backoff::default(),
             last_error: None,
         }
+    }
+
+    /// The next thing the driver does; `out` receives a request's bytes.
+    pub fn poll(&mut self, now: Millis, out: &mut [u8]) -> Result<JoinStep<'_>, JoinError> {
+        if self.step == Step::NeedKey {
+            return Ok(JoinStep::MakeKey);
+        }
+        if let Some(len) = self.poll_request(now, out)? {
+            return Ok(JoinStep::Send { len });
+        }
+        Ok(match self.step {
+            Step::Done => JoinStep::Joined(&self.der),
+            _ => JoinStep::SleepUntil(self.next_wakeup(now)),
+        })
     }
 
     /// True when the driver should make a key and call [`Join::submit_csr`].

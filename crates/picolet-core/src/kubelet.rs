@@ -188,7 +188,6 @@ pub fn refuse(refusal: Refusal, out: &mut [u8]) -> usize {
 pub fn respond(
     view: &KubeletView<'_>,
     stats: &PlatformStats,
-    extra_metrics: &dyn Fn(&mut dyn Write) -> fmt::Result,
     req: Request,
     out: &mut [u8],
 ) -> usize {
@@ -197,7 +196,7 @@ pub fn respond(
         Route::Healthz => write_response(out, ok, TEXT, req.head_only, &mut |w| w.write_str("ok")),
         Route::Metrics => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
             view.metrics.render(w, &view.gauges)?;
-            extra_metrics(w)
+            stats.render(w)
         }),
         Route::MetricsResource => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
             metrics::render_resource(w, stats, view.unix_ms.unwrap_or_default())

@@ -143,12 +143,179 @@ impl Metrics {
 }
 
 /// Values known only to the platform (host process or Pico), reported next to the agent's.
+/// The driver measures them; the core renders them, so that both drivers publish the same
+/// families with the same names and help (a figure a platform does not have is left out).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlatformStats {
     /// CPU time used since boot, in seconds.
     pub cpu_seconds: f64,
     /// Memory in use, in bytes (RSS on the host; static RAM plus stack on the Pico).
     pub memory_working_set_bytes: u64,
+    /// The connections to the API server.
+    pub api: ApiTransportStats,
+    /// RAM without a heap: the board's static RAM and painted stack.
+    pub ram: Option<RamStats>,
+    /// The board's network link.
+    pub link: Option<LinkStats>,
+}
+
+/// What the driver saw of its API server connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApiTransportStats {
+    /// TLS connections opened (handshake done).
+    pub connections: u64,
+    /// Connections refused in the TLS handshake (CA, server name, client certificate).
+    pub tls_failures: u64,
+    /// Duration of the last handshake, milliseconds (0 before the first).
+    pub last_handshake_ms: u64,
+    /// HTTP bytes sent and received (before TLS), where the driver counts them.
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// The board's RAM: everything static, and the stack above it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RamStats {
+    /// `.data`, `.bss` and `.uninit`.
+    pub static_bytes: u64,
+    /// The stack region (RAM left after the static part).
+    pub stack_bytes: u64,
+    /// Deepest stack use since boot.
+    pub stack_high_water_bytes: u64,
+}
+
+/// The board's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// The CYW43439 Wi-Fi of a Pico W.
+    Wifi,
+    /// PPP over a serial line.
+    Ppp,
+}
+
+/// The board's link and how often it came up.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkStats {
+    /// Which link.
+    pub kind: LinkKind,
+    /// Times it came up since boot (Wi-Fi joins, PPP sessions).
+    pub ups: u32,
+    /// Wi-Fi signal strength, once read.
+    pub rssi_dbm: Option<i32>,
+}
+
+impl PlatformStats {
+    /// Renders the platform families in Prometheus text format.
+    pub fn render(&self, w: &mut dyn Write) -> fmt::Result {
+        let api = &self.api;
+        family(
+            w,
+            "picolet_api_connections_total",
+            "counter",
+            "TLS connections opened to the API server.",
+        )?;
+        writeln!(w, "picolet_api_connections_total {}", api.connections)?;
+        family(
+            w,
+            "picolet_api_tls_failures_total",
+            "counter",
+            "API server connections refused in the TLS handshake (CA, server name, client certificate).",
+        )?;
+        writeln!(w, "picolet_api_tls_failures_total {}", api.tls_failures)?;
+        family(
+            w,
+            "picolet_api_tls_handshake_seconds",
+            "gauge",
+            "Duration of the last TLS handshake with the API server (0 before the first).",
+        )?;
+        let ms = api.last_handshake_ms;
+        writeln!(
+            w,
+            "picolet_api_tls_handshake_seconds {}.{:03}",
+            ms / 1000,
+            ms % 1000
+        )?;
+        if let Some((sent, received)) = api.bytes {
+            family(
+                w,
+                "picolet_api_bytes_total",
+                "counter",
+                "HTTP bytes exchanged with the API server (before TLS).",
+            )?;
+            writeln!(w, "picolet_api_bytes_total{{direction=\"sent\"}} {sent}")?;
+            writeln!(
+                w,
+                "picolet_api_bytes_total{{direction=\"received\"}} {received}"
+            )?;
+        }
+        if let Some(ram) = &self.ram {
+            let gauges = [
+                (
+                    "picolet_device_static_ram_bytes",
+                    "RAM taken by .data, .bss and .uninit.",
+                    ram.static_bytes,
+                ),
+                (
+                    "picolet_device_stack_bytes",
+                    "RAM left for the stack (no heap is linked).",
+                    ram.stack_bytes,
+                ),
+                (
+                    "picolet_device_stack_high_water_bytes",
+                    "Deepest stack use since boot (painted stack).",
+                    ram.stack_high_water_bytes,
+                ),
+                (
+                    "picolet_device_ram_free_bytes",
+                    "RAM never touched since boot.",
+                    ram.stack_bytes.saturating_sub(ram.stack_high_water_bytes),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                family(w, name, "gauge", help)?;
+                writeln!(w, "{name} {value}")?;
+            }
+        }
+        if let Some(link) = &self.link {
+            let kind = match link.kind {
+                LinkKind::Wifi => "wifi",
+                LinkKind::Ppp => "ppp",
+            };
+            if link.kind == LinkKind::Wifi {
+                family(
+                    w,
+                    "picolet_wifi_rssi_dbm",
+                    "gauge",
+                    "Wi-Fi signal strength (0 until first read).",
+                )?;
+                writeln!(w, "picolet_wifi_rssi_dbm {}", link.rssi_dbm.unwrap_or(0))?;
+            }
+            family(
+                w,
+                "picolet_link_ups_total",
+                "counter",
+                "Times the link came up since boot (Wi-Fi joins, PPP sessions).",
+            )?;
+            writeln!(w, "picolet_link_ups_total{{link=\"{kind}\"}} {}", link.ups)?;
+        }
+        family(
+            w,
+            "process_cpu_seconds_total",
+            "counter",
+            "CPU time of the node agent (the process on a host, the busy executor on a board).",
+        )?;
+        writeln!(w, "process_cpu_seconds_total {:.6}", self.cpu_seconds)?;
+        family(
+            w,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Memory of the node agent (resident on a host; static RAM plus stack on a board).",
+        )?;
+        writeln!(
+            w,
+            "process_resident_memory_bytes {}",
+            self.memory_working_set_bytes
+        )
+    }
 }
 
 /// Writes one metric family header.
@@ -464,15 +631,28 @@ mod tests {
                 },
             )
             .unwrap();
-        render_resource(
-            &mut s,
-            &PlatformStats {
-                cpu_seconds: 1.0,
-                memory_working_set_bytes: 10,
+        let board = PlatformStats {
+            cpu_seconds: 1.0,
+            memory_working_set_bytes: 10,
+            api: ApiTransportStats {
+                connections: 3,
+                tls_failures: 1,
+                last_handshake_ms: 2_950,
+                bytes: Some((100, 200)),
             },
-            UnixMillis::from_ms(5),
-        )
-        .unwrap();
+            ram: Some(RamStats {
+                static_bytes: 160_000,
+                stack_bytes: 100_000,
+                stack_high_water_bytes: 40_000,
+            }),
+            link: Some(LinkStats {
+                kind: LinkKind::Wifi,
+                ups: 2,
+                rssi_dbm: Some(-61),
+            }),
+        };
+        render_resource(&mut s, &board, UnixMillis::from_ms(5)).unwrap();
+        board.render(&mut s).unwrap();
         for line in s.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert_eq!(
@@ -487,5 +667,28 @@ mod tests {
             );
         }
         assert!(s.contains("node_memory_working_set_bytes 10 5\n"));
+        for line in [
+            "picolet_api_connections_total 3",
+            "picolet_api_tls_failures_total 1",
+            "picolet_api_tls_handshake_seconds 2.950",
+            "picolet_api_bytes_total{direction=\"received\"} 200",
+            "picolet_device_ram_free_bytes 60000",
+            "picolet_wifi_rssi_dbm -61",
+            "picolet_link_ups_total{link=\"wifi\"} 2",
+            "process_cpu_seconds_total 1.000000",
+            "process_resident_memory_bytes 10",
+        ] {
+            assert!(s.contains(&std::format!("\n{line}\n")), "{line} in {s}");
+        }
+    }
+
+    #[test]
+    fn a_figure_the_platform_does_not_have_is_left_out() {
+        let mut s = String::new();
+        PlatformStats::default().render(&mut s).unwrap();
+        assert!(!s.contains("picolet_api_bytes_total"), "{s}");
+        assert!(!s.contains("picolet_device_"), "{s}");
+        assert!(!s.contains("picolet_link_ups_total"), "{s}");
+        assert!(s.contains("\nprocess_cpu_seconds_total 0.000000\n"), "{s}");
     }
 }

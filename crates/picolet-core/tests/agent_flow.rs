@@ -1149,6 +1149,19 @@ mod certificates {
         );
     }
 
+    /// A server that issues every CSR at once: answers the request in `h.buf[..len]`.
+    fn answer(h: &mut Harness, ca: &Ca, csr: &mut Option<Vec<u8>>, len: usize) {
+        let r = parse(&h.buf[..len]);
+        if r.path.contains("certificatesigningrequests") && r.method == "POST" {
+            *csr = Some(csr_der_of(&r));
+            h.reply(201, "{}");
+        } else if r.path.contains("certificatesigningrequests") {
+            h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
+        } else {
+            h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
+        }
+    }
+
     /// The driving protocol for certificates, as both drivers follow it: each control step
     /// says what the driver does, and the agent never asks twice for the same thing.
     #[test]
@@ -1172,17 +1185,7 @@ mod certificates {
             steps.push(step);
             match step {
                 ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
-                ControlStep::Send { len } => {
-                    let r = parse(&h.buf[..len]);
-                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
-                        csr = Some(csr_der_of(&r));
-                        h.reply(201, "{}");
-                    } else if r.path.contains("certificatesigningrequests") {
-                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
-                    } else {
-                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
-                    }
-                }
+                ControlStep::Send { len } => answer(&mut h, &ca, &mut csr, len),
                 ControlStep::InstallCertificate(kind) => {
                     assert_eq!(h.agent.issued_certificate().unwrap().0, kind);
                     h.agent.certificate_installed(h.now, kind).unwrap();
@@ -1246,17 +1249,7 @@ mod certificates {
                     return;
                 }
                 ControlStep::MakeKey(kind) => submit(&mut h, kind, &k1, &p1),
-                ControlStep::Send { len } => {
-                    let r = parse(&h.buf[..len]);
-                    if r.path.contains("certificatesigningrequests") && r.method == "POST" {
-                        csr = Some(csr_der_of(&r));
-                        h.reply(201, "{}");
-                    } else if r.path.contains("certificatesigningrequests") {
-                        h.reply(200, &issued_body(&ca.sign(csr.as_ref().unwrap())));
-                    } else {
-                        h.reply(200, r#"{"metadata":{"resourceVersion":"5"},"items":[]}"#);
-                    }
-                }
+                ControlStep::Send { len } => answer(&mut h, &ca, &mut csr, len),
                 ControlStep::InstallCertificate(kind) => {
                     assert!(
                         failed_at.is_none(),
@@ -1428,13 +1421,11 @@ mod authorization {
         head: &[u8],
         allowed: bool,
     ) -> (String, bool) {
-        use picolet_core::agent::{KubeletSession, KubeletStep, Platform};
-        let platform = Platform {
-            stats: picolet_core::metrics::PlatformStats {
-                cpu_seconds: 1.5,
-                memory_working_set_bytes: 1000,
-            },
-            extra_metrics: &|w| w.write_str("platform_extra 1\n"),
+        use picolet_core::agent::{KubeletSession, KubeletStep};
+        let platform = picolet_core::metrics::PlatformStats {
+            cpu_seconds: 1.5,
+            memory_working_set_bytes: 1000,
+            ..Default::default()
         };
         let mut session = KubeletSession::new(caller);
         let mut out = vec![0u8; 16 * 1024];
@@ -1507,7 +1498,7 @@ mod authorization {
             true,
         );
         assert!(asked && metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
-        assert!(metrics.contains("platform_extra 1\n"));
+        assert!(metrics.contains("\nprocess_cpu_seconds_total 1.500000\n"));
         let (bad, _) = kubelet_request(&mut h, Caller::Open, b"GET /exec HTTP/1.1\r\n\r\n", false);
         assert!(bad.starts_with("HTTP/1.1 404 "), "{bad}");
         let (cut, _) = kubelet_request(&mut h, Caller::Open, b"GET /heal", false);
@@ -1538,12 +1529,9 @@ mod authorization {
 
     #[test]
     fn a_kubelet_session_answers_503_when_the_review_is_not_answered_in_time() {
-        use picolet_core::agent::{Caller, KubeletSession, KubeletStep, Platform};
+        use picolet_core::agent::{Caller, KubeletSession, KubeletStep};
         let mut h = registered();
-        let platform = Platform {
-            stats: Default::default(),
-            extra_metrics: &|_| Ok(()),
-        };
+        let platform = picolet_core::metrics::PlatformStats::default();
         let mut session = KubeletSession::new(Caller::Verified(PROM));
         let mut out = vec![0u8; 4096];
         let head = b"GET /pods HTTP/1.1\r\n\r\n";

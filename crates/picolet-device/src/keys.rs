@@ -57,18 +57,21 @@ impl NodeKey {
         unreachable!("a 32-bit counter always finds a valid scalar")
     }
 
-    /// Reads a SEC1 `EC PRIVATE KEY` DER (as [`NodeKey::sec1_der`] writes it).
+    /// Reads a SEC1 `EC PRIVATE KEY` DER (as [`NodeKey::sec1_der`] writes it, or any other
+    /// P-256 one) with the `sec1` crate: the named curve, when given, must be P-256 (p256's
+    /// own reader does not check it), and a public key, when given, must match the scalar.
     pub fn from_sec1_der(der: &[u8]) -> Result<Self, KeyError> {
-        // The scalar sits at a fixed place in the 121-byte form every picolet key has.
-        if der.len() != 121 || der[..7] != [0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20] {
+        use p256::pkcs8::AssociatedOid;
+        let sec1 = sec1::EcPrivateKey::try_from(der).map_err(|_| KeyError::BadKey)?;
+        if let Some(params) = sec1.parameters
+            && params.named_curve() != Some(p256::NistP256::OID)
+        {
             return Err(KeyError::BadKey);
         }
-        let key = SigningKey::from_slice(&der[7..39]).map_err(|_| KeyError::BadKey)?;
-        let me = Self { key };
-        if me.sec1_der() != der {
-            return Err(KeyError::BadKey);
-        }
-        Ok(me)
+        let secret = p256::SecretKey::try_from(sec1).map_err(|_| KeyError::BadKey)?;
+        Ok(Self {
+            key: SigningKey::from(secret),
+        })
     }
 
     /// The signing key, for a TLS server's CertificateVerify.
@@ -150,6 +153,22 @@ mod tests {
         bad[100] ^= 1; // the stored public key no longer matches the scalar
         assert!(NodeKey::from_sec1_der(&bad).is_err());
         assert!(NodeKey::from_sec1_der(&der[..120]).is_err());
+        // Another curve is refused (the named-curve OID's last byte: P-256 is 1.2.840.10045.3.1.7).
+        let mut other_curve = der;
+        assert_eq!(
+            &der[43..51],
+            &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
+        );
+        other_curve[50] = 0x06;
+        assert!(NodeKey::from_sec1_der(&other_curve).is_err());
+        // SEC1 without the optional public key (as some tools write it) is the same key.
+        let mut short = std::vec![0x30, 0x31];
+        short.extend_from_slice(&der[2..51]);
+        assert_eq!(short.len(), 0x31 + 2);
+        assert_eq!(
+            NodeKey::from_sec1_der(&short).unwrap().public_key(),
+            k.public_key()
+        );
         // The standard parser reads it as the same key.
         let parsed = p256::SecretKey::from_sec1_der(&der).unwrap();
         assert_eq!(

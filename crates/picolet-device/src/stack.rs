@@ -1,8 +1,10 @@
 //! Stack high-water mark by painting: at boot the unused stack is filled with [`PAINT`]; later,
 //! the words at the bottom that still hold it were never used (the stack grows down).
 
-/// The word painted over the free stack.
-pub const PAINT: u32 = 0x5CA1_AB1E;
+/// The word painted over the stack: cortex-m-rt's `STACK_PAINT_VALUE`, which its reset handler
+/// writes over the whole stack before `main` (feature `paint-stack`; the firmware asserts that
+/// the two agree).
+pub const PAINT: u32 = 0xCCCC_CCCC;
 
 /// Stack the RAM budget keeps free above static RAM: the emulator measured 30,036 bytes at the
 /// deepest point (embedded-tls's X.509 parsing during the API server handshake, in the control

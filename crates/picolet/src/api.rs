@@ -4,7 +4,8 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use picolet_core::http::{HttpError, ReadStep, Response, ResponseReader};
 use rustls::pki_types::ServerName;
@@ -72,6 +73,47 @@ impl TransportError {
     }
 }
 
+/// What `/metrics` reports of the API server connections; shared by all of them (the core
+/// renders it: `picolet_core::metrics::ApiTransportStats`).
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    connections: AtomicU64,
+    tls_failures: AtomicU64,
+    last_handshake_ms: AtomicU64,
+}
+
+impl ApiCounters {
+    /// HTTP bytes written (before TLS).
+    pub fn sent(&self, n: usize) {
+        self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// HTTP bytes read (before TLS).
+    pub fn received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `e` when TLS refused the connection.
+    pub fn failed(&self, e: &TransportError) {
+        if e.is_tls_refusal() {
+            self.tls_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> picolet_core::metrics::ApiTransportStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        picolet_core::metrics::ApiTransportStats {
+            connections: get(&self.connections),
+            tls_failures: get(&self.tls_failures),
+            last_handshake_ms: get(&self.last_handshake_ms),
+            bytes: Some((get(&self.bytes_sent), get(&self.bytes_received))),
+        }
+    }
+}
+
 /// Splits `https://HOST:PORT[/…]` into `HOST:PORT`.
 pub fn host_port(server: &str) -> Option<String> {
     let rest = server.strip_prefix("https://")?;
@@ -116,8 +158,13 @@ impl Endpoint {
         })
     }
 
-    /// Opens a new verified TLS connection.
-    pub async fn connect(&self) -> Result<TlsStream<TcpStream>, TransportError> {
+    /// Opens a new verified TLS connection, counting it and timing its handshake in
+    /// `counters` (a failure is for the caller to count: TLS 1.3 refusals show on first read).
+    pub async fn connect(
+        &self,
+        counters: &ApiCounters,
+    ) -> Result<TlsStream<TcpStream>, TransportError> {
+        let started = Instant::now();
         let tcp =
             TcpStream::connect(&self.addr)
                 .await
@@ -126,21 +173,25 @@ impl Endpoint {
                     source,
                 })?;
         let _ = tcp.set_nodelay(true);
-        self.connector
+        let tls = self
+            .connector
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|source| TransportError::Handshake {
                 server_name: self.server_name_text.clone(),
                 source,
-            })
+            })?;
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        counters
+            .last_handshake_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(tls)
     }
 }
 
 /// A kept-alive connection for one request at a time.
 pub struct Connection {
-    /// HTTP bytes written and read so far (before TLS), for `/metrics`.
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
+    counters: Arc<ApiCounters>,
     endpoint: Arc<Endpoint>,
     stream: Option<TlsStream<TcpStream>>,
     inbuf: Vec<u8>,
@@ -150,10 +201,9 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that connects on first use; `head_buffer` bounds response heads.
-    pub fn new(endpoint: Arc<Endpoint>, head_buffer: usize) -> Self {
+    pub fn new(endpoint: Arc<Endpoint>, counters: Arc<ApiCounters>, head_buffer: usize) -> Self {
         Self {
-            bytes_sent: 0,
-            bytes_received: 0,
+            counters,
             endpoint,
             stream: None,
             inbuf: vec![0; head_buffer],
@@ -176,10 +226,12 @@ impl Connection {
         };
         result.map_err(|e| {
             self.stream = None;
-            match e {
+            let e = match e {
                 Attempt::Stale => TransportError::Io(io::ErrorKind::UnexpectedEof.into()),
                 Attempt::Failed(e) => e,
-            }
+            };
+            self.counters.failed(&e);
+            e
         })
     }
 
@@ -192,7 +244,8 @@ impl Connection {
 
     async fn exchange(&mut self, request: &[u8], body: &mut [u8]) -> Result<Response, Attempt> {
         if self.stream.is_none() {
-            self.stream = Some(self.endpoint.connect().await.map_err(Attempt::Failed)?);
+            let stream = self.endpoint.connect(&self.counters).await;
+            self.stream = Some(stream.map_err(Attempt::Failed)?);
             self.start = 0;
             self.end = 0;
         }
@@ -201,7 +254,7 @@ impl Connection {
             .write_all(request)
             .await
             .map_err(|_| Attempt::Stale)?;
-        self.bytes_sent += request.len() as u64;
+        self.counters.sent(request.len());
         let mut reader = ResponseReader::new();
         let mut got_any = false;
         let http = |e| Attempt::Failed(TransportError::Http(e));
@@ -233,7 +286,7 @@ impl Connection {
                 Err(e) => return Err(Attempt::Failed(TransportError::Io(e))),
             };
             got_any = true;
-            self.bytes_received += read as u64;
+            self.counters.received(read);
             self.end += read;
         };
         if response.head.close {

@@ -21,7 +21,7 @@ use picolet_core::time::{Millis, Rfc3339, UnixMillis};
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
 
-use picolet_core::join::{Join, JoinError};
+use picolet_core::join::{Join, JoinError, JoinStep};
 
 use crate::credentials::{Credentials, NodeIdentity};
 use crate::enrol::{self, AdminClient, EnrolError};
@@ -187,43 +187,41 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
     let endpoint =
         crate::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
             .map_err(EnrolError::Tls)?;
-    let mut conn = crate::api::Connection::new(std::sync::Arc::new(endpoint), 16 * 1024);
+    let mut conn =
+        crate::api::Connection::new(std::sync::Arc::new(endpoint), Default::default(), 16 * 1024);
     let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
     let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let start = std::time::Instant::now();
     let now = || Millis::from_ms(start.elapsed().as_millis() as u64);
     let mut key = node_certs::new_key();
+    let failed = |why: JoinError| EnrolError::Api {
+        what: "joining with the bootstrap token",
+        status: 0,
+        body: why.to_string(),
+    };
     let cert_der = loop {
-        if join.key_wanted() {
-            key = node_certs::new_key();
-            join.submit_csr(
-                now(),
-                OsRng.next_u32(),
-                &key.public_key(),
-                |subject, out| key.csr(subject, out),
-            )
-            .map_err(EnrolError::Key)?;
-            tracing::info!(
-                "joining with a bootstrap token as system:node:{}",
-                identity.node_name
-            );
-        }
-        if let Some(der) = join.certificate() {
-            break der.to_vec();
-        }
-        let failed = |why: JoinError| EnrolError::Api {
-            what: "joining with the bootstrap token",
-            status: 0,
-            body: why.to_string(),
-        };
         if let Some(e @ (JoinError::TokenRefused | JoinError::Forbidden)) = join.last_error() {
             return Err(failed(e));
         }
         if start.elapsed() > Duration::from_secs(120) {
             return Err(failed(join.last_error().unwrap_or(JoinError::Transport)));
         }
-        match join.poll_request(now(), &mut request).map_err(failed)? {
-            Some(n) => match conn.round_trip(&request[..n], &mut body).await {
+        match join.poll(now(), &mut request).map_err(failed)? {
+            JoinStep::MakeKey => {
+                key = node_certs::new_key();
+                join.submit_csr(
+                    now(),
+                    OsRng.next_u32(),
+                    &key.public_key(),
+                    |subject, out| key.csr(subject, out),
+                )
+                .map_err(EnrolError::Key)?;
+                tracing::info!(
+                    "joining with a bootstrap token as system:node:{}",
+                    identity.node_name
+                );
+            }
+            JoinStep::Send { len } => match conn.round_trip(&request[..len], &mut body).await {
                 Ok(resp) => {
                     let len = resp.body_len.min(body.len());
                     join.on_response(now(), &resp.head, &body[..len]);
@@ -233,14 +231,11 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
                     join.on_transport_error(now());
                 }
             },
-            None => {
-                let wait = join
-                    .next_wakeup(now())
-                    .saturating_sub(now())
-                    .as_ms()
-                    .min(1_000);
+            JoinStep::SleepUntil(at) => {
+                let wait = at.saturating_sub(now()).as_ms().min(1_000);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
+            JoinStep::Joined(der) => break der.to_vec(),
         }
     };
     let mut pem = vec![0u8; 4096];

@@ -105,7 +105,7 @@ impl AdminClient {
         )
         .map_err(EnrolError::Tls)?;
         Ok(Self {
-            conn: Connection::new(Arc::new(endpoint), 16 * 1024),
+            conn: Connection::new(Arc::new(endpoint), Default::default(), 16 * 1024),
             host: name,
             buf: vec![0; 256 * 1024],
             body: vec![0; 1 << 20],

@@ -7,13 +7,12 @@
 //! request yet instead of being refused.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use picolet_core::agent::{Caller, Identity, KubeletSession, KubeletStep, Platform};
+use picolet_core::agent::{Caller, Identity, KubeletSession, KubeletStep};
 use picolet_core::kubelet::{Refusal, Route};
-use picolet_core::metrics::KubeletOutcome;
+use picolet_core::metrics::{KubeletOutcome, PlatformStats};
 use picolet_core::time::UnixMillis;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -470,11 +469,9 @@ async fn handle<C: KubeletConn>(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let step = {
-            let stats = stats::process_stats();
-            let extra = |w: &mut dyn std::fmt::Write| render_extra(w, shared, &stats);
-            let platform = Platform {
-                stats,
-                extra_metrics: &extra,
+            let platform = PlatformStats {
+                api: shared.api.stats(),
+                ..stats::process_stats()
             };
             let now = shared.now();
             shared.lock().kubelet_step(
@@ -541,56 +538,6 @@ fn log_refusal(access: &Access, route: Option<Route>, refusal: Refusal) {
         "kubelet port: {route:?} refused for {who}: {why} (get nodes/{})",
         route.and_then(Route::subresource).unwrap_or("-"),
     );
-}
-
-fn render_extra(
-    w: &mut dyn std::fmt::Write,
-    shared: &Shared,
-    s: &picolet_core::metrics::PlatformStats,
-) -> std::fmt::Result {
-    use picolet_core::metrics::family;
-    family(
-        w,
-        "picolet_api_bytes_total",
-        "counter",
-        "HTTP bytes exchanged with the API server (before TLS).",
-    )?;
-    let sent = shared.api_bytes_sent.load(Ordering::Relaxed);
-    let received = shared.api_bytes_received.load(Ordering::Relaxed);
-    writeln!(w, "picolet_api_bytes_total{{direction=\"sent\"}} {sent}")?;
-    writeln!(
-        w,
-        "picolet_api_bytes_total{{direction=\"received\"}} {received}"
-    )?;
-    family(
-        w,
-        "picolet_api_tls_failures_total",
-        "counter",
-        "API server connections refused in the TLS handshake (CA, server name, client certificate).",
-    )?;
-    writeln!(
-        w,
-        "picolet_api_tls_failures_total {}",
-        shared.api_tls_failures.load(Ordering::Relaxed)
-    )?;
-    family(
-        w,
-        "process_cpu_seconds_total",
-        "counter",
-        "CPU time of the host agent process.",
-    )?;
-    writeln!(w, "process_cpu_seconds_total {:.6}", s.cpu_seconds)?;
-    family(
-        w,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the host agent process.",
-    )?;
-    writeln!(
-        w,
-        "process_resident_memory_bytes {}",
-        s.memory_working_set_bytes
-    )
 }
 
 #[cfg(test)]

@@ -428,7 +428,7 @@ fn main() {
                 let dir = credentials_to_read(args.credentials.as_deref())
                     .map_err(|e| e.to_string())?;
                 tracing::info!("credentials: {}", dir.display());
-                run::run(args.options(dir)).await
+                run::run(args.options(dir)).await.map_err(|e| e.to_string())
             }
             Command::BoardConfig {
                 credentials,

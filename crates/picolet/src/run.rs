@@ -2,7 +2,7 @@
 //! connections (requests, and the ConfigMap watch) and serves the kubelet port.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,11 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::api::{Connection, Endpoint};
+use crate::api::{ApiCounters, Connection, Endpoint, TransportError};
 use crate::credentials::Credentials;
 use crate::kubelet_server;
 use crate::node_certs::{self, PendingKeys, ServingCertificate};
-use crate::tls;
+use crate::tls::{self, TlsError};
 
 /// Everything `picolet run` can be told.
 #[derive(Clone, Debug)]
@@ -45,6 +45,58 @@ pub struct RunOptions {
     pub device_tls: bool,
 }
 
+/// Why `picolet run` cannot start (problems with credentials are retried instead, with a log
+/// line every 10 s, so a node started before its credentials exist comes up by itself).
+#[derive(Debug)]
+pub enum RunError {
+    /// The node or ConfigMap name is not a valid DNS label.
+    Config(picolet_core::agent::ConfigError),
+    /// The self-signed kubelet-port certificate could not be made.
+    SelfSigned(rcgen::Error),
+    /// A certificate or key for the kubelet port could not be read.
+    Tls(TlsError),
+    /// The kubelet port cannot be bound.
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "{e}"),
+            Self::SelfSigned(e) => write!(f, "cannot make a self-signed serving certificate: {e}"),
+            Self::Tls(e) => write!(f, "kubelet port TLS: {e}"),
+            Self::Listen { address, source } => write!(f, "cannot listen on {address}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<TlsError> for RunError {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Why the credentials directory cannot be used yet.
+#[derive(Debug)]
+enum UnusableCredentials {
+    Read(crate::credentials::CredentialsError),
+    Tls { dir: PathBuf, source: TlsError },
+}
+
+impl std::fmt::Display for UnusableCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(e) => write!(f, "{e}"),
+            Self::Tls { dir, source } => write!(f, "credentials in {}: {source}", dir.display()),
+        }
+    }
+}
+
 /// Where the kubelet port's serving certificate comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServingSource {
@@ -67,12 +119,8 @@ pub struct Shared {
     /// Wakes kubelet-port sessions waiting for an authorization answer: the control
     /// connection had a response.
     pub kubelet_wake: Notify,
-    /// HTTP bytes to and from the API server on both connections (before TLS).
-    pub api_bytes_sent: AtomicU64,
-    pub api_bytes_received: AtomicU64,
-    /// Connections to the API server whose TLS handshake failed (wrong CA, server name,
-    /// refused or expired client certificate).
-    pub api_tls_failures: AtomicU64,
+    /// Bytes, connections and TLS refusals of every API server connection.
+    pub api: Arc<ApiCounters>,
     stopping: AtomicBool,
     /// The API server endpoint with the current client certificate (replaced on renewal).
     endpoint: RwLock<Arc<Endpoint>>,
@@ -136,7 +184,7 @@ async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>)
             }
         }
         let attempt = Credentials::load(dir)
-            .map_err(|e| e.to_string())
+            .map_err(UnusableCredentials::Read)
             .and_then(|c| {
                 let ep = Endpoint::new(
                     &c.identity.server,
@@ -144,7 +192,10 @@ async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>)
                     &c.ca_pem,
                     Some((&c.cert_pem, &c.key_pem)),
                 )
-                .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+                .map_err(|source| UnusableCredentials::Tls {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
                 Ok((c, Arc::new(ep)))
             });
         match attempt {
@@ -180,7 +231,7 @@ fn facts(node_name: &str, instance_type: &str) -> NodeFacts<'static> {
 }
 
 /// Runs the virtual Pico until Ctrl-C or SIGTERM.
-pub async fn run(opts: RunOptions) -> Result<(), String> {
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (creds, endpoint) = load_credentials(&opts.credentials).await;
     let node_name = leak(creds.identity.node_name.clone());
     let config = AgentConfig {
@@ -198,7 +249,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     };
     let region: &'static mut [u8; REGION_SIZE] = Box::leak(Box::new([0u8; REGION_SIZE]));
     let start = Instant::now();
-    let mut agent = Agent::new(config, region, Millis::ZERO).map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(config, region, Millis::ZERO).map_err(RunError::Config)?;
     agent.sync_clock(Millis::ZERO, unix_ms());
     agent.set_internal_ip(&opts.node_ip);
     // A connection of its own watches the pods bound to the node, as a kubelet does.
@@ -216,16 +267,13 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     if let Ok(der) = &client_der {
         check_client_certificate(der, node_name);
     }
-    match client_der.map_err(|e| e.to_string()).and_then(|der| {
-        agent
-            .set_certificate(CertKind::Client, &der)
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(c) => info!(
+    match client_der.map(|der| agent.set_certificate(CertKind::Client, &der)) {
+        Ok(Ok(c)) => info!(
             "client certificate valid until {} (Unix), renewal from {}",
             c.not_after.as_secs(),
             c.renew_at.as_secs()
         ),
+        Ok(Err(e)) => warn!("client certificate: {e}; it will not be renewed"),
         Err(e) => warn!("client certificate: {e}; it will not be renewed"),
     }
     let serving_files = serving_csr
@@ -241,13 +289,10 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     } else {
         let (cert, key) = match serving_files {
             Some(pair) => pair,
-            None => {
-                kubelet_server::self_signed(node_name, &opts.node_ip).map_err(|e| e.to_string())?
-            }
+            None => kubelet_server::self_signed(node_name, &opts.node_ip)
+                .map_err(RunError::SelfSigned)?,
         };
-        Some(Arc::new(
-            ServingCertificate::new(&cert, &key).map_err(|e| e.to_string())?,
-        ))
+        Some(Arc::new(ServingCertificate::new(&cert, &key)?))
     };
     let shared = Arc::new(Shared {
         agent: Mutex::new(agent),
@@ -256,9 +301,7 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
         close_watches: Notify::new(),
         start,
         kubelet_wake: Notify::new(),
-        api_bytes_sent: AtomicU64::new(0),
-        api_bytes_received: AtomicU64::new(0),
-        api_tls_failures: AtomicU64::new(0),
+        api: Arc::default(),
         stopping: AtomicBool::new(false),
         endpoint: RwLock::new(endpoint),
         serving: serving.clone(),
@@ -270,20 +313,23 @@ pub async fn run(opts: RunOptions) -> Result<(), String> {
     let bind = format!("{}:{}", opts.node_ip, opts.kubelet_port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
-        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        .map_err(|source| RunError::Listen {
+            address: bind.clone(),
+            source,
+        })?;
     let transport = match (&serving, opts.device_tls) {
         (None, _) => {
             warn!("kubelet port {bind} serves plain HTTP (--kubelet-plain-http)");
             kubelet_server::Transport::Plain
         }
         (Some(resolver), false) => {
-            kubelet_server::Transport::Rustls(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(resolver.clone(), Some(creds.client_ca_pem()))
-                    .map_err(|e| e.to_string())?,
-            ))
+            kubelet_server::Transport::Rustls(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                resolver.clone(),
+                Some(creds.client_ca_pem()),
+            )?))
         }
         (Some(serving), true) => {
-            let ca = tls::certs(creds.client_ca_pem(), "client CA").map_err(|e| e.to_string())?;
+            let ca = tls::certs(creds.client_ca_pem(), "client CA")?;
             info!("kubelet port: TLS by the device's server (picolet_device::tls_server)");
             kubelet_server::Transport::Device {
                 serving: serving.clone(),
@@ -483,12 +529,6 @@ fn install(
     Ok(())
 }
 
-fn count_tls_failure(shared: &Shared, e: &crate::api::TransportError) {
-    if e.is_tls_refusal() {
-        shared.api_tls_failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Says clearly, at start, what is wrong with a client certificate the API server will refuse.
 fn check_client_certificate(der: &[u8], node_name: &str) {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -517,7 +557,7 @@ fn check_client_certificate(der: &[u8], node_name: &str) {
 }
 
 async fn control_loop(shared: Arc<Shared>) {
-    let mut conn = Connection::new(shared.endpoint(), 16 * 1024);
+    let mut conn = Connection::new(shared.endpoint(), shared.api.clone(), 16 * 1024);
     let mut keys = PendingKeys::default();
     let mut request = vec![0u8; 32 * 1024];
     let mut body = vec![0u8; 64 * 1024];
@@ -539,7 +579,7 @@ async fn control_loop(shared: Arc<Shared>) {
                 continue;
             }
             Ok(ControlStep::ReopenConnections) => {
-                conn = Connection::new(shared.endpoint(), 16 * 1024);
+                conn = Connection::new(shared.endpoint(), shared.api.clone(), 16 * 1024);
                 shared.close_watches.notify_waiters();
                 continue;
             }
@@ -553,14 +593,7 @@ async fn control_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (sent, received) = (conn.bytes_sent, conn.bytes_received);
         let result = conn.round_trip(&request[..n], &mut body).await;
-        shared
-            .api_bytes_sent
-            .fetch_add(conn.bytes_sent - sent, Ordering::Relaxed);
-        shared
-            .api_bytes_received
-            .fetch_add(conn.bytes_received - received, Ordering::Relaxed);
         let now = shared.now();
         let mut agent = shared.lock();
         match result {
@@ -589,7 +622,6 @@ async fn control_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 warn!("{} -> {e}", first_line(&request));
-                count_tls_failure(&shared, &e);
                 agent.on_transport_error(now);
             }
         }
@@ -623,16 +655,17 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 continue;
             }
         };
-        let opened = match shared.endpoint().connect().await {
-            Ok(mut s) => match s.write_all(&request[..n]).await {
-                Ok(()) => Ok(s),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => {
-                count_tls_failure(&shared, &e);
-                Err(e.to_string())
-            }
+        let opened = match shared.endpoint().connect(&shared.api).await {
+            Ok(mut s) => s
+                .write_all(&request[..n])
+                .await
+                .map(|()| s)
+                .map_err(TransportError::Io),
+            Err(e) => Err(e),
         };
+        if let Err(e) = &opened {
+            shared.api.failed(e);
+        }
         let mut conn = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -642,7 +675,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 continue;
             }
         };
-        shared.api_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        shared.api.sent(n);
         loop {
             let read = tokio::select! {
                 r = tokio::time::timeout(read_timeout, conn.read(reader.space())) => r,
@@ -655,9 +688,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
             let error = match read {
                 Ok(Ok(0)) => false,
                 Ok(Ok(r)) => {
-                    shared
-                        .api_bytes_received
-                        .fetch_add(r as u64, Ordering::Relaxed);
+                    shared.api.received(r);
                     let next = shared.lock().on_watch_read(stream, now, &mut reader, r);
                     shared.wake_control.notify_one();
                     match next {
@@ -671,6 +702,7 @@ async fn watch_loop(shared: Arc<Shared>, stream: WatchStream, watch_timeout: Dur
                 }
                 Ok(Err(e)) => {
                     warn!("{name}: {e}");
+                    shared.api.failed(&TransportError::Io(e));
                     true
                 }
                 Err(_) => {

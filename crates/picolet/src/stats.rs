@@ -8,6 +8,7 @@ pub fn process_stats() -> PlatformStats {
     PlatformStats {
         cpu_seconds: cpu_seconds().unwrap_or(0.0),
         memory_working_set_bytes: rss_bytes().unwrap_or(0),
+        ..Default::default()
     }
 }
 

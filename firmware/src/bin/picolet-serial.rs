@@ -98,7 +98,6 @@ async fn ppp_task(
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
-    node::paint_stack();
     let p = embassy_rp::init(Default::default());
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_secs(8));

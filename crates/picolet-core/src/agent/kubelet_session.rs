@@ -14,8 +14,6 @@
 //! Transport events that never reach a session (a refused handshake, a deadline, an eviction,
 //! no room) are counted with [`Agent::count_kubelet`].
 
-use core::fmt;
-
 use super::*;
 use crate::kubelet::{self, KubeletView, Refusal, Request, Route};
 use crate::metrics::{KubeletOutcome, PlatformStats};
@@ -80,14 +78,6 @@ impl<'c> KubeletSession<'c> {
     }
 }
 
-/// What the platform adds to the kubelet pages: its own figures and `/metrics` families.
-pub struct Platform<'a> {
-    /// CPU and memory for `/metrics/resource` and `process_*`.
-    pub stats: PlatformStats,
-    /// The platform's own `/metrics` families, after the agent's.
-    pub extra_metrics: &'a dyn Fn(&mut dyn fmt::Write) -> fmt::Result,
-}
-
 impl Agent<'_> {
     /// Advances `session` with the request head read so far (`head`; `full`: the driver's
     /// buffer has no room for more). Answers go into `out`.
@@ -97,7 +87,7 @@ impl Agent<'_> {
         now: Millis,
         head: &[u8],
         full: bool,
-        platform: &Platform<'_>,
+        platform: &PlatformStats,
         out: &mut [u8],
     ) -> KubeletStep {
         let req = match session.state {
@@ -133,8 +123,7 @@ impl Agent<'_> {
                 session.state = State::Answered;
                 self.metrics.count_kubelet(KubeletOutcome::Served);
                 let view = self.kubelet_view(now);
-                let len =
-                    kubelet::respond(&view, &platform.stats, platform.extra_metrics, req, out);
+                let len = kubelet::respond(&view, platform, req, out);
                 return KubeletStep::Respond { len, refused: None };
             }
             Decision::Pending => {

@@ -45,7 +45,7 @@ pub use certificates::{
     CERT_DER_MAX, CERT_PEM_MAX, CertKind, CertificatePolicy, InstalledCertificate,
 };
 pub use drive::{ControlStep, WatchRead, WatchReader, WatchStep, WatchStream};
-pub use kubelet_session::{Caller, KubeletSession, KubeletStep, Platform};
+pub use kubelet_session::{Caller, KubeletSession, KubeletStep};
 pub use lease::{HEARTBEAT_GAP_MS, LEASE_DURATION_S, LEASE_RENEW_MS};
 pub use pods::POD_LIST_MS;
 pub use report::ConfigState;
