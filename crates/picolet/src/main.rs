@@ -6,20 +6,16 @@
 //! - `picolet link` is the host end of a `picolet-serial` board's PPP link;
 //! - `picolet board-config` writes one board's settings as a UF2 for its configuration sector.
 
+mod admin;
 mod api;
-mod approve;
-mod board_config;
 mod bootstrap;
 mod credentials;
-mod enrol;
-mod kubeconfig;
 mod kubelet_server;
 mod link;
 mod node_certs;
 mod run;
 mod stats;
 mod tls;
-mod uf2;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -28,6 +24,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use picolet_core::agent::ConfigMode;
+
+use admin::{approve, board_config, enrol, kubeconfig, token};
 
 #[derive(Parser)]
 #[command(
@@ -372,7 +370,7 @@ fn main() {
             Command::Token { node, ttl } => {
                 let out_dir = node.out_dir().map_err(|e| e.to_string())?;
                 let node_name = node.node_name.clone();
-                let opts = bootstrap::TokenOptions {
+                let opts = token::TokenOptions {
                     kubeconfig: node.kubeconfig().map_err(|e| e.to_string())?,
                     node_name: node.node_name,
                     out_dir: out_dir.clone(),
@@ -382,7 +380,7 @@ fn main() {
                     config_map: node.config_map,
                     ttl: Duration::from_secs(ttl.max(1) * 60),
                 };
-                bootstrap::create_token(&opts)
+                token::create_token(&opts)
                     .await
                     .map(|token| {
                         let id = token.split('.').next().unwrap_or_default();

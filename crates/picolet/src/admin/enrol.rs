@@ -19,9 +19,9 @@ use picolet_core::pki::{self, CsrSubject, PkiError};
 use picolet_device::keys::NodeKey;
 use serde_json::{Value, json};
 
+use super::kubeconfig::{self, KubeconfigError};
 use crate::api::{Connection, Endpoint, TransportError};
 use crate::credentials::{Credentials, CredentialsError, NodeIdentity};
-use crate::kubeconfig::{self, KubeconfigError};
 use crate::tls::TlsError;
 
 /// What `picolet enrol` needs.

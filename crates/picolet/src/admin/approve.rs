@@ -14,8 +14,8 @@ use picolet_core::http::Method;
 use serde_json::Value;
 use x509_parser::prelude::*;
 
-use crate::enrol::{self, AdminClient, EnrolError};
-use crate::kubeconfig;
+use super::enrol::{self, AdminClient, EnrolError};
+use super::kubeconfig;
 
 const SIGNER: &str = "kubernetes.io/kubelet-serving";
 const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
