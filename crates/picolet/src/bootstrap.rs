@@ -6,19 +6,37 @@
 //! approves and signs it, and the node writes `client.crt` / `client.key` and deletes the token
 //! file. From then on it renews itself (`selfnodeclient`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 
 use picolet_core::join::{Join, JoinError};
+use picolet_core::pki::PkiError;
 
-use crate::admin::enrol::EnrolError;
-use crate::credentials::Credentials;
-use crate::node_certs;
+use crate::credentials::{Credentials, CredentialsError};
+use crate::node_certs::{self, InstallError};
+use crate::tls::TlsError;
 
 /// The file holding the token in a node's directory.
 pub const TOKEN_FILE: &str = "bootstrap-token";
+
+/// Why a node could not join with its bootstrap token.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Credentials(CredentialsError),
+    #[error("{} is not a bootstrap token (ID.SECRET, 6 and 16 characters a-z0-9)", .0.display())]
+    MalformedToken(PathBuf),
+    #[error(transparent)]
+    Tls(TlsError),
+    #[error("key generation: {0}")]
+    Key(PkiError),
+    #[error("joining with the bootstrap token failed: {0}")]
+    Join(JoinError),
+    #[error("writing the credentials failed: {0}")]
+    Write(InstallError),
+}
 
 /// Whether `token` has the bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}`.
 pub fn valid_token(token: &str) -> bool {
@@ -32,27 +50,20 @@ pub fn valid_token(token: &str) -> bool {
 
 /// If `dir` holds a bootstrap token and no client certificate, obtains one: returns whether
 /// it did. The token file is deleted once the certificate is written.
-pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
+pub async fn join_if_needed(dir: &Path) -> Result<bool, BootstrapError> {
     if dir.join("client.crt").exists() || !dir.join(TOKEN_FILE).exists() {
         return Ok(false);
     }
     let (identity, ca_pem, token) =
-        Credentials::load_bootstrap(dir).map_err(EnrolError::Credentials)?;
+        Credentials::load_bootstrap(dir).map_err(BootstrapError::Credentials)?;
     if !valid_token(&token) {
-        return Err(EnrolError::Api {
-            what: "reading the bootstrap token",
-            status: 0,
-            body: format!(
-                "{} is not a bootstrap token (ID.SECRET, 6 and 16 characters a-z0-9)",
-                dir.join(TOKEN_FILE).display()
-            ),
-        });
+        return Err(BootstrapError::MalformedToken(dir.join(TOKEN_FILE)));
     }
     // The same sans-IO join the firmware runs (picolet_core::join), over a connection that
     // verifies the API server and presents no client certificate.
     let endpoint =
         crate::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
-            .map_err(EnrolError::Tls)?;
+            .map_err(BootstrapError::Tls)?;
     let mut conn = crate::api::Connection::new(std::sync::Arc::new(endpoint), 16 * 1024);
     let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
     let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
@@ -68,7 +79,7 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
                 &key.public_key(),
                 |subject, out| key.csr(subject, out),
             )
-            .map_err(EnrolError::Key)?;
+            .map_err(BootstrapError::Key)?;
             tracing::info!(
                 "joining with a bootstrap token as system:node:{}",
                 identity.node_name
@@ -77,11 +88,7 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
         if let Some(der) = join.certificate() {
             break der.to_vec();
         }
-        let failed = |why: JoinError| EnrolError::Api {
-            what: "joining with the bootstrap token",
-            status: 0,
-            body: why.to_string(),
-        };
+        let failed = BootstrapError::Join;
         if let Some(e @ (JoinError::TokenRefused | JoinError::Forbidden)) = join.last_error() {
             return Err(failed(e));
         }
@@ -107,15 +114,11 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, EnrolError> {
     };
     let mut pem = vec![0u8; 4096];
     let n = picolet_core::pki::pem_encode(picolet_core::pki::CERTIFICATE, &cert_der, &mut pem)
-        .map_err(EnrolError::Key)?;
+        .map_err(BootstrapError::Key)?;
     let cert_pem = String::from_utf8_lossy(&pem[..n]).into_owned();
-    let key_pem = node_certs::key_pem(&key).map_err(EnrolError::Key)?;
+    let key_pem = node_certs::key_pem(&key).map_err(BootstrapError::Key)?;
     let write = |name: &str, text: &str, secret: bool| {
-        node_certs::write_atomic(&dir.join(name), text, secret).map_err(|e| EnrolError::Api {
-            what: "writing the credentials",
-            status: 0,
-            body: e.to_string(),
-        })
+        node_certs::write_atomic(&dir.join(name), text, secret).map_err(BootstrapError::Write)
     };
     write("client.key", &key_pem, true)?;
     write("client.crt", &cert_pem, false)?;

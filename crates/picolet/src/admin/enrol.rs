@@ -8,26 +8,32 @@
 //!    same objects as manifests);
 //! 5. write the credentials directory (see [`crate::credentials`]).
 
-use std::fmt;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use picolet_core::http::{self, BodyType, Method};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use picolet_core::pki::{self, CsrSubject, PkiError};
 use picolet_device::keys::NodeKey;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use super::kubeconfig::{self, KubeconfigError};
-use crate::api::{Connection, Endpoint, TransportError};
-use crate::credentials::{Credentials, CredentialsError, NodeIdentity};
-use crate::tls::TlsError;
+use super::{AdminError, api, is_status};
+use crate::credentials::{Credentials, NodeIdentity};
 
 /// What `picolet enrol` needs.
 #[derive(Clone, Debug)]
 pub struct EnrolOptions {
-    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    /// The admin kubeconfig files, merged in order (see [`super::kubeconfig::locate`]).
     pub kubeconfig: Vec<PathBuf>,
     pub node_name: String,
     pub out_dir: PathBuf,
@@ -40,216 +46,102 @@ pub struct EnrolOptions {
     pub timeout: Duration,
 }
 
-/// Why enrolment failed.
-#[derive(Debug)]
-pub enum EnrolError {
-    Kubeconfig(KubeconfigError),
-    Tls(TlsError),
-    Transport(TransportError),
-    Key(PkiError),
-    /// The API server answered with an unexpected status.
-    Api {
-        what: &'static str,
-        status: u16,
-        body: String,
-    },
-    /// The certificate was not issued in time (is the controller-manager's signer running?).
-    NotIssued {
-        csr: String,
-    },
-    Credentials(CredentialsError),
-}
-
-impl fmt::Display for EnrolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Kubeconfig(e) => write!(f, "{e}"),
-            Self::Tls(e) => write!(f, "{e}"),
-            Self::Transport(e) => write!(f, "API server: {e}"),
-            Self::Key(e) => write!(f, "key generation: {e}"),
-            Self::Api { what, status, body } => {
-                write!(f, "{what} failed with HTTP {status}: {}", body.trim())
-            }
-            Self::NotIssued { csr } => write!(
-                f,
-                "CSR {csr} was approved but no certificate was issued in time; is kube-controller-manager running with --cluster-signing-cert-file?"
-            ),
-            Self::Credentials(e) => write!(f, "{e}"),
-        }
+/// The metadata of every object picolet creates: a name and the `managed-by` label.
+pub fn picolet_meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(String::from),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "picolet".to_string(),
+        )])),
+        ..ObjectMeta::default()
     }
 }
 
-impl std::error::Error for EnrolError {}
-
-/// An admin session: JSON requests over one kept-alive connection.
-pub struct AdminClient {
-    conn: Connection,
-    host: String,
-    buf: Vec<u8>,
-    body: Vec<u8>,
-}
-
-impl AdminClient {
-    /// Connects as the kubeconfig's user.
-    pub fn new(access: &kubeconfig::AdminAccess) -> Result<Self, EnrolError> {
-        let host = api_host(&access.server);
-        let name = access
-            .tls_server_name
-            .clone()
-            .unwrap_or_else(|| host.clone());
-        let endpoint = Endpoint::new(
-            &access.server,
-            &name,
-            &access.ca_pem,
-            Some((&access.cert_pem, &access.key_pem)),
-        )
-        .map_err(EnrolError::Tls)?;
-        Ok(Self {
-            conn: Connection::new(Arc::new(endpoint), 16 * 1024),
-            host: name,
-            buf: vec![0; 256 * 1024],
-            body: vec![0; 1 << 20],
-        })
-    }
-
-    /// Sends one request; returns the status and the parsed JSON body (`Null` if not JSON).
-    pub async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<(BodyType, &Value)>,
-    ) -> Result<(u16, Value), EnrolError> {
-        let text = body.map(|(_, v)| serde_json::to_vec(v).expect("JSON values serialize"));
-        let mut write_body = |out: &mut [u8]| {
-            let t = text.as_ref()?;
-            out.get_mut(..t.len())?.copy_from_slice(t);
-            Some(t.len())
-        };
-        let n = http::encode_request(
-            &mut self.buf,
-            method,
-            &self.host,
-            format_args!("{path}"),
-            body.map(|(ct, _)| {
-                (
-                    ct,
-                    &mut write_body as &mut dyn FnMut(&mut [u8]) -> Option<usize>,
-                )
-            }),
-        )
-        .map_err(|e| EnrolError::Api {
-            what: "encoding a request",
-            status: 0,
-            body: e.to_string(),
-        })?;
-        let resp = self
-            .conn
-            .round_trip(&self.buf[..n], &mut self.body)
-            .await
-            .map_err(EnrolError::Transport)?;
-        let len = resp.body_len.min(self.body.len());
-        Ok((
-            resp.head.status,
-            serde_json::from_slice(&self.body[..len]).unwrap_or(Value::Null),
-        ))
+/// An RBAC subject: a `User` or a `Group`.
+pub fn subject(kind: &str, name: &str) -> Subject {
+    Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: kind.into(),
+        name: name.into(),
+        namespace: None,
     }
 }
 
-fn api_host(server: &str) -> String {
-    let hp = crate::api::host_port(server).unwrap_or_default();
-    match hp.rfind(':') {
-        Some(i) => hp[..i]
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        None => hp,
+/// A reference to a `Role` or `ClusterRole`.
+pub fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
     }
 }
 
 /// The Role and RoleBinding that let `system:node:NODE` get, list and watch one ConfigMap.
-pub fn rbac_objects(node: &str, namespace: &str, config_map: &str) -> [Value; 2] {
+pub fn rbac_objects(node: &str, namespace: &str, config_map: &str) -> (Role, RoleBinding) {
     let name = format!("picolet-config-reader-{node}");
-    [
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_map], "verbs": ["get", "list", "watch"]}]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("system:node:{node}")}]
-        }),
-    ]
+    (
+        Role {
+            metadata: picolet_meta(&name, Some(namespace)),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![config_map.into()]),
+                verbs: ["get", "list", "watch"].map(String::from).into(),
+                ..PolicyRule::default()
+            }]),
+        },
+        RoleBinding {
+            metadata: picolet_meta(&name, Some(namespace)),
+            role_ref: role_ref("Role", &name),
+            subjects: Some(vec![subject("User", &format!("system:node:{node}"))]),
+        },
+    )
 }
 
 /// The binding that lets this node have renewals of its own client certificate auto-approved:
 /// the CSR approver approves a `selfnodeclient` request only for users who may create
 /// `certificatesigningrequests/selfnodeclient`. One binding per node (kubeadm binds the whole
 /// `system:nodes` group), so that deleting it stops one board's renewals: part of revoking it.
-pub fn renewal_rbac_object(node: &str) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": format!("picolet-node-client-renewal-{node}"), "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("system:node:{node}")}]
-    })
+pub fn renewal_rbac_object(node: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: picolet_meta(&format!("picolet-node-client-renewal-{node}"), None),
+        role_ref: role_ref(
+            "ClusterRole",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        ),
+        subjects: Some(vec![subject("User", &format!("system:node:{node}"))]),
+    }
 }
 
 /// Applies one object by server-side apply (re-running is harmless).
-pub async fn apply(admin: &mut AdminClient, obj: &Value) -> Result<(), EnrolError> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let path = match (obj["kind"].as_str(), obj["metadata"]["namespace"].as_str()) {
-        (Some("Role"), Some(ns)) => {
-            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{name}")
-        }
-        (Some("RoleBinding"), Some(ns)) => {
-            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
-        }
-        (Some("ClusterRoleBinding"), _) => {
-            format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}")
-        }
-        (Some("Secret"), Some(ns)) => format!("/api/v1/namespaces/{ns}/secrets/{name}"),
-        _ => {
-            return Err(EnrolError::Api {
-                what: "applying an object of unknown kind",
-                status: 0,
-                body: obj.to_string(),
-            });
-        }
-    };
-    let (status, body) = admin
-        .request(
-            Method::Patch,
-            &format!("{path}?fieldManager=picolet&force=true"),
-            Some((BodyType::ApplyPatch, obj)),
-        )
-        .await?;
-    if !(200..300).contains(&status) {
-        return Err(EnrolError::Api {
-            what: "applying RBAC",
-            status,
-            body: body.to_string(),
-        });
-    }
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), AdminError>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Serialize + DeserializeOwned,
+{
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply("picolet").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(super::api("applying RBAC"))?;
     Ok(())
 }
 
 /// Applies (server-side apply, so re-running is harmless) the RBAC objects for a node.
 pub async fn apply_rbac(
-    admin: &mut AdminClient,
+    client: &kube::Client,
     node: &str,
     namespace: &str,
     config_map: &str,
-) -> Result<(), EnrolError> {
-    for obj in rbac_objects(node, namespace, config_map) {
-        apply(admin, &obj).await?;
-    }
-    apply(admin, &renewal_rbac_object(node)).await
+) -> Result<(), AdminError> {
+    let (role, binding) = rbac_objects(node, namespace, config_map);
+    apply(&Api::namespaced(client.clone(), namespace), &role).await?;
+    apply(&Api::namespaced(client.clone(), namespace), &binding).await?;
+    apply(&Api::all(client.clone()), &renewal_rbac_object(node)).await
 }
 
 /// A fresh P-256 key (the same key and CSR code the firmware runs) and a CSR (PEM) for the
@@ -269,8 +161,6 @@ pub fn node_client_csr(node: &str) -> Result<(NodeKey, String), PkiError> {
     Ok((key, String::from_utf8_lossy(&pem[..m]).into_owned()))
 }
 
-const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-
 /// The signer and usages of a node client certificate.
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// See [`CLIENT_SIGNER`].
@@ -278,176 +168,131 @@ pub const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "
 
 /// Creates a CertificateSigningRequest.
 pub async fn submit_csr(
-    client: &mut AdminClient,
+    csrs: &Api<CertificateSigningRequest>,
     csr_name: &str,
     csr_pem: &str,
     signer: &str,
     usages: &[&str],
-) -> Result<(), EnrolError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let csr = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": csr_name, "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-        "spec": {"request": b64.encode(csr_pem), "signerName": signer, "usages": usages}
-    });
-    let (status, body) = client
-        .request(Method::Post, CSR_PATH, Some((BodyType::Json, &csr)))
-        .await?;
-    if status != 201 {
-        return Err(EnrolError::Api {
-            what: "creating the CSR",
-            status,
-            body: body.to_string(),
-        });
-    }
+) -> Result<(), AdminError> {
+    let csr = CertificateSigningRequest {
+        metadata: picolet_meta(csr_name, None),
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(csr_pem.as_bytes().to_vec()),
+            signer_name: signer.into(),
+            usages: Some(usages.iter().map(|u| u.to_string()).collect()),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    };
+    csrs.create(&PostParams::default(), &csr)
+        .await
+        .map_err(api("creating the CSR"))?;
     Ok(())
 }
 
 /// Reads a CSR until it carries a certificate (PEM); a denial or failure is an error.
 pub async fn wait_for_certificate(
-    client: &mut AdminClient,
+    csrs: &Api<CertificateSigningRequest>,
     csr_name: &str,
     timeout: Duration,
-) -> Result<String, EnrolError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
+) -> Result<String, AdminError> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let (status, body) = client
-            .request(Method::Get, &format!("{CSR_PATH}/{csr_name}"), None)
-            .await?;
-        if status != 200 {
-            return Err(EnrolError::Api {
-                what: "reading the CSR",
-                status,
-                body: body.to_string(),
-            });
-        }
-        let refused = body["status"]["conditions"]
-            .as_array()
-            .into_iter()
+        let csr = csrs.get(csr_name).await.map_err(api("reading the CSR"))?;
+        let status = csr.status.unwrap_or_default();
+        let refused = status
+            .conditions
+            .iter()
             .flatten()
-            .find(|c| c["type"] == "Denied" || c["type"] == "Failed");
+            .find(|c| c.type_ == "Denied" || c.type_ == "Failed");
         if let Some(c) = refused {
-            return Err(EnrolError::Api {
-                what: "the CSR was refused",
-                status: 200,
-                body: c.to_string(),
+            return Err(AdminError::Refused {
+                csr: csr_name.into(),
+                condition: format!(
+                    "{} ({}: {})",
+                    c.type_,
+                    c.reason.as_deref().unwrap_or_default(),
+                    c.message.as_deref().unwrap_or_default()
+                ),
             });
         }
-        if let Some(cert) = body["status"]["certificate"]
-            .as_str()
-            .filter(|c| !c.is_empty())
+        if let Some(pem) = status
+            .certificate
+            .filter(|c| !c.0.is_empty())
+            .and_then(|c| String::from_utf8(c.0).ok())
         {
-            let pem = b64
-                .decode(cert)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            if let Some(pem) = pem {
-                return Ok(pem);
-            }
+            return Ok(pem);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Err(EnrolError::NotIssued {
+    Err(AdminError::NotIssued {
         csr: csr_name.into(),
     })
 }
 
 /// Submits a CSR as the admin, approves it and waits for the signed certificate (PEM).
 pub async fn issue_certificate(
-    admin: &mut AdminClient,
+    client: &kube::Client,
     csr_name: &str,
     csr_pem: &str,
     signer: &str,
     usages: &[&str],
     timeout: Duration,
-) -> Result<String, EnrolError> {
-    submit_csr(admin, csr_name, csr_pem, signer, usages).await?;
-    approve(
-        admin,
-        &format!("{CSR_PATH}/{csr_name}"),
-        "PicoletEnrol",
-        "approved by picolet enrol",
-    )
-    .await?;
-    wait_for_certificate(admin, csr_name, timeout).await
+) -> Result<String, AdminError> {
+    let csrs = Api::all(client.clone());
+    submit_csr(&csrs, csr_name, csr_pem, signer, usages).await?;
+    approve(&csrs, csr_name, "PicoletEnrol", "approved by picolet enrol").await?;
+    wait_for_certificate(&csrs, csr_name, timeout).await
 }
 
 /// Adds the Approved condition, re-reading the CSR when a controller changed it meanwhile (409).
 pub async fn approve(
-    admin: &mut AdminClient,
-    path: &str,
+    csrs: &Api<CertificateSigningRequest>,
+    csr_name: &str,
     reason: &str,
     message: &str,
-) -> Result<(), EnrolError> {
-    let cond = json!({"type": "Approved", "status": "True", "reason": reason, "message": message});
-    let mut last = (0, Value::Null);
+) -> Result<(), AdminError> {
     for _ in 0..5 {
-        let (status, mut obj) = admin.request(Method::Get, path, None).await?;
-        if status != 200 {
-            return Err(EnrolError::Api {
-                what: "reading the CSR",
-                status,
-                body: obj.to_string(),
-            });
-        }
-        let conditions = obj["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if conditions.iter().any(|c| c["type"] == "Approved") {
+        let mut csr = csrs.get(csr_name).await.map_err(api("reading the CSR"))?;
+        let status = csr.status.get_or_insert_with(Default::default);
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        if conditions.iter().any(|c| c.type_ == "Approved") {
             return Ok(());
         }
-        let mut conditions = conditions;
-        conditions.push(cond.clone());
-        obj["status"]["conditions"] = Value::Array(conditions);
-        let (status, body) = admin
-            .request(
-                Method::Put,
-                &format!("{path}/approval"),
-                Some((BodyType::Json, &obj)),
-            )
-            .await?;
-        match status {
-            200 => return Ok(()),
-            409 => last = (status, body),
-            _ => {
-                return Err(EnrolError::Api {
-                    what: "approving the CSR",
-                    status,
-                    body: body.to_string(),
-                });
-            }
+        conditions.push(CertificateSigningRequestCondition {
+            type_: "Approved".into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..CertificateSigningRequestCondition::default()
+        });
+        match csrs
+            .replace_subresource("approval", csr_name, &PostParams::default(), &csr)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 409) => continue,
+            Err(e) => return Err(api("approving the CSR")(e)),
         }
     }
-    Err(EnrolError::Api {
-        what: "approving the CSR",
-        status: last.0,
-        body: last.1.to_string(),
+    Err(AdminError::KeptChanging {
+        csr: csr_name.into(),
     })
 }
 
 /// The API server's client CA, as it publishes it for extension servers (and kubelets).
-pub async fn read_client_ca(admin: &mut AdminClient) -> Option<String> {
-    let (status, cm) = admin
-        .request(
-            Method::Get,
-            "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication",
-            None,
-        )
+pub async fn read_client_ca(client: &kube::Client) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "kube-system")
+        .get("extension-apiserver-authentication")
         .await
         .ok()?;
-    (status == 200)
-        .then(|| cm["data"]["client-ca-file"].as_str().map(String::from))
-        .flatten()
+    cm.data?.remove("client-ca-file")
 }
 
 /// Runs the whole enrolment and returns the credentials written.
-pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
-    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
-    let mut admin = AdminClient::new(&access)?;
-    let (key, csr_pem) = node_client_csr(&opts.node_name).map_err(EnrolError::Key)?;
+pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
+    let (access, client) = super::connect(&opts.kubeconfig).await?;
+    let (key, csr_pem) = node_client_csr(&opts.node_name).map_err(AdminError::Key)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -455,7 +300,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
     let csr_name = format!("picolet-{}-{stamp}", opts.node_name);
     tracing::info!(csr = %csr_name, "submitting CSR for system:node:{}", opts.node_name);
     let cert_pem = issue_certificate(
-        &mut admin,
+        &client,
         &csr_name,
         &csr_pem,
         CLIENT_SIGNER,
@@ -464,13 +309,13 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
     )
     .await?;
     apply_rbac(
-        &mut admin,
+        &client,
         &opts.node_name,
         &opts.config_namespace,
         &opts.config_map,
     )
     .await?;
-    let client_ca_pem = read_client_ca(&mut admin).await;
+    let client_ca_pem = read_client_ca(&client).await;
     if client_ca_pem.is_none() {
         tracing::warn!(
             "cannot read kube-system/extension-apiserver-authentication; kubelet-port callers will be checked against the cluster CA"
@@ -484,16 +329,23 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, EnrolError> {
         },
         ca_pem: access.ca_pem.clone(),
         cert_pem,
-        key_pem: crate::node_certs::key_pem(&key).map_err(EnrolError::Key)?,
+        key_pem: crate::node_certs::key_pem(&key).map_err(AdminError::Key)?,
         client_ca_pem,
     };
-    creds.save(&opts.out_dir).map_err(EnrolError::Credentials)?;
+    creds.save(&opts.out_dir)?;
     Ok(creds)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    use serde_json::Value;
+
+    /// An object as JSON, to compare with a manifest.
+    pub(crate) fn json(obj: &impl Serialize) -> Value {
+        serde_json::to_value(obj).unwrap()
+    }
 
     /// The objects in a `deploy/` manifest.
     pub(crate) fn deploy_docs(file: &str) -> Vec<Value> {
@@ -517,15 +369,10 @@ pub(crate) mod tests {
 
     #[test]
     fn deploy_manifests_match_what_enrol_applies() {
+        let (role, binding) = rbac_objects("pico-node-1", "default", "pico-config");
         assert_eq!(
             deploy_docs("rbac-pico-node-1.yaml"),
-            rbac_objects("pico-node-1", "default", "pico-config")
+            vec![json(&role), json(&binding)]
         );
-    }
-
-    #[test]
-    fn api_host_strips_port_and_brackets() {
-        assert_eq!(api_host("https://127.0.0.1:6443"), "127.0.0.1");
-        assert_eq!(api_host("https://[::1]:6443"), "::1");
     }
 }

@@ -1,109 +1,59 @@
-//! Reads the admin kubeconfig `picolet enrol` uses: the current context's server, CA and client
-//! certificate (inline `-data` or file paths relative to the kubeconfig). Found as kubectl finds
-//! it: `--kubeconfig`, else `$KUBECONFIG` (a colon-separated list, merged), else
+//! The admin kubeconfig the admin commands use, found as kubectl finds it: `--kubeconfig`, else
+//! `$KUBECONFIG` (a colon-separated list, merged; missing files skipped), else
 //! `~/.kube/config`.
+//!
+//! Reading, merging (the first file to define a name wins) and authentication are kube-rs's:
+//! client certificates, bearer tokens and token files, exec plugins, as users' kubeconfigs have
+//! them. This module adds the search rules, errors that say where it looked, and the one thing
+//! a node needs from it: the cluster's CA.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use serde::Deserialize;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Why a kubeconfig could not be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
+    #[error("cannot read kubeconfig {}: {source}", path.display())]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    #[error("kubeconfig {} is malformed: {source}", path.display())]
     Parse {
         path: PathBuf,
-        message: String,
+        #[source]
+        source: kube::config::KubeconfigError,
     },
     /// A context, cluster or user it refers to is missing, or a field is absent.
+    #[error("kubeconfig: {0}")]
     Incomplete(String),
+    /// The current context's settings do not make a client (a CA that does not parse, a
+    /// server that is not a URL, an exec plugin that fails, …).
+    #[error("kubeconfig: {0}")]
+    Unusable(#[source] kube::config::KubeconfigError),
     /// No `--kubeconfig`, and none of the places kubectl looks has a file.
+    #[error("{}", not_found(looked))]
     NotFound {
         /// Where it looked, in order (empty when neither KUBECONFIG nor HOME is set).
         looked: Vec<PathBuf>,
     },
 }
 
-impl fmt::Display for KubeconfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Read { path, source } => {
-                write!(f, "cannot read kubeconfig {}: {source}", path.display())
-            }
-            Self::Parse { path, message } => {
-                write!(f, "kubeconfig {} is malformed: {message}", path.display())
-            }
-            Self::Incomplete(m) => write!(f, "kubeconfig: {m}"),
-            Self::NotFound { looked } if looked.is_empty() => write!(
-                f,
-                "no admin kubeconfig: give --kubeconfig FILE, or set KUBECONFIG \
-                 (HOME is not set either, so there is no ~/.kube/config)"
-            ),
-            Self::NotFound { looked } => {
-                write!(
-                    f,
-                    "no admin kubeconfig: give --kubeconfig FILE, or set KUBECONFIG; looked for"
-                )?;
-                for (i, p) in looked.iter().enumerate() {
-                    write!(f, "{} {}", if i == 0 { "" } else { "," }, p.display())?;
-                }
-                write!(f, " (none exists)")
-            }
-        }
+fn not_found(looked: &[PathBuf]) -> String {
+    if looked.is_empty() {
+        return "no admin kubeconfig: give --kubeconfig FILE, or set KUBECONFIG \
+                (HOME is not set either, so there is no ~/.kube/config)"
+            .into();
     }
-}
-
-impl std::error::Error for KubeconfigError {}
-
-#[derive(Deserialize)]
-struct Named<T> {
-    name: String,
-    #[serde(alias = "cluster", alias = "user", alias = "context")]
-    item: T,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Cluster {
-    server: String,
-    certificate_authority: Option<String>,
-    certificate_authority_data: Option<String>,
-    tls_server_name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct User {
-    client_certificate: Option<String>,
-    client_certificate_data: Option<String>,
-    client_key: Option<String>,
-    client_key_data: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Context {
-    cluster: String,
-    user: String,
-}
-
-/// One kubeconfig file; each part may be absent, as when several files are merged.
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct File {
-    #[serde(default)]
-    clusters: Vec<Named<Cluster>>,
-    #[serde(default)]
-    users: Vec<Named<User>>,
-    #[serde(default)]
-    contexts: Vec<Named<Context>>,
-    #[serde(default)]
-    current_context: Option<String>,
+    let list: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "no admin kubeconfig: give --kubeconfig FILE, or set KUBECONFIG; looked for {} \
+         (none exists)",
+        list.join(", ")
+    )
 }
 
 /// Which kubeconfig files to read, in kubectl's order: the explicit one; else every file of
@@ -117,7 +67,7 @@ pub fn locate(
     exists: impl Fn(&Path) -> bool,
 ) -> Result<Vec<PathBuf>, KubeconfigError> {
     if let Some(p) = explicit {
-        // Read as given: a missing file is reported by `load` with its path.
+        // Read as given: a missing file is reported by `load_all` with its path.
         return Ok(vec![p.to_path_buf()]);
     }
     let looked: Vec<PathBuf> = match kubeconfig_env.filter(|v| !v.is_empty()) {
@@ -147,114 +97,157 @@ pub fn locate_from_env(explicit: Option<&Path>) -> Result<Vec<PathBuf>, Kubeconf
     )
 }
 
-/// What enrolment needs from the admin kubeconfig.
-#[derive(Clone, Debug)]
+/// The admin kubeconfig's current context, ready to make a client, and what a node is given
+/// from it.
+#[derive(Clone)]
 pub struct AdminAccess {
+    /// The cluster's `server`, as the kubeconfig writes it.
     pub server: String,
-    /// The server name from the kubeconfig, when it sets one.
-    pub tls_server_name: Option<String>,
+    /// The cluster's CA (PEM), which the node checks the API server against.
     pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    /// kube-rs's client configuration for the current context.
+    pub config: kube::Config,
 }
 
-fn material(
-    base: &Path,
-    data: &Option<String>,
-    file: &Option<String>,
-    what: &str,
-) -> Result<String, KubeconfigError> {
-    if let Some(d) = data {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(d.trim())
-            .map_err(|e| KubeconfigError::Incomplete(format!("{what}-data is not base64: {e}")))?;
-        return String::from_utf8(bytes)
-            .map_err(|_| KubeconfigError::Incomplete(format!("{what}-data is not PEM")));
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
-    let Some(f) = file else {
-        return Err(KubeconfigError::Incomplete(format!(
-            "no {what} (only client-certificate users are supported)"
-        )));
-    };
-    let path = base.join(f);
-    std::fs::read_to_string(&path).map_err(|source| KubeconfigError::Read { path, source })
+}
+
+/// Reads one kubeconfig file (kube-rs makes its relative paths absolute against its directory).
+fn read(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
+    Kubeconfig::read_from(path).map_err(|e| match e {
+        kube::config::KubeconfigError::ReadConfig(source, _) => KubeconfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => KubeconfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// Loads the current context of the kubeconfig at `path`.
 #[cfg(test)]
-pub fn load(path: &Path) -> Result<AdminAccess, KubeconfigError> {
-    load_all(&[path.to_path_buf()])
-}
-
-/// The first entry called `name` in any of `files`, with the directory its relative paths
-/// start from: kubectl's merge, where the first file to define a name wins.
-fn first<'a, T>(
-    files: &'a [(PathBuf, File)],
-    part: impl Fn(&'a File) -> &'a [Named<T>],
-    name: &str,
-) -> Option<(&'a Path, &'a T)> {
-    files.iter().find_map(|(path, f)| {
-        part(f)
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| (path.parent().unwrap_or(Path::new(".")), &n.item))
-    })
+pub async fn load(path: &Path) -> Result<AdminAccess, KubeconfigError> {
+    load_all(&[path.to_path_buf()]).await
 }
 
 /// Loads the current context of the kubeconfig files `paths`, merged as kubectl merges them:
 /// the first file that sets `current-context` or defines a name wins.
-pub fn load_all(paths: &[PathBuf]) -> Result<AdminAccess, KubeconfigError> {
-    let mut files = Vec::with_capacity(paths.len());
+pub async fn load_all(paths: &[PathBuf]) -> Result<AdminAccess, KubeconfigError> {
+    let mut merged = Kubeconfig::default();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let file: File = serde_yaml_ng::from_str(&text).map_err(|e| KubeconfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        files.push((path.clone(), file));
+        merged = merged
+            .merge(read(path)?)
+            .map_err(|source| KubeconfigError::Parse {
+                path: path.clone(),
+                source,
+            })?;
     }
-    let current = files
-        .iter()
-        .find_map(|(_, f)| f.current_context.as_deref().filter(|c| !c.is_empty()))
+    // kube-rs checks these too; checked here first for messages that name what is missing,
+    // and because it would go on without a user that is not defined (as client-go does).
+    let current = merged
+        .current_context
+        .clone()
+        .filter(|c| !c.is_empty())
         .ok_or_else(|| KubeconfigError::Incomplete("no current-context is set".into()))?;
-    let (_, ctx) = first(&files, |f| &f.contexts, current)
+    let context = merged
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
         .ok_or_else(|| KubeconfigError::Incomplete(format!("context {current:?} not found")))?;
-    let (cluster_base, c) = first(&files, |f| &f.clusters, &ctx.cluster).ok_or_else(|| {
-        KubeconfigError::Incomplete(format!("cluster {:?} not found", ctx.cluster))
+    let cluster = merged
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| {
+            KubeconfigError::Incomplete(format!("cluster {:?} not found", context.cluster))
+        })?;
+    if let Some(user) = &context.user
+        && !merged.auth_infos.iter().any(|u| &u.name == user)
+    {
+        return Err(KubeconfigError::Incomplete(format!(
+            "user {user:?} not found"
+        )));
+    }
+    let server = cluster.server.clone().ok_or_else(|| {
+        KubeconfigError::Incomplete(format!("cluster {:?} has no server", context.cluster))
     })?;
-    let (user_base, u) = first(&files, |f| &f.users, &ctx.user)
-        .ok_or_else(|| KubeconfigError::Incomplete(format!("user {:?} not found", ctx.user)))?;
+    let config = kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
+        .await
+        .map_err(KubeconfigError::Unusable)?;
+    let ca_pem = match &config.root_cert {
+        Some(ders) if !ders.is_empty() => pem_certificates(ders)?,
+        _ => {
+            return Err(KubeconfigError::Incomplete(
+                "no certificate-authority for the current context's cluster (the node needs \
+                 the cluster's CA)"
+                    .into(),
+            ));
+        }
+    };
     Ok(AdminAccess {
-        server: c.server.clone(),
-        tls_server_name: c.tls_server_name.clone(),
-        ca_pem: material(
-            cluster_base,
-            &c.certificate_authority_data,
-            &c.certificate_authority,
-            "certificate-authority",
-        )?,
-        cert_pem: material(
-            user_base,
-            &u.client_certificate_data,
-            &u.client_certificate,
-            "client-certificate",
-        )?,
-        key_pem: material(user_base, &u.client_key_data, &u.client_key, "client-key")?,
+        server,
+        ca_pem,
+        config,
     })
+}
+
+/// DER certificates as one PEM bundle.
+fn pem_certificates(ders: &[Vec<u8>]) -> Result<String, KubeconfigError> {
+    let mut out = String::new();
+    for der in ders {
+        let mut pem = vec![0u8; der.len() * 2 + 128];
+        let n = picolet_core::pki::pem_encode(picolet_core::pki::CERTIFICATE, der, &mut pem)
+            .map_err(|e| KubeconfigError::Incomplete(format!("certificate-authority: {e}")))?;
+        out.push_str(&String::from_utf8_lossy(&pem[..n]));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
-    #[test]
-    fn reads_inline_and_file_material_of_the_current_context() {
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// A self-signed CA certificate (PEM) with this common name.
+    fn ca(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    /// The certificate of a PEM bundle, as DER, to compare bundles whatever their line breaks.
+    fn der(pem: &str) -> Vec<u8> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn client_certificate_data(a: &AdminAccess) -> Option<String> {
+        a.config.auth_info.client_certificate_data.clone()
+    }
+
+    #[tokio::test]
+    async fn reads_inline_and_file_material_of_the_current_context() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), "CA-PEM").unwrap();
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let ca_pem = ca("CA-PEM");
+        std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
         let cfg = format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: b\nclusters:\n- name: c1\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority: ca.crt\n\
              users:\n- name: u1\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
@@ -264,12 +257,11 @@ mod tests {
         );
         let path = dir.path().join("config");
         std::fs::write(&path, cfg).unwrap();
-        let a = load(&path).unwrap();
+        let a = load(&path).await.unwrap();
         assert_eq!(a.server, "https://10.0.0.1:6443");
-        assert_eq!(
-            (a.ca_pem.as_str(), a.cert_pem.as_str(), a.key_pem.as_str()),
-            ("CA-PEM", "CERT-PEM", "KEY-PEM")
-        );
+        assert_eq!(der(&a.ca_pem), der(&ca_pem));
+        assert_eq!(client_certificate_data(&a), Some(b64("CERT-PEM")));
+        assert!(a.config.auth_info.client_key_data.is_some());
         std::fs::write(
             &path,
             "current-context: x\nclusters: []\nusers: []\ncontexts: []\n",
@@ -277,10 +269,35 @@ mod tests {
         .unwrap();
         assert!(
             load(&path)
+                .await
                 .unwrap_err()
                 .to_string()
                 .contains("context \"x\" not found")
         );
+    }
+
+    #[tokio::test]
+    async fn bearer_token_users_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca("CA")).unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "current-context: c\nclusters:\n- name: k\n  cluster: {server: 'https://10.0.0.3:6443', certificate-authority: ca.crt}\n\
+             users:\n- name: u\n  user: {token: abc}\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\n",
+        )
+        .unwrap();
+        let a = load(&path).await.unwrap();
+        assert!(a.config.auth_info.token.is_some());
+        // A user the context names must exist.
+        std::fs::write(
+            &path,
+            "current-context: c\nclusters:\n- name: k\n  cluster: {server: 'https://10.0.0.3:6443', certificate-authority: ca.crt}\n\
+             contexts:\n- name: c\n  context: {cluster: k, user: u}\n",
+        )
+        .unwrap();
+        let err = load(&path).await.unwrap_err().to_string();
+        assert!(err.contains("user \"u\" not found"), "{err}");
     }
 
     #[test]
@@ -319,14 +336,14 @@ mod tests {
         assert!(err.contains("HOME is not set"), "{err}");
     }
 
-    #[test]
-    fn merges_files_with_the_first_definition_winning() {
+    #[tokio::test]
+    async fn merges_files_with_the_first_definition_winning() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        std::fs::write(sub.join("ca.crt"), "SUB-CA").unwrap();
-        std::fs::write(dir.path().join("ca.crt"), "TOP-CA").unwrap();
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (sub_ca, top_ca) = (ca("SUB-CA"), ca("TOP-CA"));
+        std::fs::write(sub.join("ca.crt"), &sub_ca).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &top_ca).unwrap();
         // The first file only picks the context; the second defines everything, with paths
         // relative to itself; a third redefines the cluster and loses.
         let one = dir.path().join("one");
@@ -349,11 +366,9 @@ mod tests {
             "clusters:\n- name: k\n  cluster: {server: 'https://10.9.9.9:6443', certificate-authority: ca.crt}\n",
         )
         .unwrap();
-        let a = load_all(&[one, two, three]).unwrap();
+        let a = load_all(&[one, two, three]).await.unwrap();
         assert_eq!(a.server, "https://10.0.0.2:6443");
-        assert_eq!(
-            (a.ca_pem.as_str(), a.cert_pem.as_str(), a.key_pem.as_str()),
-            ("SUB-CA", "CERT", "KEY")
-        );
+        assert_eq!(der(&a.ca_pem), der(&sub_ca));
+        assert_eq!(client_certificate_data(&a), Some(b64("CERT")));
     }
 }

@@ -7,17 +7,19 @@
 //! for the node: `node.toml`, `ca.crt`, `client-ca.crt` and `bootstrap-token` (mode 0600). No
 //! private key exists yet: the node makes it when it joins ([`crate::bootstrap`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use picolet_core::http::{BodyType, Method};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, PostParams};
 use picolet_core::time::Rfc3339;
 use rand_core::{OsRng, RngCore};
-use serde_json::{Value, json};
 
-use super::enrol::{self, AdminClient, EnrolError};
-use super::kubeconfig;
+use super::enrol::{self, picolet_meta, role_ref, subject};
+use super::{AdminError, api};
 use crate::credentials::{Credentials, NodeIdentity};
 
 /// The extra group every picolet bootstrap token carries; only it gets auto-approval.
@@ -26,7 +28,7 @@ pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:picolet";
 /// What `picolet token` needs.
 #[derive(Clone, Debug)]
 pub struct TokenOptions {
-    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    /// The admin kubeconfig files, merged in order (see [`super::kubeconfig::locate`]).
     pub kubeconfig: Vec<PathBuf>,
     pub node_name: String,
     pub out_dir: PathBuf,
@@ -55,15 +57,11 @@ fn random_token_part(n: usize) -> String {
 
 /// The cluster-wide bindings for picolet's bootstrap group: create CSRs
 /// (`system:node-bootstrapper`) and have node-client CSRs auto-approved (`nodeclient`).
-pub fn bootstrap_rbac_objects() -> [Value; 2] {
-    let binding = |name: &str, role: &str| {
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": BOOTSTRAP_GROUP}]
-        })
+pub fn bootstrap_rbac_objects() -> [ClusterRoleBinding; 2] {
+    let binding = |name: &str, role: &str| ClusterRoleBinding {
+        metadata: picolet_meta(name, None),
+        role_ref: role_ref("ClusterRole", role),
+        subjects: Some(vec![subject("Group", BOOTSTRAP_GROUP)]),
     };
     [
         binding(
@@ -77,10 +75,27 @@ pub fn bootstrap_rbac_objects() -> [Value; 2] {
     ]
 }
 
+/// The Secret that is the bootstrap token `id.secret`, expiring at `expiration` (RFC 3339).
+pub fn token_secret(node: &str, id: &str, secret: &str, expiration: &str) -> Secret {
+    let data = [
+        ("description", format!("picolet: joins node {node}")),
+        ("token-id", id.into()),
+        ("token-secret", secret.into()),
+        ("expiration", expiration.into()),
+        ("usage-bootstrap-authentication", "true".into()),
+        ("auth-extra-groups", BOOTSTRAP_GROUP.into()),
+    ];
+    Secret {
+        metadata: picolet_meta(&format!("bootstrap-token-{id}"), Some("kube-system")),
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        string_data: Some(BTreeMap::from(data.map(|(k, v)| (k.to_string(), v)))),
+        ..Secret::default()
+    }
+}
+
 /// Creates a token for one node and writes that node's directory; returns the token.
-pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
-    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
-    let mut admin = AdminClient::new(&access)?;
+pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
+    let (access, client) = super::connect(&opts.kubeconfig).await?;
     let (id, secret) = (random_token_part(6), random_token_part(16));
     let expires_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -89,44 +104,25 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
         + opts.ttl.as_millis() as u64;
     let mut expiration = String::new();
     let _ = write!(expiration, "{}", Rfc3339(expires_ms));
-    let secret_obj = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "bootstrap.kubernetes.io/token",
-        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system",
-                     "labels": {"app.kubernetes.io/managed-by": "picolet"}},
-        "stringData": {
-            "description": format!("picolet: joins node {}", opts.node_name),
-            "token-id": id, "token-secret": secret, "expiration": expiration,
-            "usage-bootstrap-authentication": "true",
-            "auth-extra-groups": BOOTSTRAP_GROUP,
-        }
-    });
-    let (status, body) = admin
-        .request(
-            Method::Post,
-            "/api/v1/namespaces/kube-system/secrets",
-            Some((BodyType::Json, &secret_obj)),
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .create(
+            &PostParams::default(),
+            &token_secret(&opts.node_name, &id, &secret, &expiration),
         )
-        .await?;
-    if status != 201 {
-        return Err(EnrolError::Api {
-            what: "creating the bootstrap token",
-            status,
-            body: body.to_string(),
-        });
-    }
+        .await
+        .map_err(api("creating the bootstrap token"))?;
+    let bindings = Api::all(client.clone());
     for obj in bootstrap_rbac_objects() {
-        enrol::apply(&mut admin, &obj).await?;
+        enrol::apply(&bindings, &obj).await?;
     }
     enrol::apply_rbac(
-        &mut admin,
+        &client,
         &opts.node_name,
         &opts.config_namespace,
         &opts.config_map,
     )
     .await?;
-    let client_ca_pem = enrol::read_client_ca(&mut admin).await;
+    let client_ca_pem = enrol::read_client_ca(&client).await;
     let identity = NodeIdentity {
         node_name: opts.node_name.clone(),
         server: opts.server.clone().unwrap_or_else(|| access.server.clone()),
@@ -139,8 +135,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
         &access.ca_pem,
         client_ca_pem.as_deref(),
         &token,
-    )
-    .map_err(EnrolError::Credentials)?;
+    )?;
     Ok(token)
 }
 
@@ -148,6 +143,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, EnrolError> {
 mod tests {
     use super::*;
     use crate::bootstrap::valid_token;
+    use enrol::tests::json;
 
     #[test]
     fn tokens_have_the_bootstrap_form() {
@@ -169,11 +165,38 @@ mod tests {
 
     #[test]
     fn deploy_manifest_matches_the_bindings_applied() {
-        let mut expected = vec![enrol::renewal_rbac_object("pico-node-1")];
-        expected.extend(bootstrap_rbac_objects());
+        let mut expected = vec![json(&enrol::renewal_rbac_object("pico-node-1"))];
+        expected.extend(bootstrap_rbac_objects().iter().map(json));
         assert_eq!(
             enrol::tests::deploy_docs("csr-auto-approval.yaml"),
             expected
+        );
+    }
+
+    #[test]
+    fn the_token_secret_is_what_the_api_server_authenticates() {
+        let secret = token_secret(
+            "pico-node-2",
+            "abcdef",
+            "0123456789abcdef",
+            "2030-01-01T00:00:00Z",
+        );
+        assert_eq!(
+            json(&secret),
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "bootstrap.kubernetes.io/token",
+                "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system",
+                             "labels": {"app.kubernetes.io/managed-by": "picolet"}},
+                "stringData": {
+                    "description": "picolet: joins node pico-node-2",
+                    "token-id": "abcdef", "token-secret": "0123456789abcdef",
+                    "expiration": "2030-01-01T00:00:00Z",
+                    "usage-bootstrap-authentication": "true",
+                    "auth-extra-groups": BOOTSTRAP_GROUP,
+                }
+            })
         );
     }
 }
