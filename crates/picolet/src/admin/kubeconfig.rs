@@ -180,9 +180,16 @@ pub async fn load_all(paths: &[PathBuf]) -> Result<AdminAccess, KubeconfigError>
     let server = cluster.server.clone().ok_or_else(|| {
         KubeconfigError::Incomplete(format!("cluster {:?} has no server", context.cluster))
     })?;
-    let config = kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
+    let proxy_url = cluster.proxy_url.clone();
+    let mut config = kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
         .await
         .map_err(KubeconfigError::Unusable)?;
+    // kube-rs also takes HTTPS_PROXY from the environment, and without its proxy feature then
+    // refuses to make a client. The admin commands connect directly, as they always have; a
+    // `proxy-url` the kubeconfig sets is kept, and refused with a message that says so.
+    if proxy_url.is_none() {
+        config.proxy_url = None;
+    }
     let ca_pem = match &config.root_cert {
         Some(ders) if !ders.is_empty() => pem_certificates(ders)?,
         _ => {

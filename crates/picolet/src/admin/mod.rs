@@ -57,12 +57,22 @@ pub enum AdminError {
     Credentials(#[from] CredentialsError),
 }
 
-/// A request error in a line: the API server's status and message, else kube-rs's error.
+/// A request error in a line: the API server's status and message, else kube-rs's error and
+/// its causes (so that "connection refused" is said).
 fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("HTTP {}: {}", s.code, s.message.trim()),
-        other => other.to_string(),
+    if let kube::Error::Api(s) = e {
+        return format!("HTTP {}: {}", s.code, s.message.trim());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether the API server answered `code`.
