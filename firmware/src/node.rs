@@ -39,7 +39,6 @@ use picolet_device::tls_server;
 #[cfg(not(feature = "kubelet-plain-http"))]
 use crate::certs::ServingMaterial;
 use crate::certs::{self, ClientCopy, PendingKeys};
-use crate::stack::{stack_use, static_ram};
 use portable_atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_cell::{ConstStaticCell, StaticCell};
 

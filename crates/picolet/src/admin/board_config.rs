@@ -8,8 +8,8 @@ use picolet_device::board_config::{BoardConfig, ConfigError, FLASH_OFFSET, SECTO
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::uf2;
 use crate::credentials::{Credentials, CredentialsError};
-use crate::uf2;
 
 /// What goes into one board's configuration.
 pub struct BoardConfigOptions {
