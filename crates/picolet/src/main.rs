@@ -9,14 +9,9 @@
 //! - the PPP link, `picolet link` ([`link`]): the host end of a `picolet-serial` board's link.
 
 mod admin;
-mod api;
-mod bootstrap;
 mod credentials;
-mod kubelet_server;
 mod link;
-mod node_certs;
-mod run;
-mod stats;
+mod node;
 mod tls;
 
 use std::ffi::OsStr;
@@ -146,7 +141,7 @@ enum CliError {
     #[error(transparent)]
     BoardConfig(#[from] board_config::BoardConfigError),
     #[error(transparent)]
-    Run(#[from] run::RunError),
+    Run(#[from] node::RunError),
     #[error(transparent)]
     Link(#[from] link::LinkError),
     #[error("the link stopped: {0}")]
@@ -315,9 +310,9 @@ enum Serving {
 }
 
 impl RunArgs {
-    fn options(self, credentials: PathBuf) -> run::RunOptions {
+    fn options(self, credentials: PathBuf) -> node::RunOptions {
         let a = self;
-        run::RunOptions {
+        node::RunOptions {
             credentials,
             node_ip: a.node_ip,
             kubelet_port: a.kubelet_port,
@@ -333,8 +328,8 @@ impl RunArgs {
             instance_type: a.instance_type,
             rotate_client_certificate: !a.no_certificate_rotation,
             serving_certificate: match a.serving_certificate {
-                Serving::Csr => run::ServingSource::Csr,
-                Serving::SelfSigned => run::ServingSource::SelfSigned,
+                Serving::Csr => node::ServingSource::Csr,
+                Serving::SelfSigned => node::ServingSource::SelfSigned,
             },
             device_tls: matches!(a.kubelet_tls, KubeletTls::Device),
         }
@@ -384,7 +379,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 "bootstrap token {id}.… for {node_name}, valid {ttl} min, written to {}; \
                  `picolet run --credentials {}` joins with it \
                  (revoke: kubectl -n kube-system delete secret bootstrap-token-{id})",
-                out_dir.join(bootstrap::TOKEN_FILE).display(),
+                out_dir.join(node::join::TOKEN_FILE).display(),
                 out_dir.display()
             );
             Ok(())
@@ -415,7 +410,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Run(args) => {
             let dir = credentials_to_read(args.credentials.as_deref())?;
             tracing::info!("credentials: {}", dir.display());
-            run::run(args.options(dir)).await.map_err(CliError::Run)
+            node::run(args.options(dir)).await.map_err(CliError::Run)
         }
         Command::BoardConfig {
             credentials,

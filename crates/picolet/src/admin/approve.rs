@@ -241,7 +241,7 @@ mod tests {
     use picolet_core::pki::{self, CsrSubject, San};
 
     fn csr_pem(node: &str, sans: &[San<'_>]) -> Vec<u8> {
-        let key = crate::node_certs::new_key();
+        let key = crate::node::certs::new_key();
         let mut der = [0u8; 1024];
         let n = key
             .csr(

@@ -147,7 +147,7 @@ pub async fn apply_rbac(
 /// A fresh P-256 key (the same key and CSR code the firmware runs) and a CSR (PEM) for the
 /// node's client identity.
 pub fn node_client_csr(node: &str) -> Result<(NodeKey, String), PkiError> {
-    let key = crate::node_certs::new_key();
+    let key = crate::node::certs::new_key();
     let mut der = [0u8; 1024];
     let n = key.csr(
         &CsrSubject {
@@ -329,7 +329,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
         },
         ca_pem: access.ca_pem.clone(),
         cert_pem,
-        key_pem: crate::node_certs::key_pem(&key).map_err(AdminError::Key)?,
+        key_pem: crate::node::certs::key_pem(&key).map_err(AdminError::Key)?,
         client_ca_pem,
     };
     creds.save(&opts.out_dir)?;

@@ -5,7 +5,7 @@
 //! `system:bootstrappers:picolet`), the bindings that let that group create CSRs and have
 //! node-client CSRs auto-approved (`nodeclient`), the node's ConfigMap RBAC, and a directory
 //! for the node: `node.toml`, `ca.crt`, `client-ca.crt` and `bootstrap-token` (mode 0600). No
-//! private key exists yet: the node makes it when it joins ([`crate::bootstrap`]).
+//! private key exists yet: the node makes it when it joins ([`crate::node::join`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -142,7 +142,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootstrap::valid_token;
+    use crate::node::join::valid_token;
     use enrol::tests::json;
 
     #[test]

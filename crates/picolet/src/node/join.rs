@@ -15,7 +15,7 @@ use picolet_core::join::{Join, JoinError, JoinStep};
 use picolet_core::pki::PkiError;
 
 use crate::credentials::{Credentials, CredentialsError};
-use crate::node_certs::{self, InstallError};
+use crate::node::certs::{self as node_certs, InstallError};
 use crate::tls::TlsError;
 
 /// The file holding the token in a node's directory.
@@ -62,10 +62,13 @@ pub async fn join_if_needed(dir: &Path) -> Result<bool, BootstrapError> {
     // The same sans-IO join the firmware runs (picolet_core::join), over a connection that
     // verifies the API server and presents no client certificate.
     let endpoint =
-        crate::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
+        crate::node::api::Endpoint::new(&identity.server, &identity.tls_server_name, &ca_pem, None)
             .map_err(BootstrapError::Tls)?;
-    let mut conn =
-        crate::api::Connection::new(std::sync::Arc::new(endpoint), Default::default(), 16 * 1024);
+    let mut conn = crate::node::api::Connection::new(
+        std::sync::Arc::new(endpoint),
+        Default::default(),
+        16 * 1024,
+    );
     let mut join = Join::new(&identity.node_name, &identity.tls_server_name, &token);
     let (mut request, mut body) = (vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let start = std::time::Instant::now();
