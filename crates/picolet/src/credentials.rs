@@ -198,7 +198,7 @@ impl Credentials {
         if let Some(ca) = client_ca_pem {
             write(&dir.join("client-ca.crt"), ca, false)?;
         }
-        write(&dir.join(crate::bootstrap::TOKEN_FILE), token, true)
+        write(&dir.join(crate::node::join::TOKEN_FILE), token, true)
     }
 
     /// Reads what [`Credentials::save_bootstrap`] wrote: identity, cluster CA, token.
@@ -209,7 +209,7 @@ impl Credentials {
             message: e.to_string(),
         })?;
         let ca = read(&dir.join("ca.crt"))?;
-        let token = read(&dir.join(crate::bootstrap::TOKEN_FILE))?;
+        let token = read(&dir.join(crate::node::join::TOKEN_FILE))?;
         Ok((identity, ca, token.trim().to_string()))
     }
 

@@ -1,25 +1,18 @@
-//! `picolet`: the host side of picolet.
+//! `picolet`: the host side of picolet, three programs in one binary.
 //!
-//! - `picolet enrol` gives a node its identity through the Kubernetes CSR API;
-//! - `picolet run` runs a virtual Pico: the same `picolet-core` agent the firmware runs, as a
-//!   real node of a real cluster;
-//! - `picolet link` is the host end of a `picolet-serial` board's PPP link;
-//! - `picolet board-config` writes one board's settings as a UF2 for its configuration sector.
+//! - the admin commands ([`admin`]): `picolet enrol` gives a node its identity through the
+//!   Kubernetes CSR API, `picolet token` a bootstrap token instead, `picolet approve` approves
+//!   nodes' serving certificates, `picolet board-config` writes one board's settings as a UF2
+//!   for its configuration sector;
+//! - the virtual node, `picolet run`: the same `picolet-core` agent the firmware runs, as a
+//!   real node of a real cluster ([`run`], [`bootstrap`] for joining with a token);
+//! - the PPP link, `picolet link` ([`link`]): the host end of a `picolet-serial` board's link.
 
-mod api;
-mod approve;
-mod board_config;
-mod bootstrap;
+mod admin;
 mod credentials;
-mod enrol;
-mod kubeconfig;
-mod kubelet_server;
 mod link;
-mod node_certs;
-mod run;
-mod stats;
+mod node;
 mod tls;
-mod uf2;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -28,6 +21,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use picolet_core::agent::ConfigMode;
+
+use admin::{approve, board_config, enrol, kubeconfig, token};
 
 #[derive(Parser)]
 #[command(
@@ -130,6 +125,27 @@ struct NodeArgs {
     config_namespace: String,
     #[arg(long, default_value = "pico-config")]
     config_map: String,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error("no kubelet-serving request was approved")]
+    NoneApproved,
+    #[error(transparent)]
+    BoardConfig(#[from] board_config::BoardConfigError),
+    #[error(transparent)]
+    Run(#[from] node::RunError),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    #[error("the link stopped: {0}")]
+    LinkTask(#[from] tokio::task::JoinError),
 }
 
 /// The node name `enrol` and `token` default to, and whose directory `run` and `board-config`
@@ -294,9 +310,9 @@ enum Serving {
 }
 
 impl RunArgs {
-    fn options(self, credentials: PathBuf) -> run::RunOptions {
+    fn options(self, credentials: PathBuf) -> node::RunOptions {
         let a = self;
-        run::RunOptions {
+        node::RunOptions {
             credentials,
             node_ip: a.node_ip,
             kubelet_port: a.kubelet_port,
@@ -312,10 +328,117 @@ impl RunArgs {
             instance_type: a.instance_type,
             rotate_client_certificate: !a.no_certificate_rotation,
             serving_certificate: match a.serving_certificate {
-                Serving::Csr => run::ServingSource::Csr,
-                Serving::SelfSigned => run::ServingSource::SelfSigned,
+                Serving::Csr => node::ServingSource::Csr,
+                Serving::SelfSigned => node::ServingSource::SelfSigned,
             },
             device_tls: matches!(a.kubelet_tls, KubeletTls::Device),
+        }
+    }
+}
+
+/// Runs one command.
+async fn execute(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Enrol { node } => {
+            let out_dir = node.out_dir()?;
+            let opts = enrol::EnrolOptions {
+                kubeconfig: node.kubeconfig()?,
+                node_name: node.node_name,
+                out_dir: out_dir.clone(),
+                server: node.server,
+                tls_server_name: node.tls_server_name,
+                config_namespace: node.config_namespace,
+                config_map: node.config_map,
+                timeout: Duration::from_secs(60),
+            };
+            let c = enrol::enrol(&opts).await?;
+            println!(
+                "enrolled system:node:{} for {}; credentials in {}",
+                c.identity.node_name,
+                c.identity.server,
+                out_dir.display()
+            );
+            Ok(())
+        }
+        Command::Token { node, ttl } => {
+            let out_dir = node.out_dir()?;
+            let node_name = node.node_name.clone();
+            let opts = token::TokenOptions {
+                kubeconfig: node.kubeconfig()?,
+                node_name: node.node_name,
+                out_dir: out_dir.clone(),
+                server: node.server,
+                tls_server_name: node.tls_server_name,
+                config_namespace: node.config_namespace,
+                config_map: node.config_map,
+                ttl: Duration::from_secs(ttl.max(1) * 60),
+            };
+            let token = token::create_token(&opts).await?;
+            let id = token.split('.').next().unwrap_or_default();
+            println!(
+                "bootstrap token {id}.… for {node_name}, valid {ttl} min, written to {}; \
+                 `picolet run --credentials {}` joins with it \
+                 (revoke: kubectl -n kube-system delete secret bootstrap-token-{id})",
+                out_dir.join(node::join::TOKEN_FILE).display(),
+                out_dir.display()
+            );
+            Ok(())
+        }
+        Command::Approve {
+            kubeconfig,
+            node_name,
+            wait,
+        } => {
+            let opts = approve::ApproveOptions {
+                kubeconfig: kubeconfig::locate_from_env(kubeconfig.as_deref())?,
+                node_name,
+                wait: Duration::from_secs(wait),
+            };
+            let verdicts = approve::approve(&opts).await?;
+            for v in &verdicts {
+                match &v.refused {
+                    None => println!("approved {}", v.csr),
+                    Some(why) => println!("left pending {}: {why}", v.csr),
+                }
+            }
+            if verdicts.iter().any(|v| v.refused.is_none()) {
+                Ok(())
+            } else {
+                Err(CliError::NoneApproved)
+            }
+        }
+        Command::Run(args) => {
+            let dir = credentials_to_read(args.credentials.as_deref())?;
+            tracing::info!("credentials: {}", dir.display());
+            node::run(args.options(dir)).await.map_err(CliError::Run)
+        }
+        Command::BoardConfig {
+            credentials,
+            api_server,
+            wifi_ssid,
+            wifi_password,
+            out,
+        } => {
+            let opts = board_config::BoardConfigOptions {
+                credentials: credentials_to_read(credentials.as_deref())?,
+                api_server,
+                wifi_ssid,
+                wifi_password,
+                out: out.clone(),
+            };
+            let node = board_config::write(&opts)?;
+            println!(
+                "{}: configuration for {node}; flash it after the firmware \
+                 (BOOTSEL, copy), or: picotool load {}",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Link(args) => {
+            let opts: link::LinkOptions = args.into();
+            tokio::task::spawn_blocking(move || link::run(&opts)).await??;
+            Ok(())
         }
     }
 }
@@ -343,128 +466,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(async {
-        match Cli::parse().command {
-            Command::Enrol { node } => {
-                let out_dir = node.out_dir().map_err(|e| e.to_string())?;
-                let opts = enrol::EnrolOptions {
-                    kubeconfig: node.kubeconfig().map_err(|e| e.to_string())?,
-                    node_name: node.node_name,
-                    out_dir: out_dir.clone(),
-                    server: node.server,
-                    tls_server_name: node.tls_server_name,
-                    config_namespace: node.config_namespace,
-                    config_map: node.config_map,
-                    timeout: Duration::from_secs(60),
-                };
-                enrol::enrol(&opts)
-                    .await
-                    .map(|c| {
-                        println!(
-                            "enrolled system:node:{} for {}; credentials in {}",
-                            c.identity.node_name,
-                            c.identity.server,
-                            out_dir.display()
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Command::Token { node, ttl } => {
-                let out_dir = node.out_dir().map_err(|e| e.to_string())?;
-                let node_name = node.node_name.clone();
-                let opts = bootstrap::TokenOptions {
-                    kubeconfig: node.kubeconfig().map_err(|e| e.to_string())?,
-                    node_name: node.node_name,
-                    out_dir: out_dir.clone(),
-                    server: node.server,
-                    tls_server_name: node.tls_server_name,
-                    config_namespace: node.config_namespace,
-                    config_map: node.config_map,
-                    ttl: Duration::from_secs(ttl.max(1) * 60),
-                };
-                bootstrap::create_token(&opts)
-                    .await
-                    .map(|token| {
-                        let id = token.split('.').next().unwrap_or_default();
-                        println!(
-                            "bootstrap token {id}.… for {node_name}, valid {ttl} min, written to {}; \
-                             `picolet run --credentials {}` joins with it \
-                             (revoke: kubectl -n kube-system delete secret bootstrap-token-{id})",
-                            out_dir.join(bootstrap::TOKEN_FILE).display(),
-                            out_dir.display()
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Command::Approve {
-                kubeconfig,
-                node_name,
-                wait,
-            } => {
-                let opts = approve::ApproveOptions {
-                    kubeconfig: kubeconfig::locate_from_env(kubeconfig.as_deref())
-                        .map_err(|e| e.to_string())?,
-                    node_name,
-                    wait: Duration::from_secs(wait),
-                };
-                approve::approve(&opts)
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|verdicts| {
-                        for v in &verdicts {
-                            match &v.refused {
-                                None => println!("approved {}", v.csr),
-                                Some(why) => println!("left pending {}: {why}", v.csr),
-                            }
-                        }
-                        if verdicts.iter().any(|v| v.refused.is_none()) {
-                            Ok(())
-                        } else {
-                            Err("no kubelet-serving request was approved".into())
-                        }
-                    })
-            }
-            Command::Run(args) => {
-                let dir = credentials_to_read(args.credentials.as_deref())
-                    .map_err(|e| e.to_string())?;
-                tracing::info!("credentials: {}", dir.display());
-                run::run(args.options(dir)).await.map_err(|e| e.to_string())
-            }
-            Command::BoardConfig {
-                credentials,
-                api_server,
-                wifi_ssid,
-                wifi_password,
-                out,
-            } => {
-                let opts = board_config::BoardConfigOptions {
-                    credentials: credentials_to_read(credentials.as_deref())
-                        .map_err(|e| e.to_string())?,
-                    api_server,
-                    wifi_ssid,
-                    wifi_password,
-                    out: out.clone(),
-                };
-                board_config::write(&opts)
-                    .map(|node| {
-                        println!(
-                            "{}: configuration for {node}; flash it after the firmware \
-                             (BOOTSEL, copy), or: picotool load {}",
-                            out.display(),
-                            out.display()
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Command::Link(args) => {
-                let opts: link::LinkOptions = args.into();
-                tokio::task::spawn_blocking(move || link::run(&opts))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            }
-        }
-    });
+    let result = runtime.block_on(execute(Cli::parse().command));
     if let Err(e) = result {
         eprintln!("picolet: {e}");
         std::process::exit(1);

@@ -8,8 +8,8 @@ use picolet_device::board_config::{BoardConfig, ConfigError, FLASH_OFFSET, SECTO
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::uf2;
 use crate::credentials::{Credentials, CredentialsError};
-use crate::uf2;
 
 /// What goes into one board's configuration.
 pub struct BoardConfigOptions {
@@ -55,7 +55,10 @@ impl std::error::Error for BoardConfigError {}
 pub fn sector(opts: &BoardConfigOptions) -> Result<(Vec<u8>, String), BoardConfigError> {
     // A directory from `picolet token` (a bootstrap token, no certificate yet) or from
     // `picolet enrol` (certificate and key).
-    let bootstrap = opts.credentials.join(crate::bootstrap::TOKEN_FILE).exists()
+    let bootstrap = opts
+        .credentials
+        .join(crate::node::join::TOKEN_FILE)
+        .exists()
         && !opts.credentials.join("client.crt").exists();
     let (identity, ca_pem, client_ca_pem, cert_pem, key_pem, token) = if bootstrap {
         let (identity, ca, token) = Credentials::load_bootstrap(&opts.credentials)

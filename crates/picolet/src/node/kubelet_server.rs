@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::run::Shared;
-use crate::stats;
+use crate::node::Shared;
+use crate::node::stats;
 use picolet_device::tls_server;
 
 /// Most connections held at once. A kubelet's Go server has no cap but the file limit; this
@@ -91,7 +91,7 @@ pub enum Transport {
     /// The device's own TLS server (`picolet_device::tls_server`, what the Pico runs):
     /// `--kubelet-tls device`.
     Device {
-        serving: Arc<crate::node_certs::ServingCertificate>,
+        serving: Arc<crate::node::certs::ServingCertificate>,
         client_ca_der: Arc<Vec<u8>>,
     },
 }

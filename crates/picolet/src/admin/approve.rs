@@ -9,21 +9,19 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use picolet_core::http::Method;
-use serde_json::Value;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
 use x509_parser::prelude::*;
 
-use crate::enrol::{self, AdminClient, EnrolError};
-use crate::kubeconfig;
+use super::{AdminError, api, enrol};
 
 const SIGNER: &str = "kubernetes.io/kubelet-serving";
-const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
 /// What `picolet approve` needs.
 #[derive(Clone, Debug)]
 pub struct ApproveOptions {
-    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    /// The admin kubeconfig files, merged in order (see [`super::kubeconfig::locate`]).
     pub kubeconfig: Vec<std::path::PathBuf>,
     /// Only this node's requests (all nodes' when `None`).
     pub node_name: Option<String>,
@@ -35,7 +33,41 @@ pub struct ApproveOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub csr: String,
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
+}
+
+/// Why a kubelet-serving request is left pending.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("requested by {username}, not by a node")]
+    NotByANode { username: String },
+    #[error("request is not a PEM CSR: {0}")]
+    NotPem(String),
+    #[error("request is not a valid PKCS#10 CSR: {0}")]
+    NotPkcs10(String),
+    #[error("the CSR's signature does not verify")]
+    BadSignature,
+    #[error("subject CN {cn:?} is not the requester {username}")]
+    OtherCommonName { cn: Vec<String>, username: String },
+    #[error("subject O {0:?} is not [system:nodes]")]
+    OtherOrganization(Vec<String>),
+    #[error("usage {0:?} is not for a serving certificate")]
+    NotServingUsage(String),
+    #[error("malformed IP address SAN")]
+    MalformedIp,
+    #[error("IP SAN {ip} is not an address of Node {node} ({addresses:?})")]
+    ForeignIp {
+        ip: std::net::IpAddr,
+        node: String,
+        addresses: BTreeSet<String>,
+    },
+    #[error("SAN {0} is not this node's")]
+    ForeignName(String),
+    #[error("no DNS or IP SAN")]
+    NoSan,
+    /// The requester's Node could not be read, so its addresses are unknown.
+    #[error("Node {node} not readable ({why})")]
+    NodeUnreadable { node: String, why: String },
 }
 
 /// Why a request is not for approval, or `Ok(())`.
@@ -44,17 +76,18 @@ pub fn check_request(
     usages: &[&str],
     request_pem: &[u8],
     node_addresses: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let node = username
         .strip_prefix("system:node:")
-        .ok_or_else(|| format!("requested by {username}, not by a node"))?;
+        .ok_or_else(|| Refusal::NotByANode {
+            username: username.into(),
+        })?;
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(request_pem)
         .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
-        .map_err(|e| format!("request is not a PEM CSR: {e}"))?;
-    let (_, csr) = X509CertificationRequest::from_der(&der)
-        .map_err(|e| format!("request is not a valid PKCS#10 CSR: {e}"))?;
-    csr.verify_signature()
-        .map_err(|_| "the CSR's signature does not verify".to_string())?;
+        .map_err(|e| Refusal::NotPem(e.to_string()))?;
+    let (_, csr) =
+        X509CertificationRequest::from_der(&der).map_err(|e| Refusal::NotPkcs10(e.to_string()))?;
+    csr.verify_signature().map_err(|_| Refusal::BadSignature)?;
     let subject = &csr.certification_request_info.subject;
     let cn: Vec<_> = subject
         .iter_common_name()
@@ -65,14 +98,19 @@ pub fn check_request(
         .filter_map(|a| a.as_str().ok())
         .collect();
     if cn != [username] {
-        return Err(format!("subject CN {cn:?} is not the requester {username}"));
+        return Err(Refusal::OtherCommonName {
+            cn: cn.iter().map(|s| s.to_string()).collect(),
+            username: username.into(),
+        });
     }
     if orgs != ["system:nodes"] {
-        return Err(format!("subject O {orgs:?} is not [system:nodes]"));
+        return Err(Refusal::OtherOrganization(
+            orgs.iter().map(|s| s.to_string()).collect(),
+        ));
     }
     for u in usages {
         if !["digital signature", "key encipherment", "server auth"].contains(u) {
-            return Err(format!("usage {u:?} is not for a serving certificate"));
+            return Err(Refusal::NotServingUsage(u.to_string()));
         }
     }
     let mut sans = 0;
@@ -88,66 +126,63 @@ pub fn check_request(
                     let ip = match b.len() {
                         4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()),
                         16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()),
-                        _ => return Err("malformed IP address SAN".into()),
+                        _ => return Err(Refusal::MalformedIp),
                     };
                     if !node_addresses.contains(&ip.to_string()) {
-                        return Err(format!(
-                            "IP SAN {ip} is not an address of Node {node} ({node_addresses:?})"
-                        ));
+                        return Err(Refusal::ForeignIp {
+                            ip,
+                            node: node.into(),
+                            addresses: node_addresses.clone(),
+                        });
                     }
                 }
-                other => return Err(format!("SAN {other} is not this node's")),
+                other => return Err(Refusal::ForeignName(other.to_string())),
             }
         }
     }
     if sans == 0 {
-        return Err("no DNS or IP SAN".into());
+        return Err(Refusal::NoSan);
     }
     Ok(())
 }
 
-async fn node_addresses(admin: &mut AdminClient, node: &str) -> Result<BTreeSet<String>, String> {
-    let (status, body) = admin
-        .request(Method::Get, &format!("/api/v1/nodes/{node}"), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!("Node {node} not readable (HTTP {status})"));
-    }
-    Ok(body["status"]["addresses"]
-        .as_array()
+async fn node_addresses(nodes: &Api<Node>, node: &str) -> Result<BTreeSet<String>, Refusal> {
+    let n = nodes.get(node).await.map_err(|e| Refusal::NodeUnreadable {
+        node: node.into(),
+        why: match e {
+            kube::Error::Api(s) => format!("HTTP {}", s.code),
+            other => other.to_string(),
+        },
+    })?;
+    Ok(n.status
+        .and_then(|s| s.addresses)
         .into_iter()
         .flatten()
-        .filter_map(|a| a["address"].as_str().map(String::from))
+        .map(|a| a.address)
         .collect())
 }
 
-fn pending(csr: &Value) -> bool {
-    let conditions = csr["status"]["conditions"].as_array();
-    !conditions.into_iter().flatten().any(|c| {
-        matches!(
-            c["type"].as_str(),
-            Some("Approved") | Some("Denied") | Some("Failed")
-        )
-    })
+fn pending(csr: &CertificateSigningRequest) -> bool {
+    let conditions = csr.status.as_ref().and_then(|s| s.conditions.as_ref());
+    !conditions
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c.type_.as_str(), "Approved" | "Denied" | "Failed"))
 }
 
 /// One pass over the pending kubelet-serving CSRs.
-async fn pass(admin: &mut AdminClient, only: Option<&str>) -> Result<Vec<Verdict>, EnrolError> {
-    let (status, list) = admin.request(Method::Get, CSR_PATH, None).await?;
-    if status != 200 {
-        return Err(EnrolError::Api {
-            what: "listing CSRs",
-            status,
-            body: list.to_string(),
-        });
-    }
-    let b64 = base64::engine::general_purpose::STANDARD;
+async fn pass(client: &kube::Client, only: Option<&str>) -> Result<Vec<Verdict>, AdminError> {
+    let csrs = Api::<CertificateSigningRequest>::all(client.clone());
+    let nodes = Api::<Node>::all(client.clone());
+    let list = csrs
+        .list(&ListParams::default())
+        .await
+        .map_err(api("listing CSRs"))?;
     let mut verdicts = vec![];
-    for csr in list["items"].as_array().into_iter().flatten() {
-        let spec = &csr["spec"];
-        let username = spec["username"].as_str().unwrap_or_default();
-        if spec["signerName"] != SIGNER || !pending(csr) {
+    for csr in &list.items {
+        let spec = &csr.spec;
+        let username = spec.username.as_deref().unwrap_or_default();
+        if spec.signer_name != SIGNER || !pending(csr) {
             continue;
         }
         if let Some(node) = only
@@ -155,29 +190,18 @@ async fn pass(admin: &mut AdminClient, only: Option<&str>) -> Result<Vec<Verdict
         {
             continue;
         }
-        let name = csr["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let usages: Vec<&str> = spec["usages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let request = b64
-            .decode(spec["request"].as_str().unwrap_or_default())
-            .unwrap_or_default();
+        let name = csr.metadata.name.clone().unwrap_or_default();
+        let usages: Vec<&str> = spec.usages.iter().flatten().map(String::as_str).collect();
         let node = username.strip_prefix("system:node:").unwrap_or(username);
-        let checked = match node_addresses(admin, node).await {
-            Ok(addresses) => check_request(username, &usages, &request, &addresses),
+        let checked = match node_addresses(&nodes, node).await {
+            Ok(addresses) => check_request(username, &usages, &spec.request.0, &addresses),
             Err(e) => Err(e),
         };
         let refused = match checked {
             Ok(()) => {
                 enrol::approve(
-                    admin,
-                    &format!("{CSR_PATH}/{name}"),
+                    &csrs,
+                    &name,
                     "PicoletApprove",
                     "serving certificate checked and approved by picolet approve",
                 )
@@ -192,13 +216,12 @@ async fn pass(admin: &mut AdminClient, only: Option<&str>) -> Result<Vec<Verdict
 }
 
 /// Approves what passes the checks; with a wait, keeps looking until one was approved.
-pub async fn approve(opts: &ApproveOptions) -> Result<Vec<Verdict>, EnrolError> {
-    let access = kubeconfig::load_all(&opts.kubeconfig).map_err(EnrolError::Kubeconfig)?;
-    let mut admin = AdminClient::new(&access)?;
+pub async fn approve(opts: &ApproveOptions) -> Result<Vec<Verdict>, AdminError> {
+    let (_, client) = super::connect(&opts.kubeconfig).await?;
     let deadline = Instant::now() + opts.wait;
     let mut all = vec![];
     loop {
-        let verdicts = pass(&mut admin, opts.node_name.as_deref()).await?;
+        let verdicts = pass(&client, opts.node_name.as_deref()).await?;
         let approved = verdicts.iter().any(|v| v.refused.is_none());
         for v in verdicts {
             if !all.contains(&v) {
@@ -218,7 +241,7 @@ mod tests {
     use picolet_core::pki::{self, CsrSubject, San};
 
     fn csr_pem(node: &str, sans: &[San<'_>]) -> Vec<u8> {
-        let key = crate::node_certs::new_key();
+        let key = crate::node::certs::new_key();
         let mut der = [0u8; 1024];
         let n = key
             .csr(
@@ -252,19 +275,19 @@ mod tests {
         );
         // Another node asking for this node's name, or anyone not a node.
         let e = check_request("system:node:pico-node-2", &USAGES, &good, &addresses());
-        assert!(e.unwrap_err().contains("not the requester"));
+        assert!(e.unwrap_err().to_string().contains("not the requester"));
         let e = check_request("alice", &USAGES, &good, &addresses());
-        assert!(e.unwrap_err().contains("not by a node"));
+        assert!(e.unwrap_err().to_string().contains("not by a node"));
         // An address the Node does not publish, a foreign DNS name, no SAN at all.
         let ip = csr_pem("pico-node-1", &[San::Ipv4([10, 0, 0, 9])]);
         let e = check_request("system:node:pico-node-1", &USAGES, &ip, &addresses());
-        assert!(e.unwrap_err().contains("10.0.0.9"));
+        assert!(e.unwrap_err().to_string().contains("10.0.0.9"));
         let dns = csr_pem("pico-node-1", &[San::Dns("kubernetes.default")]);
         let e = check_request("system:node:pico-node-1", &USAGES, &dns, &addresses());
-        assert!(e.unwrap_err().contains("kubernetes.default"));
+        assert!(e.unwrap_err().to_string().contains("kubernetes.default"));
         let none = csr_pem("pico-node-1", &[]);
         let e = check_request("system:node:pico-node-1", &USAGES, &none, &addresses());
-        assert!(e.unwrap_err().contains("no DNS or IP SAN"));
+        assert!(e.unwrap_err().to_string().contains("no DNS or IP SAN"));
         // Client-auth usage on a serving request; a tampered request.
         let e = check_request(
             "system:node:pico-node-1",
@@ -272,8 +295,8 @@ mod tests {
             &good,
             &addresses(),
         );
-        assert!(e.unwrap_err().contains("client auth"));
+        assert!(e.unwrap_err().to_string().contains("client auth"));
         let e = check_request("system:node:pico-node-1", &USAGES, b"junk", &addresses());
-        assert!(e.unwrap_err().contains("not a PEM CSR"));
+        assert!(e.unwrap_err().to_string().contains("not a PEM CSR"));
     }
 }

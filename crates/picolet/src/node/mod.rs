@@ -1,5 +1,17 @@
-//! `picolet run`: the virtual Pico. Drives the core [`Agent`] with tokio over two API server
-//! connections (requests, and the ConfigMap watch) and serves the kubelet port.
+//! `picolet run`: the virtual Pico. Drives the core [`Agent`] with tokio — the control
+//! connection, the ConfigMap and pod watch connections, the kubelet port — following the
+//! core's steps (`picolet_core::agent::ControlStep`, `WatchStep`, `KubeletStep`); only
+//! sockets, TLS, timers, files and wake-ups are here.
+//!
+//! [`api`]: connections to the API server; [`kubelet_server`]: the kubelet port;
+//! [`certs`]: keys and installing issued certificates; [`join`]: the bootstrap-token join;
+//! [`stats`]: the process's CPU and memory.
+
+pub mod api;
+pub mod certs;
+pub mod join;
+pub mod kubelet_server;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +28,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::api::{ApiCounters, Connection, Endpoint, TransportError};
 use crate::credentials::Credentials;
-use crate::kubelet_server;
-use crate::node_certs::{self, PendingKeys, ServingCertificate};
+use api::{ApiCounters, Connection, Endpoint, TransportError};
+
 use crate::tls::{self, TlsError};
+use certs::{self as node_certs, PendingKeys, ServingCertificate};
 
 /// Everything `picolet run` can be told.
 #[derive(Clone, Debug)]
@@ -174,7 +186,7 @@ fn unix_ms() -> UnixMillis {
 /// A directory with a bootstrap token and no certificate joins first.
 async fn load_credentials(dir: &std::path::Path) -> (Credentials, Arc<Endpoint>) {
     loop {
-        match crate::bootstrap::join_if_needed(dir).await {
+        match join::join_if_needed(dir).await {
             Ok(true) => info!("joined with the bootstrap token; client certificate written"),
             Ok(false) => {}
             Err(e) => {
