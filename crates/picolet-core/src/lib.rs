@@ -23,8 +23,8 @@
 //! 4. on a third connection, where the platform has one, [`agent::Agent::poll_pod_watch_request`]
 //!    and [`agent::Agent::on_pod_watch_bytes`] watch the pods bound to the node.
 //!
-//! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (wall clock from
-//! `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
+//! The layers, bottom up: [`write`] (formatting into fixed buffers), [`time`] (instants, durations
+//! and Unix times; the wall clock from `Date` headers or SNTP), [`backoff`], [`http`] (HTTP/1.1 on httparse), [`lines`] (bounded
 //! watch-line framing), [`json_string`] (JSON escapes), [`objects`] (the Kubernetes objects,
 //! serde-json-core), [`paths`] (every API path the node requests), [`csr`] (the CSR wire code the agent
 //! and [`join`] share), [`memory`] (the region and

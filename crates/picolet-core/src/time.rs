@@ -5,6 +5,11 @@
 //! system clock, or the API server's HTTP `Date` header. Kubernetes timestamps are formatted here.
 //! The calendar conversions are written by hand because the crates that do them (`time`,
 //! `chrono`, `httpdate`) need `std` or `alloc` for parsing and formatting.
+//!
+//! Each kind of time has its own type, so that none is mistaken for another: [`Millis`] (an
+//! instant on the monotonic clock), [`Duration`] (a span in milliseconds), [`UnixSeconds`]
+//! (`Date` headers, certificate validity) and [`UnixMillis`] (the wall clock and the timestamps
+//! the node writes), with explicit conversions between the Unix ones.
 
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub};
