@@ -301,14 +301,14 @@ impl PlatformStats {
             w,
             "process_cpu_seconds_total",
             "counter",
-            "CPU time of the node agent (the process on a host, the busy executor on a board).",
+            "CPU seconds of the agent (host process, or board executor busy time).",
         )?;
         writeln!(w, "process_cpu_seconds_total {:.6}", self.cpu_seconds)?;
         family(
             w,
             "process_resident_memory_bytes",
             "gauge",
-            "Memory of the node agent (resident on a host; static RAM plus stack on a board).",
+            "Memory of the agent (host RSS, or board static RAM plus stack).",
         )?;
         writeln!(
             w,
