@@ -166,6 +166,19 @@ impl NodeArgs {
     fn kubeconfig(&self) -> Result<Vec<PathBuf>, kubeconfig::KubeconfigError> {
         kubeconfig::locate_from_env(self.kubeconfig.as_deref())
     }
+
+    /// The node for `enrol` and `token`, its directory at `out_dir`.
+    fn target(self, out_dir: PathBuf) -> Result<admin::NodeTarget, CliError> {
+        Ok(admin::NodeTarget {
+            kubeconfig: self.kubeconfig()?,
+            node_name: self.node_name,
+            out_dir,
+            server: self.server,
+            tls_server_name: self.tls_server_name,
+            config_namespace: self.config_namespace,
+            config_map: self.config_map,
+        })
+    }
 }
 
 /// `path` made absolute against the current directory (as given when that fails), so messages
@@ -342,13 +355,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Enrol { node } => {
             let out_dir = node.out_dir()?;
             let opts = enrol::EnrolOptions {
-                kubeconfig: node.kubeconfig()?,
-                node_name: node.node_name,
-                out_dir: out_dir.clone(),
-                server: node.server,
-                tls_server_name: node.tls_server_name,
-                config_namespace: node.config_namespace,
-                config_map: node.config_map,
+                node: node.target(out_dir.clone())?,
                 timeout: Duration::from_secs(60),
             };
             let c = enrol::enrol(&opts).await?;
@@ -364,13 +371,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             let out_dir = node.out_dir()?;
             let node_name = node.node_name.clone();
             let opts = token::TokenOptions {
-                kubeconfig: node.kubeconfig()?,
-                node_name: node.node_name,
-                out_dir: out_dir.clone(),
-                server: node.server,
-                tls_server_name: node.tls_server_name,
-                config_namespace: node.config_namespace,
-                config_map: node.config_map,
+                node: node.target(out_dir.clone())?,
                 ttl: Duration::from_secs(ttl.max(1) * 60),
             };
             let token = token::create_token(&opts).await?;

@@ -9,7 +9,6 @@
 //! 5. write the credentials directory (see [`crate::credentials`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -33,16 +32,8 @@ use crate::credentials::{Credentials, NodeIdentity};
 /// What `picolet enrol` needs.
 #[derive(Clone, Debug)]
 pub struct EnrolOptions {
-    /// The admin kubeconfig files, merged in order (see [`super::kubeconfig::locate`]).
-    pub kubeconfig: Vec<PathBuf>,
-    pub node_name: String,
-    pub out_dir: PathBuf,
-    /// The API server address the node should use; defaults to the kubeconfig's.
-    pub server: Option<String>,
-    /// The name the node checks in the API server's certificate.
-    pub tls_server_name: String,
-    pub config_namespace: String,
-    pub config_map: String,
+    /// The node and where its directory goes.
+    pub node: super::NodeTarget,
     pub timeout: Duration,
 }
 
@@ -291,14 +282,14 @@ pub async fn read_client_ca(client: &kube::Client) -> Option<String> {
 
 /// Runs the whole enrolment and returns the credentials written.
 pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
-    let (access, client) = super::connect(&opts.kubeconfig).await?;
-    let (key, csr_pem) = node_client_csr(&opts.node_name).map_err(AdminError::Key)?;
+    let (access, client) = super::connect(&opts.node.kubeconfig).await?;
+    let (key, csr_pem) = node_client_csr(&opts.node.node_name).map_err(AdminError::Key)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let csr_name = format!("picolet-{}-{stamp}", opts.node_name);
-    tracing::info!(csr = %csr_name, "submitting CSR for system:node:{}", opts.node_name);
+    let csr_name = format!("picolet-{}-{stamp}", opts.node.node_name);
+    tracing::info!(csr = %csr_name, "submitting CSR for system:node:{}", opts.node.node_name);
     let cert_pem = issue_certificate(
         &client,
         &csr_name,
@@ -310,9 +301,9 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
     .await?;
     apply_rbac(
         &client,
-        &opts.node_name,
-        &opts.config_namespace,
-        &opts.config_map,
+        &opts.node.node_name,
+        &opts.node.config_namespace,
+        &opts.node.config_map,
     )
     .await?;
     let client_ca_pem = read_client_ca(&client).await;
@@ -323,16 +314,20 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
     }
     let creds = Credentials {
         identity: NodeIdentity {
-            node_name: opts.node_name.clone(),
-            server: opts.server.clone().unwrap_or_else(|| access.server.clone()),
-            tls_server_name: opts.tls_server_name.clone(),
+            node_name: opts.node.node_name.clone(),
+            server: opts
+                .node
+                .server
+                .clone()
+                .unwrap_or_else(|| access.server.clone()),
+            tls_server_name: opts.node.tls_server_name.clone(),
         },
         ca_pem: access.ca_pem.clone(),
         cert_pem,
         key_pem: crate::node::certs::key_pem(&key).map_err(AdminError::Key)?,
         client_ca_pem,
     };
-    creds.save(&opts.out_dir)?;
+    creds.save(&opts.node.out_dir)?;
     Ok(creds)
 }
 

@@ -25,6 +25,21 @@ use picolet_core::pki::PkiError;
 use crate::credentials::CredentialsError;
 use kubeconfig::{AdminAccess, KubeconfigError};
 
+/// The node an admin command writes a credentials directory for (`enrol`, `token`).
+#[derive(Clone, Debug)]
+pub struct NodeTarget {
+    /// The admin kubeconfig files, merged in order (see [`kubeconfig::locate`]).
+    pub kubeconfig: Vec<PathBuf>,
+    pub node_name: String,
+    pub out_dir: PathBuf,
+    /// The API server address the node should use; defaults to the kubeconfig's.
+    pub server: Option<String>,
+    /// The name the node checks in the API server's certificate.
+    pub tls_server_name: String,
+    pub config_namespace: String,
+    pub config_map: String,
+}
+
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

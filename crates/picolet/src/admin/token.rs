@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -28,14 +27,8 @@ pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:picolet";
 /// What `picolet token` needs.
 #[derive(Clone, Debug)]
 pub struct TokenOptions {
-    /// The admin kubeconfig files, merged in order (see [`super::kubeconfig::locate`]).
-    pub kubeconfig: Vec<PathBuf>,
-    pub node_name: String,
-    pub out_dir: PathBuf,
-    pub server: Option<String>,
-    pub tls_server_name: String,
-    pub config_namespace: String,
-    pub config_map: String,
+    /// The node and where its directory goes.
+    pub node: super::NodeTarget,
     /// How long the token lasts (the token cleaner deletes it afterwards).
     pub ttl: Duration,
 }
@@ -95,7 +88,7 @@ pub fn token_secret(node: &str, id: &str, secret: &str, expiration: &str) -> Sec
 
 /// Creates a token for one node and writes that node's directory; returns the token.
 pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
-    let (access, client) = super::connect(&opts.kubeconfig).await?;
+    let (access, client) = super::connect(&opts.node.kubeconfig).await?;
     let (id, secret) = (random_token_part(6), random_token_part(16));
     let expires_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,7 +100,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
     Api::<Secret>::namespaced(client.clone(), "kube-system")
         .create(
             &PostParams::default(),
-            &token_secret(&opts.node_name, &id, &secret, &expiration),
+            &token_secret(&opts.node.node_name, &id, &secret, &expiration),
         )
         .await
         .map_err(api("creating the bootstrap token"))?;
@@ -117,20 +110,24 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
     }
     enrol::apply_rbac(
         &client,
-        &opts.node_name,
-        &opts.config_namespace,
-        &opts.config_map,
+        &opts.node.node_name,
+        &opts.node.config_namespace,
+        &opts.node.config_map,
     )
     .await?;
     let client_ca_pem = enrol::read_client_ca(&client).await;
     let identity = NodeIdentity {
-        node_name: opts.node_name.clone(),
-        server: opts.server.clone().unwrap_or_else(|| access.server.clone()),
-        tls_server_name: opts.tls_server_name.clone(),
+        node_name: opts.node.node_name.clone(),
+        server: opts
+            .node
+            .server
+            .clone()
+            .unwrap_or_else(|| access.server.clone()),
+        tls_server_name: opts.node.tls_server_name.clone(),
     };
     let token = format!("{id}.{secret}");
     Credentials::save_bootstrap(
-        &opts.out_dir,
+        &opts.node.out_dir,
         &identity,
         &access.ca_pem,
         client_ca_pem.as_deref(),
