@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{AdminError, api, is_status};
-use crate::credentials::{Credentials, NodeIdentity};
+use crate::credentials::Credentials;
 
 /// What `picolet enrol` needs.
 #[derive(Clone, Debug)]
@@ -313,15 +313,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Credentials, AdminError> {
         );
     }
     let creds = Credentials {
-        identity: NodeIdentity {
-            node_name: opts.node.node_name.clone(),
-            server: opts
-                .node
-                .server
-                .clone()
-                .unwrap_or_else(|| access.server.clone()),
-            tls_server_name: opts.node.tls_server_name.clone(),
-        },
+        identity: opts.node.identity(&access.server),
         ca_pem: access.ca_pem.clone(),
         cert_pem,
         key_pem: crate::node::certs::key_pem(&key).map_err(AdminError::Key)?,

@@ -40,6 +40,21 @@ pub struct NodeTarget {
     pub config_map: String,
 }
 
+impl NodeTarget {
+    /// The identity written into the node's directory; `kubeconfig_server` when no server was
+    /// given.
+    pub fn identity(&self, kubeconfig_server: &str) -> crate::credentials::NodeIdentity {
+        crate::credentials::NodeIdentity {
+            node_name: self.node_name.clone(),
+            server: self
+                .server
+                .clone()
+                .unwrap_or_else(|| kubeconfig_server.into()),
+            tls_server_name: self.tls_server_name.clone(),
+        }
+    }
+}
+
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

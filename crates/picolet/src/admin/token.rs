@@ -19,7 +19,7 @@ use rand_core::{OsRng, RngCore};
 
 use super::enrol::{self, picolet_meta, role_ref, subject};
 use super::{AdminError, api};
-use crate::credentials::{Credentials, NodeIdentity};
+use crate::credentials::Credentials;
 
 /// The extra group every picolet bootstrap token carries; only it gets auto-approval.
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:picolet";
@@ -116,15 +116,7 @@ pub async fn create_token(opts: &TokenOptions) -> Result<String, AdminError> {
     )
     .await?;
     let client_ca_pem = enrol::read_client_ca(&client).await;
-    let identity = NodeIdentity {
-        node_name: opts.node.node_name.clone(),
-        server: opts
-            .node
-            .server
-            .clone()
-            .unwrap_or_else(|| access.server.clone()),
-        tls_server_name: opts.node.tls_server_name.clone(),
-    };
+    let identity = opts.node.identity(&access.server);
     let token = format!("{id}.{secret}");
     Credentials::save_bootstrap(
         &opts.node.out_dir,
