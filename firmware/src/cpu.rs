@@ -11,14 +11,14 @@ static BUSY_SINCE_US: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Busy time of finished stretches, in µs.
 static BUSY_TOTAL_US: AtomicU64 = AtomicU64::new(0);
 
-/// CPU seconds the executor has spent running tasks since boot.
-pub fn busy_seconds() -> f64 {
+/// CPU time, in µs, the executor has spent running tasks since boot.
+pub fn busy_us() -> u64 {
     let now = Instant::now().as_micros();
     let running = match BUSY_SINCE_US.load(Ordering::Relaxed) {
         u64::MAX => 0,
         since => now.saturating_sub(since),
     };
-    (BUSY_TOTAL_US.load(Ordering::Relaxed) + running) as f64 / 1e6
+    BUSY_TOTAL_US.load(Ordering::Relaxed) + running
 }
 
 // The executor calls these (its `trace` feature); only the first two carry information here.

@@ -279,9 +279,9 @@ type ControlBuffers = ConnBuffers<2048, 2048, 2048, 4096, 2048>;
 type WatchBuffers = ConnBuffers<2048, 1024, 2048, 1024, 0>;
 /// The watch connection's reader: 1 KiB reads, and the line framer for one ConfigMap event.
 type BoardWatchReader = WatchReader<1024>;
-/// Largest kubelet response: `/memory` is about 3.5 KiB; `/metrics` with the platform figures
-/// the core renders passed 6 KiB (the emulator test caught a 500), so 7 KiB.
-const KUBELET_OUT: usize = 7168;
+/// The kubelet answer buffer: the core's smallest (`/memory` in one part); the metrics pages,
+/// longer than that, go out in parts of it.
+const KUBELET_OUT: usize = picolet_core::kubelet::ANSWER_MIN;
 
 fn tls_config(s: &'static NodeSettings) -> TlsConfig<'static> {
     picolet_device::tls::config(s.board.tls_server_name)
@@ -620,7 +620,7 @@ fn platform_stats() -> PlatformStats {
     let static_ram = crate::stack::static_ram();
     let rssi = RSSI_DBM.load(Ordering::Relaxed);
     PlatformStats {
-        cpu_seconds: crate::cpu::busy_seconds(),
+        cpu_time_us: crate::cpu::busy_us(),
         memory_working_set_bytes: (static_ram + high) as u64,
         api: ApiTransportStats {
             connections: API_RECONNECTS.load(Ordering::Relaxed).into(),
@@ -646,10 +646,11 @@ fn platform_stats() -> PlatformStats {
 
 /// Drives the core's kubelet session on one connection (`picolet_core::agent::KubeletSession`):
 /// reads the request head (at most 1 KiB) by `deadline`, waits for the authorization answer
-/// until the control task has had a response, and returns the answer's length in `out`; `None`
-/// when nothing complete came in time (close without an answer).
+/// until the control task has had a response, writes the parts of a long answer, and returns
+/// the length of the last part in `out`; `None` when nothing complete came in time or a write
+/// failed (close without an answer).
 async fn kubelet_session(
-    stream: &mut impl embedded_io_async::Read,
+    stream: &mut (impl embedded_io_async::Read + embedded_io_async::Write),
     caller: Caller<'_>,
     deadline: Instant,
     out: &mut [u8; KUBELET_OUT],
@@ -684,6 +685,12 @@ async fn kubelet_session(
             KubeletStep::Authorizing { until } => {
                 WAKE_CONTROL.signal(());
                 select(KUBELET_WAKE.wait(), Timer::at(instant(until))).await;
+            }
+            // A stalled peer is cut by the socket's timeout, as for the last part.
+            KubeletStep::Write { len } => {
+                if stream.write_all(&out[..len]).await.is_err() {
+                    return None;
+                }
             }
             KubeletStep::Respond { len, refused } => {
                 if let Some((route, refusal)) = refused {

@@ -2,14 +2,16 @@
 //!
 //! Drivers do not call these directly: a [`crate::agent::KubeletSession`] parses, authorizes and
 //! answers through them. Routes: `/healthz`, `/metrics`, `/metrics/resource`, `/pods`, `/memory`.
-//! Rendering takes a [`KubeletView`], a snapshot of what the pages show, not the agent.
+//! Rendering takes a [`KubeletView`], a snapshot of what the pages show, not the agent. The
+//! metrics pages are copied into a [`MetricsPage`] and sent in parts of the driver's buffer, so
+//! their length is not bounded by it; the other pages fit in [`ANSWER_MIN`] bytes.
 
 use core::fmt::{self, Write};
 
 use crate::memory::REGION_SIZE;
 use crate::metrics::{self, Gauges, Metrics, PlatformStats};
 use crate::time::UnixMillis;
-use crate::write::SliceWriter;
+use crate::write::{CountingWriter, SliceWriter, WindowWriter};
 
 /// What the kubelet pages show, taken from the agent at one moment.
 pub struct KubeletView<'a> {
@@ -131,6 +133,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Refusal> {
 }
 
 const HEAD_RESERVE: usize = 256;
+
+/// The smallest answer buffer a driver may give: `/memory` (about 3.5 KiB) and a head fit in one
+/// part; the metrics pages are sent in as many parts as they take.
+pub const ANSWER_MIN: usize = 4096;
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
@@ -184,22 +190,86 @@ pub fn refuse(refusal: Refusal, out: &mut [u8]) -> usize {
     })
 }
 
-/// Writes the response to `req` from `view`.
+/// A metrics page (`/metrics` or `/metrics/resource`) as of one moment: rendered again for each
+/// part it is sent in, from this copy, so that the parts join into one consistent text.
+#[derive(Clone, Debug)]
+pub struct MetricsPage {
+    resource: bool,
+    metrics: Metrics,
+    gauges: Gauges,
+    platform: PlatformStats,
+    unix_ms: UnixMillis,
+}
+
+impl MetricsPage {
+    /// `/metrics` (or with `resource`, `/metrics/resource`) as `view` and `platform` show it.
+    pub fn new(resource: bool, view: &KubeletView<'_>, platform: &PlatformStats) -> Self {
+        Self {
+            resource,
+            metrics: view.metrics.clone(),
+            gauges: view.gauges.clone(),
+            platform: *platform,
+            unix_ms: view.unix_ms.unwrap_or_default(),
+        }
+    }
+
+    fn render(&self, w: &mut dyn Write) -> fmt::Result {
+        if self.resource {
+            metrics::render_resource(w, &self.platform, self.unix_ms)
+        } else {
+            self.metrics.render(w, &self.gauges)?;
+            self.platform.render(w)
+        }
+    }
+
+    /// Bytes of the page's body.
+    pub fn body_len(&self) -> usize {
+        let mut count = CountingWriter::default();
+        let _ = self.render(&mut count);
+        count.0
+    }
+
+    /// Writes the response head (with the body's length) and as much of the body as fits;
+    /// returns the bytes written and how many of them are body.
+    pub fn start(&self, body_len: usize, head_only: bool, out: &mut [u8]) -> (usize, usize) {
+        let mut w = SliceWriter::new(out);
+        let head = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: {PROMETHEUS}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+        );
+        let head_len = if head.is_ok() { w.len() } else { 0 };
+        if head_len == 0 || head_only {
+            return (head_len, 0);
+        }
+        let body = self.part(0, &mut out[head_len..]);
+        (head_len + body, body)
+    }
+
+    /// Writes the body from byte `sent` on into `out`; returns the bytes written.
+    pub fn part(&self, sent: usize, out: &mut [u8]) -> usize {
+        let mut w = WindowWriter::new(out, sent);
+        let _ = self.render(&mut w);
+        w.len()
+    }
+}
+
+/// Writes the whole response to `req` from `view` in one part (a metrics page that does not fit
+/// is a 500: the agent's kubelet session sends those through a [`MetricsPage`] instead).
 pub fn respond(
     view: &KubeletView<'_>,
-    stats: &PlatformStats,
+    platform: &PlatformStats,
     req: Request,
     out: &mut [u8],
 ) -> usize {
     let ok = (200, "OK");
+    let page = |resource| MetricsPage::new(resource, view, platform);
     match req.route {
         Route::Healthz => write_response(out, ok, TEXT, req.head_only, &mut |w| w.write_str("ok")),
         Route::Metrics => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
-            view.metrics.render(w, &view.gauges)?;
-            stats.render(w)
+            page(false).render(w)
         }),
         Route::MetricsResource => write_response(out, ok, PROMETHEUS, req.head_only, &mut |w| {
-            metrics::render_resource(w, stats, view.unix_ms.unwrap_or_default())
+            page(true).render(w)
         }),
         Route::Pods => write_response(out, ok, JSON, req.head_only, &mut |w| {
             w.write_str(r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#)

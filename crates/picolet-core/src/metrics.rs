@@ -3,7 +3,7 @@
 use core::fmt::{self, Write};
 
 use crate::http::Method;
-use crate::time::{UnixMillis, UnixSeconds};
+use crate::time::{Duration, UnixMillis, UnixSeconds};
 
 /// How many distinct (verb, code) pairs are tracked; others land in `code="other"`.
 const API_SLOTS: usize = 24;
@@ -147,8 +147,8 @@ impl Metrics {
 /// families with the same names and help (a figure a platform does not have is left out).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlatformStats {
-    /// CPU time used since boot, in seconds.
-    pub cpu_seconds: f64,
+    /// CPU time used since boot, in microseconds (rendered in seconds).
+    pub cpu_time_us: u64,
     /// Memory in use, in bytes (RSS on the host; static RAM plus stack on the Pico).
     pub memory_working_set_bytes: u64,
     /// The connections to the API server.
@@ -227,12 +227,10 @@ impl PlatformStats {
             "gauge",
             "Duration of the last TLS handshake with the API server (0 before the first).",
         )?;
-        let ms = api.last_handshake_ms;
         writeln!(
             w,
-            "picolet_api_tls_handshake_seconds {}.{:03}",
-            ms / 1000,
-            ms % 1000
+            "picolet_api_tls_handshake_seconds {}",
+            Fixed::millis(api.last_handshake_ms)
         )?;
         if let Some((sent, received)) = api.bytes {
             family(
@@ -303,7 +301,11 @@ impl PlatformStats {
             "counter",
             "CPU seconds of the agent (host process, or board executor busy time).",
         )?;
-        writeln!(w, "process_cpu_seconds_total {:.6}", self.cpu_seconds)?;
+        writeln!(
+            w,
+            "process_cpu_seconds_total {}",
+            Fixed::micros(self.cpu_time_us)
+        )?;
         family(
             w,
             "process_resident_memory_bytes",
@@ -318,15 +320,49 @@ impl PlatformStats {
     }
 }
 
+/// Seconds as a fixed-point decimal (`units / 10^places`), written with integers only: the
+/// RP2040 has no FPU, and core's float formatting alone takes about 8 KiB of flash.
+struct Fixed {
+    units: u64,
+    places: u8,
+}
+
+impl Fixed {
+    /// Milliseconds as seconds with three decimals.
+    fn millis(ms: u64) -> Self {
+        Self {
+            units: ms,
+            places: 3,
+        }
+    }
+
+    /// Microseconds as seconds with six decimals.
+    fn micros(us: u64) -> Self {
+        Self {
+            units: us,
+            places: 6,
+        }
+    }
+}
+
+impl fmt::Display for Fixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scale = 10u64.pow(u32::from(self.places));
+        let width = usize::from(self.places);
+        write!(f, "{}.{:0width$}", self.units / scale, self.units % scale)
+    }
+}
+
 /// Writes one metric family header.
 pub fn family(w: &mut dyn Write, name: &str, kind: &str, help: &str) -> fmt::Result {
     write!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n")
 }
 
 /// State the agent renders besides its counters.
+#[derive(Clone, Debug)]
 pub struct Gauges {
-    /// Seconds since start.
-    pub uptime_seconds: f64,
+    /// Time since start.
+    pub uptime: Duration,
     /// CRC-32 of the region.
     pub memory_crc32: u32,
     /// The Node exists and is adopted.
@@ -359,7 +395,11 @@ impl Metrics {
             "gauge",
             "Seconds since the agent started.",
         )?;
-        writeln!(w, "picolet_uptime_seconds {:.3}", g.uptime_seconds)?;
+        writeln!(
+            w,
+            "picolet_uptime_seconds {}",
+            Fixed::millis(g.uptime.as_ms())
+        )?;
         family(
             w,
             "picolet_node_registered",
@@ -556,8 +596,8 @@ pub fn render_resource(w: &mut dyn Write, stats: &PlatformStats, now: UnixMillis
     )?;
     writeln!(
         w,
-        "node_cpu_usage_seconds_total {:.6} {unix_ms}",
-        stats.cpu_seconds
+        "node_cpu_usage_seconds_total {} {unix_ms}",
+        Fixed::micros(stats.cpu_time_us)
     )?;
     family(
         w,
@@ -599,7 +639,7 @@ mod tests {
         m.render(
             &mut s,
             &Gauges {
-                uptime_seconds: 1.5,
+                uptime: Duration::from_ms(1_500),
                 memory_crc32: 7,
                 registered: true,
                 watching: false,
@@ -622,7 +662,7 @@ mod tests {
             .render(
                 &mut s,
                 &Gauges {
-                    uptime_seconds: 0.0,
+                    uptime: Duration::ZERO,
                     memory_crc32: 0,
                     registered: false,
                     watching: false,
@@ -632,7 +672,7 @@ mod tests {
             )
             .unwrap();
         let board = PlatformStats {
-            cpu_seconds: 1.0,
+            cpu_time_us: 1_000_000,
             memory_working_set_bytes: 10,
             api: ApiTransportStats {
                 connections: 3,
@@ -679,6 +719,20 @@ mod tests {
             "process_resident_memory_bytes 10",
         ] {
             assert!(s.contains(&std::format!("\n{line}\n")), "{line} in {s}");
+        }
+    }
+
+    #[test]
+    fn seconds_are_written_as_fixed_point_decimals() {
+        for (fixed, text) in [
+            (Fixed::millis(0), "0.000"),
+            (Fixed::millis(7), "0.007"),
+            (Fixed::millis(2_950), "2.950"),
+            (Fixed::micros(999_999), "0.999999"),
+            (Fixed::micros(86_400_000_001), "86400.000001"),
+            (Fixed::micros(u64::MAX), "18446744073709.551615"),
+        ] {
+            assert_eq!(std::format!("{fixed}"), text);
         }
     }
 

@@ -96,11 +96,6 @@ impl Duration {
         self.0
     }
 
-    /// Seconds, with the milliseconds as a fraction.
-    pub fn as_secs_f64(self) -> f64 {
-        self.0 as f64 / 1000.0
-    }
-
     /// `self` times `n`, saturating.
     pub const fn saturating_mul(self, n: u64) -> Self {
         Self(self.0.saturating_mul(n))

@@ -1421,14 +1421,28 @@ mod authorization {
         head: &[u8],
         allowed: bool,
     ) -> (String, bool) {
+        kubelet_request_through(h, caller, head, allowed, 16 * 1024, &mut |_| {})
+    }
+
+    /// [`kubelet_request`] with an answer buffer of `out_len` bytes; `between` runs on the
+    /// agent after each part of a longer answer.
+    fn kubelet_request_through(
+        h: &mut Harness,
+        caller: picolet_core::agent::Caller<'_>,
+        head: &[u8],
+        allowed: bool,
+        out_len: usize,
+        between: &mut dyn FnMut(&mut Harness),
+    ) -> (String, bool) {
         use picolet_core::agent::{KubeletSession, KubeletStep};
         let platform = picolet_core::metrics::PlatformStats {
-            cpu_seconds: 1.5,
+            cpu_time_us: 1_500_000,
             memory_working_set_bytes: 1000,
             ..Default::default()
         };
         let mut session = KubeletSession::new(caller);
-        let mut out = vec![0u8; 16 * 1024];
+        let mut out = vec![0u8; out_len];
+        let mut answer = Vec::new();
         let mut asked = false;
         // The head arrives a byte at a time.
         let mut len = 0;
@@ -1455,11 +1469,90 @@ mod authorization {
                     asked = true;
                     answer_review(h, allowed);
                 }
+                KubeletStep::Write { len } => {
+                    answer.extend_from_slice(&out[..len]);
+                    between(h);
+                }
                 KubeletStep::Respond { len, .. } => {
-                    return (String::from_utf8_lossy(&out[..len]).into(), asked);
+                    answer.extend_from_slice(&out[..len]);
+                    return (String::from_utf8_lossy(&answer).into(), asked);
                 }
             }
         }
+    }
+
+    /// Splits an answer into its head and body, checking the body against `Content-Length`.
+    fn body_of(answer: &str) -> &str {
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("Content-Length")
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), length, "Content-Length matches the body");
+        body
+    }
+
+    /// Answers every request due within the next minute with `code`.
+    fn answer_due_with(h: &mut Harness, code: u16) {
+        h.now += Duration::from_secs(60);
+        for _ in 0..10 {
+            if h.next().is_none() {
+                break;
+            }
+            h.reply(code, "{}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_page_longer_than_the_buffer_goes_out_in_parts_as_one_moment() {
+        use picolet_core::agent::Caller;
+        use picolet_core::kubelet::ANSWER_MIN;
+        let mut h = registered();
+        // Many (verb, code) pairs make a page longer than the smallest buffer.
+        for code in 500..504 {
+            answer_due_with(&mut h, code);
+        }
+        let get = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let (whole, _) = kubelet_request(&mut h, Caller::Open, get, false);
+        let whole = body_of(&whole).to_string();
+        assert!(whole.len() > ANSWER_MIN, "{} bytes", whole.len());
+        let mut parts = 1;
+        let (parted, _) =
+            kubelet_request_through(&mut h, Caller::Open, get, false, ANSWER_MIN, &mut |h| {
+                // The agent moves on while the page is being sent.
+                parts += 1;
+                answer_due_with(h, 599);
+            });
+        assert!(parts >= 2, "sent in one part");
+        let parted = body_of(&parted);
+        // The page of one moment: the same lines as just before, but for this request itself.
+        let served = "picolet_kubelet_requests_total{outcome=\"served\"}";
+        let differ: Vec<(&str, &str)> = whole
+            .lines()
+            .zip(parted.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(whole.lines().count(), parted.lines().count());
+        assert!(
+            differ.len() == 1 && differ[0].1.starts_with(served),
+            "{differ:?}"
+        );
+        assert!(!parted.contains("code=\"599\""));
+        let (after, _) = kubelet_request(&mut h, Caller::Open, get, false);
+        assert!(after.contains("code=\"599\""), "the agent did move on");
+        // HEAD: the head alone, in one part.
+        let (head_only, _) = kubelet_request_through(
+            &mut h,
+            Caller::Open,
+            b"HEAD /metrics HTTP/1.1\r\n\r\n",
+            false,
+            ANSWER_MIN,
+            &mut |_| panic!("HEAD in parts"),
+        );
+        assert!(head_only.starts_with("HTTP/1.1 200 OK\r\n"), "{head_only}");
+        assert!(head_only.ends_with("\r\n\r\n"), "{head_only}");
     }
 
     #[test]

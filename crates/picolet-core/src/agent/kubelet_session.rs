@@ -9,13 +9,17 @@
 //! - [`KubeletStep::Authorizing`]: the API server is being asked (the review goes out on the
 //!   control connection ahead of routine work); step again when the control connection has
 //!   had a response, or at `until`;
+//! - [`KubeletStep::Write`]: write `out[..len]`, one part of an answer longer than `out` (the
+//!   metrics pages), then step again;
 //! - [`KubeletStep::Respond`]: write `out[..len]` and close the connection. The session is over.
+//!
+//! `out` must hold at least [`kubelet::ANSWER_MIN`] bytes.
 //!
 //! Transport events that never reach a session (a refused handshake, a deadline, an eviction,
 //! no room) are counted with [`Agent::count_kubelet`].
 
 use super::*;
-use crate::kubelet::{self, KubeletView, Refusal, Request, Route};
+use crate::kubelet::{self, KubeletView, MetricsPage, Refusal, Request, Route};
 use crate::metrics::{KubeletOutcome, PlatformStats};
 
 /// Who is calling, as far as the transport could tell.
@@ -40,6 +44,11 @@ pub enum KubeletStep {
         /// When to step again at the latest (the answer is 503 then).
         until: Millis,
     },
+    /// Write `out[..len]`, a part of the answer, then step again for the next one.
+    Write {
+        /// Bytes of this part.
+        len: usize,
+    },
     /// Write `out[..len]` and close. `refused` says why the request was refused, for the log.
     Respond {
         /// Bytes of the answer.
@@ -52,15 +61,25 @@ pub enum KubeletStep {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Reading,
-    Authorizing { req: Request, until: Millis },
+    Authorizing {
+        req: Request,
+        until: Millis,
+    },
+    /// A metrics page (in `page`) is going out in parts: `sent` of its `body_len` bytes so far.
+    Sending {
+        sent: usize,
+        body_len: usize,
+    },
     Answered,
 }
 
 /// One request's progress on a kubelet-port connection. See the module documentation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct KubeletSession<'c> {
     caller: Caller<'c>,
     state: State,
+    /// The metrics page being sent, copied when its answer started.
+    page: Option<MetricsPage>,
 }
 
 impl<'c> KubeletSession<'c> {
@@ -69,12 +88,36 @@ impl<'c> KubeletSession<'c> {
         Self {
             caller,
             state: State::Reading,
+            page: None,
         }
     }
 
     /// True once the request head was complete (the connection is answering, not idle).
     pub fn has_request(&self) -> bool {
         self.state != State::Reading
+    }
+}
+
+impl KubeletSession<'_> {
+    /// The next part of the metrics page being sent.
+    fn next_part(&mut self, sent: usize, body_len: usize, out: &mut [u8]) -> KubeletStep {
+        let len = match &self.page {
+            Some(page) => page.part(sent, out),
+            None => 0,
+        };
+        self.after_part(len, sent + len, body_len)
+    }
+
+    /// Asks for `len` bytes to be written, with which `sent` of `body_len` bytes of body are
+    /// out; the last part (or an empty one: an `out` too small even for the head) ends it.
+    fn after_part(&mut self, len: usize, sent: usize, body_len: usize) -> KubeletStep {
+        if sent >= body_len || len == 0 {
+            self.state = State::Answered;
+            self.page = None;
+            return KubeletStep::Respond { len, refused: None };
+        }
+        self.state = State::Sending { sent, body_len };
+        KubeletStep::Write { len }
     }
 }
 
@@ -91,6 +134,7 @@ impl Agent<'_> {
         out: &mut [u8],
     ) -> KubeletStep {
         let req = match session.state {
+            State::Sending { sent, body_len } => return session.next_part(sent, body_len, out),
             State::Answered => return self.kubelet_refuse(session, None, Refusal::BadRequest, out),
             State::Authorizing { req, until } if now >= until => {
                 return self.kubelet_refuse(
@@ -120,11 +164,24 @@ impl Agent<'_> {
         };
         let refusal = match decision {
             Decision::Allow => {
-                session.state = State::Answered;
                 self.metrics.count_kubelet(KubeletOutcome::Served);
                 let view = self.kubelet_view(now);
-                let len = kubelet::respond(&view, platform, req, out);
-                return KubeletStep::Respond { len, refused: None };
+                let resource = match req.route {
+                    Route::Metrics => false,
+                    Route::MetricsResource => true,
+                    _ => {
+                        session.state = State::Answered;
+                        let len = kubelet::respond(&view, platform, req, out);
+                        return KubeletStep::Respond { len, refused: None };
+                    }
+                };
+                let page = session
+                    .page
+                    .insert(MetricsPage::new(resource, &view, platform));
+                let body_len = page.body_len();
+                let (len, body) = page.start(body_len, req.head_only, out);
+                let body_len = if req.head_only { 0 } else { body_len };
+                return session.after_part(len, body, body_len);
             }
             Decision::Pending => {
                 let until = match session.state {

@@ -427,7 +427,7 @@ impl<'a> Agent<'a> {
     /// Gauges for `/metrics`.
     pub fn gauges(&self, now: Millis) -> Gauges {
         Gauges {
-            uptime_seconds: now.saturating_sub(self.started_at).as_secs_f64(),
+            uptime: now.saturating_sub(self.started_at),
             memory_crc32: self.region.checksum(),
             registered: self.registered(),
             watching: self.config_map.streaming(),

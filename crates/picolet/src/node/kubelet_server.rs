@@ -403,7 +403,9 @@ pub enum Access {
 trait KubeletConn {
     /// Reads some bytes; `None` on EOF or error.
     async fn read_some(&mut self, buf: &mut [u8]) -> Option<usize>;
-    /// Writes the answer and closes.
+    /// Writes a part of a longer answer; false when the write failed.
+    async fn write_part(&mut self, data: &[u8]) -> bool;
+    /// Writes the answer (or its last part) and closes.
     async fn answer(self, data: &[u8]);
 }
 
@@ -415,6 +417,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> KubeletConn for TokioConn<S> {
             Ok(0) | Err(_) => None,
             Ok(n) => Some(n),
         }
+    }
+    async fn write_part(&mut self, data: &[u8]) -> bool {
+        self.0.write_all(data).await.is_ok()
     }
     async fn answer(mut self, data: &[u8]) {
         let _ = self.0.write_all(data).await;
@@ -430,6 +435,9 @@ impl<S: embedded_io_async::Read + embedded_io_async::Write> KubeletConn
             Ok(0) | Err(_) => None,
             Ok(n) => Some(n),
         }
+    }
+    async fn write_part(&mut self, data: &[u8]) -> bool {
+        self.write_all(data).await.is_ok()
     }
     async fn answer(mut self, data: &[u8]) {
         if self.write_all(data).await.is_ok() {
@@ -461,7 +469,7 @@ async fn handle<C: KubeletConn>(
     };
     let mut session = KubeletSession::new(caller);
     let mut head = vec![0u8; MAX_HEAD];
-    let mut out = vec![0u8; 64 * 1024];
+    let mut out = vec![0u8; 16 * 1024];
     let mut len = 0;
     loop {
         // Registered before the step, so that an answer arriving meanwhile is not missed.
@@ -505,6 +513,12 @@ async fn handle<C: KubeletConn>(
                 shared.wake_control();
                 let wait = Duration::from(until.saturating_sub(shared.now()));
                 let _ = tokio::time::timeout(wait, woken).await;
+            }
+            KubeletStep::Write { len } => {
+                let part = tokio::time::timeout(REQUEST_DEADLINE, stream.write_part(&out[..len]));
+                if !matches!(part.await, Ok(true)) {
+                    return;
+                }
             }
             KubeletStep::Respond { len, refused } => {
                 tracked.advance(Stage::Answering);

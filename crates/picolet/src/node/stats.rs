@@ -6,7 +6,7 @@ use picolet_core::metrics::PlatformStats;
 /// Reads this process's CPU seconds (user + system) and resident memory.
 pub fn process_stats() -> PlatformStats {
     PlatformStats {
-        cpu_seconds: cpu_seconds().unwrap_or(0.0),
+        cpu_time_us: cpu_time_us().unwrap_or(0),
         memory_working_set_bytes: rss_bytes().unwrap_or(0),
         ..Default::default()
     }
@@ -14,13 +14,9 @@ pub fn process_stats() -> PlatformStats {
 
 /// Process CPU time from `CLOCK_PROCESS_CPUTIME_ID`: nanosecond resolution, where
 /// `/proc/self/stat` counts 10 ms ticks (too coarse for an agent that is idle most of the time).
-fn cpu_seconds() -> Option<f64> {
-    Some(
-        cpu_time::ProcessTime::try_now()
-            .ok()?
-            .as_duration()
-            .as_secs_f64(),
-    )
+fn cpu_time_us() -> Option<u64> {
+    let t = cpu_time::ProcessTime::try_now().ok()?.as_duration();
+    u64::try_from(t.as_micros()).ok()
 }
 
 fn rss_bytes() -> Option<u64> {
@@ -42,6 +38,6 @@ mod tests {
         std::hint::black_box(x);
         let s = super::process_stats();
         assert!(s.memory_working_set_bytes > 1 << 20, "{s:?}");
-        assert!(s.cpu_seconds > 0.0, "{s:?}");
+        assert!(s.cpu_time_us > 0, "{s:?}");
     }
 }
