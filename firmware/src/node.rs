@@ -102,13 +102,23 @@ pub enum Link {
     Ppp,
 }
 
-type Shared = Mutex<ThreadModeRawMutex, RefCell<Option<Agent<'static>>>>;
+type Shared = Mutex<ThreadModeRawMutex, RefCell<AgentSlot>>;
+
+/// The agent once [`start`] made it. `repr(u8)` makes "not yet" a zero tag, so the 9 KiB static
+/// is all zeroes and lives in `.bss` (an `Option<Agent>` starts as a non-zero niche: `.data`,
+/// with a 9 KiB image in flash). Not a `OnceLock`: its `init` moves the value inside a critical
+/// section, which masked interrupts for 231 µs at boot in the emulator.
+#[repr(u8)]
+enum AgentSlot {
+    Empty = 0,
+    Ready(Agent<'static>),
+}
 
 /// The agent, shared by the tasks; the lock is never held across an await. Only tasks (one
 /// thread-mode executor, one core) touch it, never an interrupt handler, so its lock does not
 /// mask interrupts: key generation, CSR signing, watch parsing and `/metrics` run inside it for
 /// up to a second, during which a critical section would starve the UART, USB and CYW43.
-static AGENT: Shared = Mutex::new(RefCell::new(None));
+static AGENT: Shared = Mutex::new(RefCell::new(AgentSlot::Empty));
 static WAKE_CONTROL: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 static WAKE_WATCH: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 /// Raised when the watch connection is probably dead though nothing may say so for minutes: the
@@ -160,7 +170,10 @@ fn unix_now() -> Option<UnixSeconds> {
 }
 
 fn with_agent<R>(f: impl FnOnce(&mut Agent<'static>) -> R) -> Option<R> {
-    AGENT.lock(|cell| cell.borrow_mut().as_mut().map(f))
+    AGENT.lock(|cell| match &mut *cell.borrow_mut() {
+        AgentSlot::Ready(agent) => Some(f(agent)),
+        AgentSlot::Empty => None,
+    })
 }
 
 /// Records that the link came up (a Wi-Fi join, a PPP session).
@@ -936,7 +949,7 @@ pub fn start(spawner: Spawner, stack: Stack<'static>, settings: &'static NodeSet
             {
                 log::error!("client certificate: {e}; it will not be renewed");
             }
-            AGENT.lock(|cell| *cell.borrow_mut() = Some(agent));
+            AGENT.lock(|cell| *cell.borrow_mut() = AgentSlot::Ready(agent));
         }
         Err(e) => log::error!("agent configuration: {e}"),
     }
