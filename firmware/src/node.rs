@@ -108,6 +108,8 @@ type Shared = Mutex<ThreadModeRawMutex, RefCell<AgentSlot>>;
 /// is all zeroes and lives in `.bss` (an `Option<Agent>` starts as a non-zero niche: `.data`,
 /// with a 9 KiB image in flash). Not a `OnceLock`: its `init` moves the value inside a critical
 /// section, which masked interrupts for 231 µs at boot in the emulator.
+// The one static slot of the agent; without a heap it cannot be boxed.
+#[allow(clippy::large_enum_variant)]
 #[repr(u8)]
 enum AgentSlot {
     Empty = 0,
