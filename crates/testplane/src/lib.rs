@@ -79,9 +79,37 @@ pub fn k8s_bin_dir() -> PathBuf {
     cache.join("k8s/bin")
 }
 
-/// The `kubectl` (1.20.2, from Debian's kubernetes-client) the tests use.
+/// The `kubectl` the tests use, next to the control plane's binaries.
 pub fn kubectl_path() -> PathBuf {
     k8s_bin_dir().join("kubectl")
+}
+
+/// The minor version of the `kube-apiserver` in [`k8s_bin_dir`] (`Kubernetes v1.37.2` → 37),
+/// read once: flags that later releases removed are passed only to the releases that have them.
+pub fn server_minor() -> Result<u32, Error> {
+    static MINOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(m) = MINOR.get() {
+        return Ok(*m);
+    }
+    let bin = k8s_bin_dir().join("kube-apiserver");
+    if !bin.exists() {
+        return Err(Error::MissingBinary(bin));
+    }
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map_err(io_err(format!("run {} --version", bin.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let minor = text
+        .trim()
+        .strip_prefix("Kubernetes v1.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| Error::Io {
+            what: format!("{} --version", bin.display()),
+            source: io::Error::other(format!("unexpected version {text:?}")),
+        })?;
+    Ok(*MINOR.get_or_init(|| minor))
 }
 
 /// Tunables; the defaults suit tests.
@@ -326,8 +354,10 @@ impl ControlPlane {
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // Current releases refuse to publish a loopback address as the `kubernetes`
+            // Service's endpoint; nothing here uses that Service.
+            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={}", self.apiserver_port),
-            "--insecure-port=0".into(),
             format!("--cert-dir={}", d("apiserver-certs")),
             format!("--tls-cert-file={}", d("apiserver.crt")),
             format!("--tls-private-key-file={}", d("apiserver.key")),
@@ -348,6 +378,11 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             "--v=1".into(),
         ];
+        let mut args = args;
+        if server_minor()? < 24 {
+            // The insecure port was removed in 1.24; before, it must be switched off.
+            args.push("--insecure-port=0".into());
+        }
         let bin = k8s_bin_dir().join("kube-apiserver");
         self.apiserver = Some(self.spawn("kube-apiserver", &bin, &args)?);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -385,7 +420,6 @@ impl ControlPlane {
         let args: Vec<String> = vec![
             format!("--kubeconfig={}", d("controller-manager.kubeconfig")),
             "--leader-elect=false".into(),
-            "--port=0".into(),
             "--secure-port=0".into(),
             "--controllers=*,bootstrapsigner,tokencleaner".into(),
             format!("--cluster-signing-cert-file={}", d("ca.crt")),
@@ -400,6 +434,10 @@ impl ControlPlane {
             "--v=1".into(),
         ];
         let mut args = args;
+        if server_minor()? < 24 {
+            // Its insecure port, removed in 1.24.
+            args.push("--port=0".into());
+        }
         if let Some(d) = &self.opts.cluster_signing_duration {
             args.push(format!("--cluster-signing-duration={d}"));
         }
