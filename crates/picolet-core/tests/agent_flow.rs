@@ -1556,6 +1556,27 @@ mod authorization {
     }
 
     #[test]
+    fn every_other_page_fits_the_smallest_answer_buffer_in_one_part() {
+        use picolet_core::agent::Caller;
+        use picolet_core::kubelet::ANSWER_MIN;
+        let mut h = registered();
+        for path in ["/memory", "/pods", "/healthz", "/nope"] {
+            let get = format!("GET {path} HTTP/1.1\r\n\r\n");
+            let (answer, _) = kubelet_request_through(
+                &mut h,
+                Caller::Open,
+                get.as_bytes(),
+                false,
+                ANSWER_MIN,
+                &mut |_| panic!("{path} in parts"),
+            );
+            let ok = answer.starts_with("HTTP/1.1 200 OK\r\n");
+            assert!(ok || path == "/nope", "{answer}");
+            body_of(&answer);
+        }
+    }
+
+    #[test]
     fn a_kubelet_session_parses_authorizes_answers_and_counts() {
         use picolet_core::agent::Caller;
         let mut h = registered();
