@@ -141,6 +141,20 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 
+/// Writes a response head: every answer is one request's, with its length, then a close.
+fn write_head(
+    w: &mut SliceWriter<'_>,
+    status: (u16, &str),
+    content_type: &str,
+    body_len: usize,
+) -> fmt::Result {
+    write!(
+        w,
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n",
+        status.0, status.1
+    )
+}
+
 /// Writes a whole response; `body` renders into the writer it is given.
 fn write_response(
     out: &mut [u8],
@@ -170,11 +184,7 @@ fn write_response(
     }
     let mut head = [0u8; HEAD_RESERVE];
     let mut w = SliceWriter::new(&mut head);
-    let _ = write!(
-        w,
-        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n",
-        status.0, status.1
-    );
+    let _ = write_head(&mut w, status, content_type, body_len);
     let head_len = w.len();
     let sent_body = if head_only { 0 } else { body_len };
     out.copy_within(HEAD_RESERVE..HEAD_RESERVE + sent_body, head_len);
@@ -233,10 +243,7 @@ impl MetricsPage {
     /// returns the bytes written and how many of them are body.
     pub fn start(&self, body_len: usize, head_only: bool, out: &mut [u8]) -> (usize, usize) {
         let mut w = SliceWriter::new(out);
-        let head = write!(
-            w,
-            "HTTP/1.1 200 OK\r\nContent-Type: {PROMETHEUS}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
-        );
+        let head = write_head(&mut w, (200, "OK"), PROMETHEUS, body_len);
         let head_len = if head.is_ok() { w.len() } else { 0 };
         if head_len == 0 || head_only {
             return (head_len, 0);
