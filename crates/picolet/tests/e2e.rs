@@ -611,7 +611,7 @@ fn the_kubelet_port_survives_malformed_and_slow_clients() {
     // 200 idle connections: the agent keeps heartbeating, serves meanwhile, and closes them
     // when their first-byte deadline passes (no longer refusing callers over a cap).
     let idle: Vec<TcpStream> = (0..200)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", p)).ok())
+        .filter_map(|_| TcpStream::connect((common::node_ip(), p)).ok())
         .collect();
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(ready(&plane, NODE), "True");

@@ -18,7 +18,8 @@ mod common;
 use common::{NODE, https_get, metric, ready, running_node, via_proxy};
 use testplane::ControlPlane;
 
-/// More idle connections than the agent holds at once (1024), so that new ones evict old ones.
+/// More idle connections than the agent holds at once (1024), so that new ones evict old ones
+/// (fewer, but still more than the agent's cap, when the open-file limit is low).
 const IDLE: usize = 1100;
 
 /// `picolet approve` for the node, then waits until the agent serves the issued certificate.
@@ -46,11 +47,50 @@ fn approve_serving(plane: &ControlPlane, creds: &Path) {
     });
 }
 
+/// How many idle connections to hold, and the cap the agent (which inherits this process's
+/// open-file limit and computes its cap from it) should then have: raises the soft limit far
+/// enough for [`IDLE`] (CI machines start at 1024) or as far as the hard limit allows, and
+/// holds more connections than the agent's cap either way.
+fn flood_and_agent_cap() -> (usize, usize) {
+    // The agent's own numbers: at most 1024 connections, 64 descriptors kept for itself.
+    const AGENT_MAX: u64 = 1024;
+    const AGENT_RESERVE: u64 = 64;
+    // This process's other files: the test harness, the control plane's pipes, stdio.
+    const OWN: u64 = 48;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let want = IDLE as u64 + OWN + AGENT_RESERVE;
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want.min(lim.rlim_max);
+        // SAFETY: setrlimit only reads the struct it is given.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    let flood = (IDLE as u64).min(lim.rlim_cur.saturating_sub(OWN));
+    let cap = AGENT_MAX.min(lim.rlim_cur.saturating_sub(AGENT_RESERVE));
+    assert!(
+        flood > cap,
+        "an open-file limit of {} leaves no room for more connections than the agent holds",
+        lim.rlim_cur
+    );
+    (flood as usize, cap as usize)
+}
+
+/// What [`hold_idle`] did: connections reopened, and the most it held open at one time.
+struct Held {
+    reopened: u64,
+    most_open: usize,
+}
+
 /// Keeps `n` connections to `port` open without sending a byte, reopening each one the agent
-/// closes, until `stop`; returns how many were reopened.
-fn hold_idle(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// closes, until `stop`.
+fn hold_idle(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Held> {
     std::thread::spawn(move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ip: std::net::IpAddr = common::node_ip().parse().unwrap();
+        let addr = SocketAddr::from((ip, port));
         let open = || {
             let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
             s.set_nonblocking(true).ok()?;
@@ -58,8 +98,10 @@ fn hold_idle(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHan
         };
         let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| open()).collect();
         let mut reopened = 0;
+        let mut most_open = 0;
         let mut buf = [0u8; 16];
         while !stop.load(Ordering::Relaxed) {
+            most_open = most_open.max(conns.iter().filter(|c| c.is_some()).count());
             for slot in conns.iter_mut() {
                 let closed = match slot {
                     None => true,
@@ -76,20 +118,24 @@ fn hold_idle(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHan
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        reopened
+        Held {
+            reopened,
+            most_open,
+        }
     })
 }
 
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
+    let (flood, agent_cap) = flood_and_agent_cap();
     let (plane, creds, mut agent) = running_node(&[]);
     approve_serving(&plane, &creds);
     let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
     let port = agent.port;
 
     // A connection that sends nothing is closed after the first-byte deadline (3 s).
-    let mut lone = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut lone = TcpStream::connect((common::node_ip(), port)).unwrap();
     lone.set_read_timeout(Some(Duration::from_secs(12)))
         .unwrap();
     let t = Instant::now();
@@ -102,7 +148,7 @@ fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let holder = hold_idle(port, IDLE, stop.clone());
+    let holder = hold_idle(port, flood, stop.clone());
     // Longer than the old 10 s handshake deadline, so reopened connections are in play.
     std::thread::sleep(Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(14);
@@ -124,8 +170,17 @@ fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
     let m = via_proxy(&plane, NODE, "/metrics");
     assert_eq!(ready(&plane, NODE), "True");
     stop.store(true, Ordering::Relaxed);
-    let reopened = holder.join().unwrap();
-    assert!(reopened > IDLE as u64, "the client reopened {reopened}");
+    let held = holder.join().unwrap();
+    assert!(
+        held.most_open > agent_cap,
+        "the client held at most {} connections, not more than the agent's {agent_cap}",
+        held.most_open
+    );
+    assert!(
+        held.reopened > flood as u64,
+        "the client reopened {}",
+        held.reopened
+    );
 
     let outcome = |o: &str| {
         metric(

@@ -15,6 +15,13 @@ use testplane::{ControlPlane, Options};
 /// The node name the tests enrol.
 pub const NODE: &str = "pico-node-1";
 
+/// The address the test agents publish and listen on: `PICOLET_NETNS_IP`, which
+/// `scripts/test.sh` sets to a non-loopback address in the network namespace it runs the tests
+/// in (current API servers refuse to proxy to a loopback node address), else 127.0.0.1.
+pub fn node_ip() -> String {
+    std::env::var("PICOLET_NETNS_IP").unwrap_or_else(|_| "127.0.0.1".to_string())
+}
+
 /// A running `picolet run`, killed on drop.
 pub struct Agent {
     child: Child,
@@ -32,6 +39,7 @@ impl Agent {
             .arg("--credentials")
             .arg(creds)
             .args(["--kubelet-port", &port.to_string()])
+            .args(["--node-ip", &node_ip()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -222,7 +230,7 @@ pub fn metric(page: &str, series: &str) -> f64 {
 
 /// Plain HTTP exchange with the kubelet port (for `--kubelet-plain-http` agents).
 pub fn raw_http(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = TcpStream::connect((node_ip(), port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let _ = s.write_all(request);
     let mut out = Vec::new();
@@ -298,7 +306,7 @@ pub fn https_get(
     };
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let tcp = TcpStream::connect((node_ip(), port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n");
