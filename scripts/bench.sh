@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/control-plane/build.sh
+scripts/control-plane/build-current.sh
 cargo build --release -q -p picolet -p testplane
 exec target/release/bench --picolet target/release/picolet "$@"

@@ -3,16 +3,23 @@
 # kube-apiserver + kube-controller-manager), enrols and runs a virtual Pico, shows it Ready in
 # `kubectl get nodes`, and shows a ConfigMap reaching its 1 KB memory region.
 # PICOLET_DEMO_KEEP=1 keeps everything running until Ctrl-C; PICOLET_KUBELET_PORT picks the port.
+# Everything runs in a network namespace of its own (scripts/in-netns.sh), where the virtual
+# Pico has a non-loopback address the API server agrees to proxy to; the machine's network is
+# not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-scripts/control-plane/build.sh
-cargo build --release -q -p picolet -p testplane
+if [[ ${PICOLET_IN_NETNS:-} != 1 ]]; then
+  scripts/install-deps.sh
+  scripts/control-plane/build-current.sh
+  cargo build --release -q -p picolet -p testplane
+  exec scripts/in-netns.sh "$0" "$@"
+fi
 
 state=$PWD/.picolet/demo
 rm -rf "$state" && mkdir -p "$state"
 port=${PICOLET_KUBELET_PORT:-10250}
-KUBECTL=${PICOLET_CACHE:-$HOME/.cache/picolet}/k8s/bin/kubectl
+KUBECTL=$(scripts/control-plane/build-current.sh --bin-dir)/kubectl
+node_ip=$PICOLET_NETNS_IP
 export KUBECONFIG=$state/plane/admin.kubeconfig
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,8 +35,9 @@ echo "control plane: $(cat "$state/plane/ready")  (KUBECONFIG=$KUBECONFIG)"
 say picolet enrol --node-name pico-node-1
 target/release/picolet enrol --node-name pico-node-1 --out "$state/credentials/pico-node-1"
 
-say picolet run --credentials .picolet/demo/credentials/pico-node-1 --kubelet-port "$port" "&"
-target/release/picolet run --credentials "$state/credentials/pico-node-1" --kubelet-port "$port" > "$state/agent.log" 2>&1 &
+say picolet run --credentials .picolet/demo/credentials/pico-node-1 --node-ip "$node_ip" --kubelet-port "$port" "&"
+target/release/picolet run --credentials "$state/credentials/pico-node-1" --node-ip "$node_ip" \
+  --kubelet-port "$port" > "$state/agent.log" 2>&1 &
 pids+=($!)
 "$KUBECTL" wait --for=condition=Ready node/pico-node-1 --timeout=60s >/dev/null
 
@@ -63,6 +71,10 @@ say "kubectl get node pico-node-1 -o jsonpath='{.metadata.annotations}'"
 "$KUBECTL" get node pico-node-1 -o jsonpath='{.metadata.annotations}'; echo
 
 if [[ ${PICOLET_DEMO_KEEP:-0} == 1 ]]; then
-  echo; echo "Running. Try: KUBECONFIG=$KUBECONFIG $KUBECTL describe node pico-node-1   (Ctrl-C stops everything)"
+  enter=(nsenter --target $$ --net)
+  [[ $(id -u) == 0 ]] || enter=(nsenter --target $$ --user --net --preserve-credentials)
+  echo; echo "Running in its own network namespace. From another terminal, try:"
+  echo "  ${enter[*]} env KUBECONFIG=$KUBECONFIG $KUBECTL describe node pico-node-1"
+  echo "(Ctrl-C stops everything)"
   wait
 fi

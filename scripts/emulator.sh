@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/control-plane/build.sh
+scripts/control-plane/build-current.sh
 cargo test -q -p picolet --test emulator_e2e -- --include-ignored --nocapture 2>&1 \
   | grep -v 'has been running for over'

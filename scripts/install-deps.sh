@@ -4,7 +4,7 @@
 # (emulator/package-lock.json). Idempotent; uses sudo when not root.
 set -euo pipefail
 SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
-need=(etcd-server golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev
+need=(etcd-server golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev iproute2
       openssl curl ca-certificates python3 python3-venv
       rustc-web rust-web-src rust-web-llvm rust-web-clippy lld-22)
 missing=()

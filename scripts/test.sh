@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test picolet has, on a fresh Debian machine: installs what is missing, builds the
-# real control plane (cached), then formatting, lints, the thumbv6m build of the core, the
+# real control planes (cached), then formatting, lints, the thumbv6m build of the core, the
 # strict schema check of every object sent, unit tests, and the end-to-end suite against the
-# real kube-apiserver + kube-controller-manager.
+# real kube-apiserver + kube-controller-manager of the current release, then the node's own
+# end-to-end tests again on the oldest supported release (v1.20.2). The tests run in a network
+# namespace of their own (scripts/in-netns.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each step's wall time is printed when the next begins (and at the end), for CI's budget.
@@ -16,6 +18,7 @@ finish() { [[ -n $current ]] && printf '==> %s took %d s (total %d s)\n' "$curre
 
 step "dependencies"
 scripts/install-deps.sh
+scripts/control-plane/build-current.sh
 scripts/control-plane/build.sh
 
 step "format and lints"
@@ -44,13 +47,23 @@ echo "missing firmware configuration: clear build error, as expected"
 step "objects against strict Kubernetes schemas"
 scripts/validate-objects.sh
 
-step "unit, host and end-to-end tests (e2e: real control plane per test)"
+step "build the tests (outside the namespace, where the registries are)"
+tests=(--workspace --lib --bins --tests --examples)
+cargo test "${tests[@]}" --no-run -q
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+threads=${PICOLET_TEST_THREADS:-3}
 set +e
-cargo test --workspace --lib --bins --tests --examples -- --include-ignored \
-  --test-threads "${PICOLET_TEST_THREADS:-3}" 2>&1 | tee "$log"
+step "unit, host and end-to-end tests on $(scripts/control-plane/build-current.sh --bin-dir | grep -oE 'v1\.[0-9.]+') (e2e: real control plane per test)"
+scripts/in-netns.sh cargo test "${tests[@]}" --no-fail-fast -- --include-ignored --test-threads "$threads" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+step "the node's end-to-end tests on the oldest supported release, v1.20.2"
+v120=${PICOLET_CACHE:-$HOME/.cache/picolet}/k8s/v1.20.2/bin
+PICOLET_K8S_BIN=$v120 scripts/in-netns.sh cargo test -p picolet --test e2e --no-fail-fast -- --include-ignored \
+  --test-threads "$threads" 2>&1 | tee -a "$log"
+oldest=${PIPESTATUS[0]}
+((status != 0)) || status=$oldest
 set -e
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager and kubectl of a current Kubernetes release
 # from the Go module proxy into $PICOLET_CACHE/k8s/$K8S_VERSION/bin (default
-# ~/.cache/picolet/k8s/v1.37.2/bin), reused when present. Point the tests at it with
-# PICOLET_K8S_BIN=that directory.
+# ~/.cache/picolet/k8s/v1.37.2/bin), reused when present. This is the release the tests, the
+# demo and the benchmarks use (testplane's DEFAULT_RELEASE, which a test keeps equal to the
+# default here); `--bin-dir` prints the directory and builds nothing.
 #
 # k8s.io/kubernetes is not meant to be required as a module: its go.mod points every staging
 # module (k8s.io/api, apimachinery, apiserver, client-go, …) at ./staging/src. A wrapper module
@@ -14,6 +15,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 CACHE=${PICOLET_CACHE:-$HOME/.cache/picolet}
 OUT=$CACHE/k8s/$K8S_VERSION/bin
 WRAP=$CACHE/k8s/$K8S_VERSION/wrap
+if [[ ${1:-} == --bin-dir ]]; then echo "$OUT"; exit 0; fi
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 [[ -x $GO ]] || { echo "control plane $K8S_VERSION: needs Go 1.26 (not found; set GO=)" >&2; exit 1; }
 export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian's own `kubernetes`
 # source package (no registry ships these binaries), and fetches kubectl 1.20.2 from Debian's
-# `kubernetes-client` without installing it. Everything lands in $PICOLET_CACHE/k8s (default
-# ~/.cache/picolet/k8s) and is reused when present: the build takes ~5 min on 2 cores.
+# `kubernetes-client` without installing it. The binaries land in $PICOLET_CACHE/k8s/v1.20.2/bin
+# (default ~/.cache/picolet/...) and are reused when present: the build takes ~5 min on 2 cores.
+# v1.20.2 is the oldest release picolet supports; the tests use it with
+# PICOLET_K8S_BIN=that directory (the default is build-current.sh's release).
 set -euo pipefail
 CACHE=${PICOLET_CACHE:-$HOME/.cache/picolet}
-OUT=$CACHE/k8s/bin
+OUT=$CACHE/k8s/v1.20.2/bin
 SRC_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 mkdir -p "$OUT"
 

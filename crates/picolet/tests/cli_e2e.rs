@@ -66,7 +66,8 @@ fn approve_finds_the_kubeconfig_through_kubeconfig_and_logs_to_a_file_are_plain(
     run.arg("run")
         .arg("--credentials")
         .arg(&creds)
-        .args(["--kubelet-port", &port.to_string()]);
+        .args(["--kubelet-port", &port.to_string()])
+        .args(["--node-ip", &common::node_ip()]);
     let agent = Run::start(run, plane.dir().join("cli-agent.log"));
     wait_ready(&plane, NODE);
 

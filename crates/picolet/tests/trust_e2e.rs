@@ -40,15 +40,23 @@ fn unix_now() -> i64 {
 #[test]
 #[ignore = "needs the control plane; run by scripts/test.sh"]
 fn the_client_certificate_is_renewed_before_expiry_without_losing_ready() {
-    // 7m30s certificates, backdated 5 minutes by the signer: each is usable for 2m30s after
-    // issuance and due for renewal 15-60 s after it.
+    // The signer backdates notBefore by 5 minutes. Since v1.22 a short-lived certificate's
+    // notAfter is not backdated (issuance + duration); before, it was (notBefore + duration).
+    // Either way each certificate here is usable for 2.5-3 minutes after issuance and due for
+    // renewal (70-80 % of notBefore..notAfter) 15-84 s after it.
+    let backdated_end = testplane::server_minor().unwrap() < 22;
+    let (duration, lifetime) = if backdated_end {
+        ("7m30s", 450)
+    } else {
+        ("3m", 180 + 300)
+    };
     let plane = plane_with(Options {
-        cluster_signing_duration: Some("7m30s".into()),
+        cluster_signing_duration: Some(duration.into()),
         ..Options::default()
     });
     let creds = enrol(&plane, NODE);
     let (nbf0, naf0, key0) = cert_facts(&creds.join("client.crt"));
-    assert_eq!(naf0 - nbf0, 450, "the signer's duration applies");
+    assert_eq!(naf0 - nbf0, lifetime, "the signer's duration applies");
     let agent = Agent::start(&creds, &[]);
     wait_ready(&plane, NODE);
 
@@ -211,7 +219,7 @@ fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
     // Now verified by the cluster CA, by the node's name and by its IP.
     let healthz = https_get(port, &ca, NODE, None, "/healthz").unwrap();
     assert_eq!(healthz, "HTTP/1.1 200 OK\nok");
-    assert!(https_get(port, &ca, "127.0.0.1", None, "/healthz").is_ok());
+    assert!(https_get(port, &ca, &common::node_ip(), None, "/healthz").is_ok());
     assert!(https_get(port, &ca, "kubernetes", None, "/healthz").is_err());
 
     // Anonymous: only /healthz.
@@ -289,7 +297,7 @@ fn the_kubelet_port_serves_a_csr_certificate_to_authorized_callers_only() {
         [&[0x16u8, 0x03, 0x01, 0xff, 0xff][..], &[0u8; 70_000][..]].concat(),
         vec![0x16, 0x03, 0x03, 0x00, 0x05, 1, 0, 0, 1, 9],
     ] {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut s = TcpStream::connect((common::node_ip(), port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let _ = s.write_all(&junk);
         let mut buf = [0u8; 64];

@@ -1,7 +1,9 @@
 //! A throwaway, real Kubernetes control plane on 127.0.0.1 for picolet's tests and demo.
 //!
-//! It runs Debian's etcd and kube-apiserver + kube-controller-manager v1.20.2 built from
-//! Debian's `kubernetes` source package by `scripts/control-plane/build.sh`, with TLS, a client
+//! It runs Debian's etcd and a kube-apiserver + kube-controller-manager: by default
+//! [`DEFAULT_RELEASE`] built from the Go module proxy by `scripts/control-plane/build-current.sh`,
+//! or (with `PICOLET_K8S_BIN`) v1.20.2 built from Debian's `kubernetes` source package by
+//! `scripts/control-plane/build.sh`, the oldest release picolet supports. With TLS, a client
 //! CA, `--authorization-mode=Node,RBAC`, the NodeRestriction admission plugin, and the node
 //! lifecycle and CSR signing/approving controllers. Everything lives in one state directory and
 //! every process is killed when the [`ControlPlane`] is dropped.
@@ -24,7 +26,7 @@ use rcgen::{
 /// Why the control plane could not be started or used.
 #[derive(Debug)]
 pub enum Error {
-    /// A binary is missing (run `scripts/control-plane/build.sh`).
+    /// A binary is missing (run `scripts/control-plane/build-current.sh`).
     MissingBinary(PathBuf),
     /// A file or process operation failed.
     Io { what: String, source: io::Error },
@@ -40,7 +42,8 @@ impl fmt::Display for Error {
             Self::MissingBinary(p) => {
                 write!(
                     f,
-                    "{} is missing: run scripts/control-plane/build.sh first",
+                    "{} is missing: run scripts/control-plane/build-current.sh (or build.sh \
+                     for v1.20.2, with PICOLET_K8S_BIN) first",
                     p.display()
                 )
             }
@@ -66,7 +69,12 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Where the Kubernetes binaries are: `$PICOLET_K8S_BIN`, else `~/.cache/picolet/k8s/bin`.
+/// The release the tests, demo and benchmarks run by default, as built by
+/// `scripts/control-plane/build-current.sh` (whose `K8S_VERSION` default must match).
+pub const DEFAULT_RELEASE: &str = "v1.37.2";
+
+/// Where the Kubernetes binaries are: `$PICOLET_K8S_BIN`, else
+/// `~/.cache/picolet/k8s/<DEFAULT_RELEASE>/bin` (`$PICOLET_CACHE` for `~/.cache/picolet`).
 pub fn k8s_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PICOLET_K8S_BIN") {
         return PathBuf::from(dir);
@@ -76,7 +84,7 @@ pub fn k8s_bin_dir() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/picolet")
         });
-    cache.join("k8s/bin")
+    cache.join("k8s").join(DEFAULT_RELEASE).join("bin")
 }
 
 /// The `kubectl` the tests use, next to the control plane's binaries.
@@ -549,5 +557,20 @@ impl Drop for KubectlProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The scripts build one release and the tests look for one: the two defaults must agree,
+    /// or a fresh machine builds binaries the tests never find.
+    #[test]
+    fn the_default_release_is_the_one_build_current_builds() {
+        let script = include_str!("../../../scripts/control-plane/build-current.sh");
+        let line = format!("K8S_VERSION=${{K8S_VERSION:-{}}}", super::DEFAULT_RELEASE);
+        assert!(
+            script.lines().any(|l| l.trim() == line),
+            "build-current.sh has no line {line:?}"
+        );
     }
 }
