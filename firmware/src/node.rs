@@ -660,17 +660,18 @@ fn platform_stats() -> PlatformStats {
 }
 
 /// Drives the core's kubelet session on one connection (`picolet_core::agent::KubeletSession`):
-/// reads the request head (at most 1 KiB) by `deadline`, waits for the authorization answer
-/// until the control task has had a response, writes the parts of a long answer, and returns
-/// the length of the last part in `out`; `None` when nothing complete came in time or a write
-/// failed (close without an answer).
+/// reads the request head (at most `kubelet::HEAD_MIN`: room for a bearer token) by
+/// `deadline`, waits for the authentication and authorization answers until the control task
+/// has had a response, writes the parts of a long answer, and returns the length of the last
+/// part in `out`; `None` when nothing complete came in time or a write failed (close without
+/// an answer).
 async fn kubelet_session(
     stream: &mut (impl embedded_io_async::Read + embedded_io_async::Write),
     caller: Caller<'_>,
     deadline: Instant,
     out: &mut [u8; KUBELET_OUT],
 ) -> Option<usize> {
-    let mut head = [0u8; 1024];
+    let mut head = [0u8; picolet_core::kubelet::HEAD_MIN];
     let mut len = 0;
     let mut session = KubeletSession::new(caller);
     loop {

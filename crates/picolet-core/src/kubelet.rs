@@ -67,7 +67,8 @@ pub enum Refusal {
     MethodNotAllowed,
     /// 431: the head does not fit in the server's buffer.
     HeadTooLarge,
-    /// 401: no verified client certificate (everything but `/healthz` needs one).
+    /// 401: no verified client certificate and no valid bearer token (everything but
+    /// `/healthz` needs one).
     Unauthorized,
     /// 403: the API server's SubjectAccessReview said no.
     Forbidden,
@@ -89,13 +90,77 @@ impl Refusal {
     }
 }
 
-/// A parsed request: the route, and whether only the head is wanted.
+/// A parsed request: the route, whether only the head is wanted, and where its bearer token is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Which endpoint.
     pub route: Route,
     /// A HEAD request: answer without the body.
     pub head_only: bool,
+    /// The token of an `Authorization: Bearer` header, as a range of the head (kept as a range
+    /// so the request stays `Copy`; the driver passes the same head at every step).
+    pub bearer: Option<Bearer>,
+}
+
+/// Where a bearer token is in the request head: `head[start..end]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bearer {
+    /// First byte of the token.
+    pub start: u16,
+    /// One past its last byte.
+    pub end: u16,
+}
+
+impl Bearer {
+    /// The token in `head`, the head it was parsed from.
+    pub fn token(self, head: &[u8]) -> Option<&[u8]> {
+        head.get(usize::from(self.start)..usize::from(self.end))
+    }
+}
+
+/// A token of RFC 6750's `b64token` syntax (what JWTs and legacy service-account tokens are):
+/// letters, digits, `-._~+/`, then `=` padding. Anything else is refused before it is sent on.
+fn is_b64token(t: &[u8]) -> bool {
+    let body = t.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
+    body > 0
+        && t[..body]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._~+/".contains(&c))
+}
+
+/// The bearer token of the `Authorization` header in `headers`, located in `buf`. `Err`: an
+/// `Authorization` header that is not a well-formed bearer token (refused as unauthenticated,
+/// as a kubelet does), or more than one.
+fn bearer_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Result<Option<Bearer>, Refusal> {
+    let mut found = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+    {
+        if found.is_some() {
+            return Err(Refusal::Unauthorized);
+        }
+        let v = h.value;
+        let scheme = v.get(..7).ok_or(Refusal::Unauthorized)?;
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return Err(Refusal::Unauthorized);
+        }
+        let token = v[7..].trim_ascii();
+        if !is_b64token(token) {
+            return Err(Refusal::Unauthorized);
+        }
+        // httparse's values borrow `buf`: the token's offset is its distance from buf's start.
+        let start = (token.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        let end = start + token.len();
+        if end > buf.len() {
+            return Err(Refusal::BadRequest);
+        }
+        let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+            return Err(Refusal::HeadTooLarge);
+        };
+        found = Some(Bearer { start, end });
+    }
+    Ok(found)
 }
 
 /// Parses a request head. `Ok(None)`: incomplete, read more (a full buffer means
@@ -119,18 +184,23 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Refusal> {
         "/memory" => Route::Memory,
         _ => return Err(Refusal::NotFound),
     };
-    match req.method {
-        Some("GET") => Ok(Some(Request {
-            route,
-            head_only: false,
-        })),
-        Some("HEAD") => Ok(Some(Request {
-            route,
-            head_only: true,
-        })),
-        _ => Err(Refusal::MethodNotAllowed),
-    }
+    let head_only = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Err(Refusal::MethodNotAllowed),
+    };
+    let bearer = bearer_of(buf, req.headers)?;
+    Ok(Some(Request {
+        route,
+        head_only,
+        bearer,
+    }))
 }
+
+/// The smallest request-head buffer a driver may read into: a bearer token as long as the
+/// agent accepts ([`crate::agent::TOKEN_MAX`]) and the usual headers of metrics-server,
+/// Prometheus and the API server's proxy. A longer head is refused with 431.
+pub const HEAD_MIN: usize = crate::agent::TOKEN_MAX + 512;
 
 const HEAD_RESERVE: usize = 256;
 
@@ -318,14 +388,16 @@ mod tests {
             parse_request(b"GET /healthz HTTP/1.1\r\n\r\n"),
             Ok(Some(Request {
                 route: Route::Healthz,
-                head_only: false
+                head_only: false,
+                bearer: None,
             }))
         );
         assert_eq!(
             parse_request(b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Ok(Some(Request {
                 route: Route::Metrics,
-                head_only: true
+                head_only: true,
+                bearer: None,
             }))
         );
         assert_eq!(parse_request(b"GET /healthz HTTP/1.1\r\nHost:"), Ok(None));
@@ -351,6 +423,34 @@ mod tests {
     }
 
     extern crate std;
+
+    #[test]
+    fn a_bearer_token_is_found_in_the_head_and_malformed_ones_are_refused() {
+        let head =
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nauthorization: bearer  eyJ.a-b_c~d+e/f==\r\n\r\n";
+        let req = parse_request(head).unwrap().unwrap();
+        let token = req.bearer.and_then(|b| b.token(head));
+        assert_eq!(token, Some(&b"eyJ.a-b_c~d+e/f=="[..]));
+        for bad in [
+            &b"Authorization: Basic dXNlcjpwdw=="[..],
+            b"Authorization: Bearer ",
+            b"Authorization: Bearer a\"b",
+            b"Authorization: Bearer a b",
+            b"Authorization: Bearer ==",
+            b"Authorization: Bearer a=b",
+            b"Authorization: Bearer a\r\nAuthorization: Bearer b",
+        ] {
+            let mut head = b"GET /pods HTTP/1.1\r\n".to_vec();
+            head.extend_from_slice(bad);
+            head.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                parse_request(&head),
+                Err(Refusal::Unauthorized),
+                "{}",
+                std::string::String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn refusals_are_complete_responses() {

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Kubelet-port authorization reviews: allowed, denied, error (no answer, or an identity
     /// too large to hold).
     pub kubelet_authz: [u32; 3],
+    /// Kubelet-port TokenReviews: authenticated, rejected, error (no answer, an unreadable one,
+    /// or a user too large to hold).
+    pub kubelet_authn: [u32; 3],
     /// Kubelet-port connections by outcome, indexed by [`KubeletOutcome`].
     pub kubelet_requests: [u32; KubeletOutcome::ALL.len()],
     api: heapless::Vec<ApiCount, API_SLOTS>,
@@ -546,6 +549,21 @@ impl Metrics {
             writeln!(
                 w,
                 "picolet_kubelet_authorization_reviews_total{{result=\"{result}\"}} {n}"
+            )?;
+        }
+        family(
+            w,
+            "picolet_kubelet_token_reviews_total",
+            "counter",
+            "TokenReviews for kubelet-port bearer tokens by result.",
+        )?;
+        for (result, n) in ["authenticated", "rejected", "error"]
+            .iter()
+            .zip(self.kubelet_authn)
+        {
+            writeln!(
+                w,
+                "picolet_kubelet_token_reviews_total{{result=\"{result}\"}} {n}"
             )?;
         }
         family(

@@ -63,6 +63,8 @@ pub enum ApiPath<'a> {
     CertificateSigningRequest(&'a str),
     /// SubjectAccessReviews (create).
     SubjectAccessReviews,
+    /// TokenReviews (create).
+    TokenReviews,
 }
 
 const CORE: &str = "/api/v1";
@@ -112,6 +114,7 @@ impl fmt::Display for ApiPath<'_> {
             Self::SubjectAccessReviews => {
                 f.write_str("/apis/authorization.k8s.io/v1/subjectaccessreviews")
             }
+            Self::TokenReviews => f.write_str("/apis/authentication.k8s.io/v1/tokenreviews"),
         }
     }
 }
@@ -192,6 +195,10 @@ mod tests {
             (
                 ApiPath::SubjectAccessReviews,
                 "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            ),
+            (
+                ApiPath::TokenReviews,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
             ),
         ];
         for (path, want) in cases {

@@ -1830,6 +1830,290 @@ mod authorization {
             assert_eq!(h.agent.authorize(h.now, Some(&id), Route::Metrics), expect);
         }
     }
+
+    // ------------------------------------------------------------ bearer tokens (TokenReview)
+
+    const SA_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2ln";
+    const SA_USER: &str = "system:serviceaccount:kube-system:metrics-server";
+
+    /// A TokenReview answer as kube-apiserver writes it: the token echoed, uid and extra.
+    fn token_review_answer(token: &str, authenticated: bool, groups: &[&str]) -> String {
+        let user = if authenticated {
+            serde_json::json!({
+                "username": SA_USER,
+                "uid": "0d5c7d1e-6d2a-4c1f-9d0e-1b2c3d4e5f60",
+                "groups": groups,
+                "extra": {"authentication.kubernetes.io/credential-id": ["JTI=abc"]},
+            })
+        } else {
+            serde_json::json!({})
+        };
+        serde_json::json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": {"token": token},
+            "status": {"authenticated": authenticated, "user": user,
+                       "audiences": ["https://kubernetes.default.svc"]},
+        })
+        .to_string()
+    }
+
+    const SA_GROUPS: [&str; 3] = [
+        "system:serviceaccounts",
+        "system:serviceaccounts:kube-system",
+        "system:authenticated",
+    ];
+
+    /// Steps an anonymous TLS session over `head` until it answers; each time it waits, `serve`
+    /// answers what the agent sends. Returns the answer.
+    fn token_request(
+        h: &mut Harness,
+        head: &[u8],
+        serve: &mut dyn FnMut(&mut Harness, Req),
+    ) -> String {
+        use picolet_core::agent::{Caller, KubeletSession, KubeletStep};
+        let platform = picolet_core::metrics::PlatformStats::default();
+        let mut session = KubeletSession::new(Caller::Anonymous);
+        let mut out = vec![0u8; 16 * 1024];
+        let mut answer = Vec::new();
+        for _ in 0..10 {
+            match h
+                .agent
+                .kubelet_step(&mut session, h.now, head, false, &platform, &mut out)
+            {
+                KubeletStep::ReadMore => panic!("a complete head"),
+                KubeletStep::Authorizing { .. } => match h.next() {
+                    Some(r) => serve(h, r),
+                    None => h.now += ms(100),
+                },
+                KubeletStep::Write { len } => answer.extend_from_slice(&out[..len]),
+                KubeletStep::Respond { len, .. } => {
+                    answer.extend_from_slice(&out[..len]);
+                    return String::from_utf8_lossy(&answer).into();
+                }
+            }
+        }
+        panic!("no answer after 10 steps")
+    }
+
+    fn bearer_head(path: &str, token: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_bearer_token_is_reviewed_then_its_user_authorized_and_the_outcome_cached() {
+        let mut h = registered();
+        let head = bearer_head("/metrics/resource", SA_TOKEN);
+        let mut asked = Vec::new();
+        let mut serve = |h: &mut Harness, r: Req| {
+            asked.push(r.path.clone());
+            if r.path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+                assert_eq!(r.method, "POST");
+                assert_eq!(r.body["kind"], "TokenReview");
+                assert_eq!(r.body["spec"]["token"], SA_TOKEN);
+                h.reply(201, &token_review_answer(SA_TOKEN, true, &SA_GROUPS));
+            } else {
+                // The reviewed user and groups are what is authorized, for the metrics subresource.
+                assert_eq!(r.path, "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+                assert_eq!(r.body["spec"]["user"], SA_USER);
+                assert_eq!(r.body["spec"]["groups"], serde_json::json!(SA_GROUPS));
+                assert_eq!(
+                    r.body["spec"]["resourceAttributes"]["subresource"],
+                    "metrics"
+                );
+                h.reply(201, r#"{"status":{"allowed":true}}"#);
+            }
+        };
+        let answer = token_request(&mut h, &head, &mut serve);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.contains("node_cpu_usage_seconds_total"), "{answer}");
+        assert_eq!(
+            asked,
+            [
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+            ]
+        );
+        // Within the caches' lifetimes the same token asks nothing.
+        h.now += ms(30_000);
+        let again = token_request(&mut h, &head, &mut |_, r| panic!("asked {r:?}"));
+        assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
+        // Past the token cache's lifetime it is reviewed again (and authorized again).
+        h.now += picolet_core::agent::AUTHENTICATED_TTL_MS;
+        let mut reviews = 0;
+        let later = token_request(&mut h, &head, &mut |h, r| {
+            if r.path.ends_with("/tokenreviews") {
+                reviews += 1;
+                h.reply(201, &token_review_answer(SA_TOKEN, true, &SA_GROUPS));
+            } else {
+                h.reply(201, r#"{"status":{"allowed":true}}"#);
+            }
+        });
+        assert!(later.starts_with("HTTP/1.1 200 OK"), "{later}");
+        assert_eq!(reviews, 1);
+        // A token whose user may not: 403, not 401.
+        let other = "b3RoZXI.dG9rZW4.c2ln";
+        let denied = token_request(&mut h, &bearer_head("/pods", other), &mut |h, r| {
+            if r.path.ends_with("/tokenreviews") {
+                h.reply(201, &token_review_answer(other, true, &SA_GROUPS));
+            } else {
+                h.reply(201, r#"{"status":{"allowed":false}}"#);
+            }
+        });
+        assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+        // /healthz is open: its token is not even looked at.
+        let healthz = token_request(&mut h, &bearer_head("/healthz", "bm9wZQ"), &mut |_, r| {
+            panic!("asked {r:?}")
+        });
+        assert!(healthz.starts_with("HTTP/1.1 200 OK"), "{healthz}");
+        let page = token_request(&mut h, &bearer_head("/metrics", SA_TOKEN), &mut |h, _| {
+            h.reply(201, r#"{"status":{"allowed":true}}"#)
+        });
+        assert!(
+            page.contains("\npicolet_kubelet_token_reviews_total{result=\"authenticated\"} 3\n"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn rejected_unreadable_unanswered_and_oversized_tokens_fail_closed() {
+        use picolet_core::agent::{Authentication, TOKEN_MAX};
+        let mut h = registered();
+        let t = |s: &str| s.as_bytes().to_vec();
+        // Rejected by the API server: 401, remembered without asking again.
+        let bad = "YmFk.dG9rZW4.c2ln";
+        let mut reviews = 0;
+        let mut serve_rejected = |h: &mut Harness, r: Req| {
+            assert!(r.path.ends_with("/tokenreviews"), "{r:?}");
+            reviews += 1;
+            h.reply(201, &token_review_answer(bad, false, &[]));
+        };
+        for _ in 0..2 {
+            let a = token_request(&mut h, &bearer_head("/metrics", bad), &mut serve_rejected);
+            assert!(a.starts_with("HTTP/1.1 401 "), "{a}");
+        }
+        assert_eq!(reviews, 1);
+        // Authenticated, but with more groups than are kept: refused, counted as an error.
+        let many = "bWFueQ.Z3JvdXBz.c2ln";
+        let a = token_request(&mut h, &bearer_head("/metrics", many), &mut |h, _| {
+            h.reply(
+                201,
+                &token_review_answer(many, true, &["a", "b", "c", "d", "e"]),
+            )
+        });
+        assert!(a.starts_with("HTTP/1.1 401 "), "{a}");
+        // An answer cut short by the driver's buffer cannot be read: refused.
+        let cut = "Y3V0.c2hvcnQ.c2ln";
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(cut)),
+            Authentication::Pending
+        );
+        h.expect("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        let body = token_review_answer(cut, true, &SA_GROUPS);
+        h.agent
+            .on_response(h.now, &head(201), &body.as_bytes()[..100], body.len());
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(cut)),
+            Authentication::Rejected
+        );
+        // The API server failing is no verdict: 503, asked again a second later.
+        let flaky = "Zmxha3k.dG9rZW4.c2ln";
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(flaky)),
+            Authentication::Pending
+        );
+        h.expect("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        h.reply(500, r#"{"kind":"Status","code":500}"#);
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(flaky)),
+            Authentication::Unavailable
+        );
+        h.now += ms(1_000);
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(flaky)),
+            Authentication::Pending
+        );
+        // Lost on the wire: 503; a late "authenticated" is ignored.
+        h.expect("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        h.agent.on_transport_error(h.now);
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(flaky)),
+            Authentication::Unavailable
+        );
+        h.reply(201, &token_review_answer(flaky, true, &SA_GROUPS));
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(flaky)),
+            Authentication::Unavailable
+        );
+        // Sent and never answered: given up after the review timeout.
+        h.now += ms(1_000);
+        let slow = "c2xvdw.dG9rZW4.c2ln";
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(slow)),
+            Authentication::Pending
+        );
+        let r = h.expect("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(r.body["spec"]["token"], slow);
+        // One token waits for its review at a time; another new one waits its turn.
+        let next = "bmV4dA.dG9rZW4.c2ln";
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(next)),
+            Authentication::Pending
+        );
+        assert!(
+            h.drain().iter().all(|r| !r.path.ends_with("/tokenreviews")),
+            "one review at a time"
+        );
+        h.now += REVIEW_TIMEOUT_MS;
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(slow)),
+            Authentication::Unavailable
+        );
+        h.reply(201, &token_review_answer(slow, true, &SA_GROUPS));
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(next)),
+            Authentication::Pending
+        );
+        let r = h.expect("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(r.body["spec"]["token"], next);
+        h.reply(201, &token_review_answer(next, true, &SA_GROUPS));
+        assert_eq!(
+            h.agent.authenticate(h.now, &t(next)),
+            Authentication::Authenticated
+        );
+        // A token longer than the buffer is refused without a review.
+        let huge = vec![b'a'; TOKEN_MAX + 1];
+        assert_eq!(h.agent.authenticate(h.now, &huge), Authentication::Rejected);
+        let no_review = |seen: Vec<Req>| seen.iter().all(|r| !r.path.ends_with("/tokenreviews"));
+        assert!(no_review(h.drain()));
+        // A malformed Authorization header is refused before anything is asked.
+        let a = token_request(&mut h, &bearer_head("/metrics", "a\"b"), &mut |_, r| {
+            panic!("asked {r:?}")
+        });
+        assert!(a.starts_with("HTTP/1.1 401 "), "{a}");
+        let (page, _) = kubelet_request(
+            &mut h,
+            picolet_core::agent::Caller::Open,
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            false,
+        );
+        for (result, n) in [("authenticated", 1), ("rejected", 1), ("error", 6)] {
+            let line = format!("picolet_kubelet_token_reviews_total{{result=\"{result}\"}} {n}\n");
+            assert!(page.contains(&line), "{line} in\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_wins_over_a_bearer_token() {
+        use picolet_core::agent::Caller;
+        let mut h = registered();
+        let head = bearer_head("/metrics", SA_TOKEN);
+        let (answer, asked) = kubelet_request(&mut h, Caller::Verified(PROM), &head, true);
+        assert!(asked && answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(h.next().is_none(), "no token review");
+    }
 }
 
 // ---------------------------------------------------------------- issue #10

@@ -369,6 +369,51 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     );
     assert!(https_get(kubelet_port, &kubelet.ca, NODE, Some(&stranger), "/memory").is_err());
     assert!(handshake_s > 0.0);
+    // A service-account token, as metrics-server presents it: the board has the API server
+    // review the token (its ~1 KiB JWT fits the board's request head), then authorizes the
+    // account's user for nodes/metrics.
+    kubectl(&plane, &["create", "serviceaccount", "scraper"]);
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrole",
+            "scrape-nodes",
+            "--verb=get",
+            "--resource=nodes/metrics",
+        ],
+    );
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrolebinding",
+            "scraper-scrapes-nodes",
+            "--clusterrole=scrape-nodes",
+            "--serviceaccount=default:scraper",
+        ],
+    );
+    let token = kubectl(&plane, &["create", "token", "scraper"]);
+    let bearer = format!("Bearer {}", token.trim());
+    let auth = [("Authorization", bearer.as_str())];
+    let scraped = common::https_request(
+        kubelet_port,
+        &kubelet.ca,
+        NODE,
+        None,
+        &auth,
+        "/metrics/resource",
+    )
+    .unwrap();
+    assert!(
+        scraped.starts_with("HTTP/1.1 200 OK") && scraped.contains("node_cpu_usage_seconds_total"),
+        "{scraped}"
+    );
+    let proxy = common::https_request(kubelet_port, &kubelet.ca, NODE, None, &auth, "/memory");
+    assert!(
+        proxy.unwrap().starts_with("HTTP/1.1 403 "),
+        "nodes/proxy not granted"
+    );
     let node: Value =
         serde_json::from_str(&kubectl(&plane, &["get", "node", NODE, "-o", "json"])).unwrap();
     assert_eq!(node["metadata"]["labels"]["kubernetes.io/arch"], "arm");

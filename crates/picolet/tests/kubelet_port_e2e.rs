@@ -1,6 +1,7 @@
 //! The kubelet port cannot be held shut by idle connections: a client that keeps more
 //! connections open than the agent holds, and reopens each one the agent closes, must not keep
-//! `/healthz` (or the API server's proxy) from being answered.
+//! `/healthz` (or the API server's proxy) from being answered. And it takes service-account
+//! bearer tokens, as metrics-server and Prometheus present them, through a TokenReview.
 //!
 //! `#[ignore]`d for a plain `cargo test` because it needs the control plane binaries;
 //! `scripts/test.sh` builds those and runs it.
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{NODE, https_get, metric, ready, running_node, via_proxy};
+use common::{NODE, https_get, kubectl, metric, ready, running_node, via_proxy};
 use testplane::ControlPlane;
 
 /// More idle connections than the agent holds at once (1024), so that new ones evict old ones
@@ -192,5 +193,85 @@ fn idle_connections_that_are_reopened_do_not_block_the_kubelet_port() {
     // At least the lone connection; the flood's are mostly evicted before their 3 s are up.
     assert!(outcome("timed_out") >= 1.0, "{m}");
     assert_eq!(outcome("over_limit"), 0.0, "{m}");
+    assert!(agent.alive(), "{}", agent.log());
+}
+
+#[test]
+#[ignore = "needs the control plane; run by scripts/test.sh"]
+fn service_account_tokens_are_reviewed_then_authorized_like_metrics_servers() {
+    let (plane, creds, mut agent) = running_node(&[]);
+    approve_serving(&plane, &creds);
+    let ca = std::fs::read_to_string(plane.dir().join("ca.crt")).unwrap();
+    let port = agent.port;
+    let get = |token: &str, path: &str| {
+        let auth = format!("Bearer {token}");
+        common::https_request(port, &ca, NODE, None, &[("Authorization", &auth)], path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+
+    // A service account, as metrics-server and Prometheus run as, with a token from the
+    // TokenRequest API (what a pod's projected token is).
+    kubectl(&plane, &["create", "serviceaccount", "scraper"]);
+    let token = kubectl(&plane, &["create", "token", "scraper"])
+        .trim()
+        .to_string();
+    assert!(token.len() > 500, "a JWT: {token}");
+
+    // Authenticated, not authorized yet: 403 (not 401).
+    let denied = get(&token, "/metrics/resource");
+    assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+
+    // Granted nodes/metrics, as metrics-server's role grants it: served once the cached denial
+    // (30 s) expires. /memory needs nodes/proxy and stays closed.
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrole",
+            "scrape-nodes",
+            "--verb=get",
+            "--resource=nodes/metrics,nodes/stats",
+        ],
+    );
+    kubectl(
+        &plane,
+        &[
+            "create",
+            "clusterrolebinding",
+            "scraper-scrapes-nodes",
+            "--clusterrole=scrape-nodes",
+            "--serviceaccount=default:scraper",
+        ],
+    );
+    common::wait_for(
+        "the token's caller allowed",
+        Duration::from_secs(45),
+        || get(&token, "/metrics/resource").starts_with("HTTP/1.1 200 OK"),
+    );
+    let page = get(&token, "/metrics/resource");
+    assert!(page.contains("node_cpu_usage_seconds_total"), "{page}");
+    let memory = get(&token, "/memory");
+    assert!(memory.starts_with("HTTP/1.1 403 "), "{memory}");
+
+    // A token the API server did not issue: 401.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let refused = get(&forged, "/metrics");
+    assert!(refused.starts_with("HTTP/1.1 401 "), "{refused}");
+    // An unreadable Authorization header: 401, nothing asked.
+    let bad = get("not a token", "/metrics");
+    assert!(bad.starts_with("HTTP/1.1 401 "), "{bad}");
+
+    let m = via_proxy(&plane, NODE, "/metrics");
+    let reviews = |r: &str| {
+        metric(
+            &m,
+            &format!("picolet_kubelet_token_reviews_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert!(reviews("authenticated") >= 1.0, "{m}");
+    assert_eq!(reviews("rejected"), 1.0, "{m}");
+    assert_eq!(reviews("error"), 0.0, "{m}");
     assert!(agent.alive(), "{}", agent.log());
 }

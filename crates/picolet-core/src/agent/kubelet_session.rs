@@ -1,6 +1,7 @@
 //! One kubelet-port request on one connection, driven the same way by every driver: the core
-//! owns the sequence parse → authenticate → authorize → respond, and every kubelet-port
-//! counter; the driver only moves bytes, waits, and writes the answer.
+//! owns the sequence parse → authenticate (certificate, or bearer token by TokenReview) →
+//! authorize → respond, and every kubelet-port counter; the driver only moves bytes, waits, and
+//! writes the answer. The driver passes the same head at every step (the token is read from it).
 //!
 //! Driving a session: after the transport's handshake (if any), make a [`KubeletSession`] and
 //! call [`Agent::kubelet_step`] with the request head read so far:
@@ -27,7 +28,7 @@ use crate::metrics::{KubeletOutcome, PlatformStats};
 pub enum Caller<'a> {
     /// Plain HTTP, like the kubelet's read-only port: no authentication, no authorization.
     Open,
-    /// TLS without a client certificate.
+    /// TLS without a client certificate: anonymous, unless the request carries a bearer token.
     Anonymous,
     /// TLS with a client certificate verified against the client CA.
     Verified(Identity<'a>),
@@ -153,14 +154,38 @@ impl Agent<'_> {
             },
         };
         let caller = session.caller;
-        let id = match &caller {
-            Caller::Open => None,
-            Caller::Anonymous => None,
-            Caller::Verified(id) => Some(id),
+        // A verified certificate is the identity; without one, a bearer token (checked by a
+        // TokenReview) is. `/healthz` needs neither.
+        let token = match caller {
+            Caller::Anonymous if req.route.subresource().is_some() => {
+                req.bearer.and_then(|b| b.token(head))
+            }
+            _ => None,
         };
-        let decision = match caller {
-            Caller::Open => Decision::Allow,
-            _ => self.authorize(now, id, req.route),
+        let decision = match (caller, token) {
+            (Caller::Open, _) => Decision::Allow,
+            (Caller::Verified(id), _) => self.authorize(now, Some(&id), req.route),
+            (Caller::Anonymous, None) => self.authorize(now, None, req.route),
+            (Caller::Anonymous, Some(token)) => match self.authenticate(now, token) {
+                Authentication::Authenticated => match self.token_identity(token) {
+                    Some(who) => who.with(|id| self.authorize(now, Some(id), req.route)),
+                    None => Decision::Unavailable,
+                },
+                Authentication::Pending => Decision::Pending,
+                Authentication::Rejected => {
+                    return self.kubelet_refuse(
+                        session,
+                        Some(req.route),
+                        Refusal::Unauthorized,
+                        out,
+                    );
+                }
+                Authentication::Unavailable => Decision::Unavailable,
+            },
+        };
+        let id = match caller {
+            Caller::Verified(_) => true,
+            _ => token.is_some(),
         };
         let refusal = match decision {
             Decision::Allow => {
@@ -191,7 +216,7 @@ impl Agent<'_> {
                 session.state = State::Authorizing { req, until };
                 return KubeletStep::Authorizing { until };
             }
-            Decision::Deny if id.is_none() => Refusal::Unauthorized,
+            Decision::Deny if !id => Refusal::Unauthorized,
             Decision::Deny => Refusal::Forbidden,
             Decision::Unavailable => Refusal::AuthorizationUnavailable,
         };

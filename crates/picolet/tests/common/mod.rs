@@ -283,6 +283,18 @@ pub fn https_get(
     client: Option<&(String, String)>,
     path: &str,
 ) -> Result<String, String> {
+    https_request(port, ca_pem, server_name, client, &[], path)
+}
+
+/// [`https_get`] with extra request headers (such as `Authorization`).
+pub fn https_request(
+    port: u16,
+    ca_pem: &str,
+    server_name: &str,
+    client: Option<&(String, String)>,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> Result<String, String> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -309,7 +321,11 @@ pub fn https_get(
     let tcp = TcpStream::connect((node_ip(), port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n{extra}\r\n");
     tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     match tls.read_to_end(&mut out) {
