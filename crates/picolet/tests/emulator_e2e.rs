@@ -373,26 +373,7 @@ fn the_firmware_binary_in_the_emulator_is_a_node_of_the_real_control_plane() {
     // review the token (its ~1 KiB JWT fits the board's request head), then authorizes the
     // account's user for nodes/metrics.
     kubectl(&plane, &["create", "serviceaccount", "scraper"]);
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "clusterrole",
-            "scrape-nodes",
-            "--verb=get",
-            "--resource=nodes/metrics",
-        ],
-    );
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "clusterrolebinding",
-            "scraper-scrapes-nodes",
-            "--clusterrole=scrape-nodes",
-            "--serviceaccount=default:scraper",
-        ],
-    );
+    common::grant_service_account(&plane, "scraper", "nodes/metrics");
     let token = kubectl(&plane, &["create", "token", "scraper"]);
     let bearer = format!("Bearer {}", token.trim());
     let auth = [("Authorization", bearer.as_str())];

@@ -223,26 +223,7 @@ fn service_account_tokens_are_reviewed_then_authorized_like_metrics_servers() {
 
     // Granted nodes/metrics, as metrics-server's role grants it: served once the cached denial
     // (30 s) expires. /memory needs nodes/proxy and stays closed.
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "clusterrole",
-            "scrape-nodes",
-            "--verb=get",
-            "--resource=nodes/metrics,nodes/stats",
-        ],
-    );
-    kubectl(
-        &plane,
-        &[
-            "create",
-            "clusterrolebinding",
-            "scraper-scrapes-nodes",
-            "--clusterrole=scrape-nodes",
-            "--serviceaccount=default:scraper",
-        ],
-    );
+    common::grant_service_account(&plane, "scraper", "nodes/metrics,nodes/stats");
     common::wait_for(
         "the token's caller allowed",
         Duration::from_secs(45),

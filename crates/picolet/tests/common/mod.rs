@@ -143,6 +143,33 @@ pub fn via_proxy(plane: &ControlPlane, node: &str, path: &str) -> String {
     )
 }
 
+/// Lets the service account `default:SA` `get` `resources` (such as `nodes/metrics`) through a
+/// ClusterRole and ClusterRoleBinding both named `SA-scrapes-nodes`, as metrics-server's and
+/// Prometheus's roles grant it.
+pub fn grant_service_account(plane: &ControlPlane, sa: &str, resources: &str) {
+    let name = format!("{sa}-scrapes-nodes");
+    kubectl(
+        plane,
+        &[
+            "create",
+            "clusterrole",
+            &name,
+            "--verb=get",
+            &format!("--resource={resources}"),
+        ],
+    );
+    kubectl(
+        plane,
+        &[
+            "create",
+            "clusterrolebinding",
+            &name,
+            &format!("--clusterrole={name}"),
+            &format!("--serviceaccount=default:{sa}"),
+        ],
+    );
+}
+
 /// Runs kubectl as admin, returning stdout; panics with stderr on failure.
 pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
     let out = plane.kubectl(args).unwrap();
